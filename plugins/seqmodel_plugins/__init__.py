@@ -1,0 +1,1 @@
+"""Built-in seqmodel source and task plugins."""

@@ -1,0 +1,1 @@
+"""Built-in sources: raw examples for the train/val/test splits."""

@@ -1,0 +1,1 @@
+"""Built-in tasks: targets, losses, metrics, evaluation and generation."""

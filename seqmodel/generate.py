@@ -1,0 +1,137 @@
+"""Autoregressive generation of a discrete modality, with or without the KV cache.
+
+Both paths share one windowing rule, so they compute the same thing: when the set would outgrow
+the model's context, the oldest half of the generated segment is dropped and its positions are
+renumbered from 0 (the cached path then re-fills its cache from the cropped window). Greedy
+decoding is therefore token-for-token identical with and without the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from .model import DecodeCache, Transformer
+from .segments import Segment, TokenSet, collate
+
+
+@dataclass
+class SampleConfig:
+    """The `[sample]` table of a recipe: defaults for `seqmodel sample` and end-of-run samples."""
+
+    prompt: str = "\n"
+    """Text (or other input, as the task reads it) the samples start from."""
+    max_new_tokens: int = 500
+    """How many tokens to generate."""
+    temperature: float = 0.8
+    """Softmax temperature; lower is more conservative."""
+    top_k: int = 200
+    """Keep only the k most likely tokens (0 keeps all)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens with this much probability (1 keeps all)."""
+    greedy: bool = False
+    """Always take the most likely token."""
+    seed: int = 1337
+    """Random seed of the sampler."""
+    num_samples: int = 2
+    """Samples written at the end of a run."""
+
+
+def choose_token(logits: Tensor, cfg: SampleConfig, generator: torch.Generator | None = None) -> int:
+    """Pick the next id from logits (V,) by greedy, temperature, top-k and top-p rules."""
+    if cfg.greedy or cfg.temperature <= 0:
+        return int(logits.argmax())
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k and cfg.top_k < logits.numel():
+        kth = torch.topk(logits, cfg.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    if cfg.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        drop = sorted_p.cumsum(0) - sorted_p > cfg.top_p
+        probs = probs.index_fill(0, order[drop], 0.0)
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _window(prefix: list[Segment], capacity: int) -> list[Segment]:
+    """Apply the context rule to the last (generated) segment."""
+    other = sum(len(s) for s in prefix[:-1])
+    last = prefix[-1]
+    budget = capacity - other
+    if budget < 2:
+        raise ValueError(f"the prompt leaves no room to generate within the model context ({capacity})")
+    if len(last) <= budget:
+        return prefix
+    kept = last.slice(len(last) - budget // 2, len(last))
+    kept.positions = kept.positions - kept.positions[:1]
+    return [*prefix[:-1], kept]
+
+
+def _as_set(segments: list[Segment], device, first_segment: int = 0) -> TokenSet:
+    ts = collate([segments]).to(device)
+    if first_segment:
+        ts.segment = ts.segment + first_segment
+        ts.doc = ts.doc + first_segment
+    return ts
+
+
+def _append(seg: Segment, token: int) -> Segment:
+    pos = seg.positions
+    nxt = (pos[-1:] + 1) if len(seg) else torch.zeros_like(pos[:1])
+    return replace(seg, ids=torch.cat([seg.ids, seg.ids.new_tensor([token])]), positions=torch.cat([pos, nxt]),
+                   targets=None, loss_mask=None, doc=None)
+
+
+@torch.no_grad()
+def generate(
+    model: Transformer,
+    prefix: list[Segment],
+    max_new_tokens: int,
+    choose: Callable[[Tensor], int],
+    context: list[Segment] | None = None,
+    use_cache: bool = True,
+    stop: Callable[[int], bool] | None = None,
+    on_logits: Callable[[Tensor], None] | None = None,
+) -> list[int]:
+    """Extend the last segment of `prefix` (a discrete modality) by up to `max_new_tokens` ids.
+
+    Args:
+        model: the transformer (decoder or encoder-decoder), in eval mode.
+        prefix: the example's segments; the last one is the one generated.
+        choose: maps the next-token logits (V,) to an id (see `choose_token`).
+        context: the encoder's input segments, for an encoder-decoder.
+        use_cache: incremental decoding with the KV cache; False recomputes the window each step.
+        stop: returns True for an id that ends generation (it is included in the output).
+        on_logits: called with each step's logits (tests compare the two paths with it).
+    """
+    device = next(model.parameters()).device
+    name = prefix[-1].modality
+    memory = model.encode(collate([context]).to(device)) if context else None
+    capacity = model.cfg.context
+    seg_no = len(prefix) - 1
+    out: list[int] = []
+    cache = None
+    window = _window(prefix, capacity)
+    for _ in range(max_new_tokens):
+        if not use_cache or cache is None:
+            cache = DecodeCache(capacity) if use_cache else None
+            ts = _as_set(window, device)
+        else:
+            ts = _as_set([window[-1].slice(len(window[-1]) - 1, len(window[-1]))], device, seg_no)
+        hidden = model.decode(ts, memory, cache)
+        logits = model.output(name, hidden, ts)[0, -1]
+        if on_logits is not None:
+            on_logits(logits)
+        token = choose(logits)
+        out.append(token)
+        if stop is not None and stop(token):
+            break
+        grown = [*window[:-1], _append(window[-1], token)]
+        window = _window(grown, capacity)
+        if window is not grown:
+            cache = None
+    return out

@@ -1,0 +1,303 @@
+"""Attention-mask patterns as values.
+
+A pattern is a predicate over a (query token, key token) pair that may read each token's index in
+the set, segment number, document id, time coordinate and modality -- the FlexAttention
+``mask_mod`` convention. The same predicate builds a dense boolean mask for
+``scaled_dot_product_attention`` (CPU and GPU), a FlexAttention ``mask_mod`` (CUDA) and, for
+plain ``causal``, selects the ``is_causal=True`` fast path.
+
+Grammar of the recipe strings (whitespace ignored)::
+
+    expr    := term ("|" term)*
+    term    := atom ("&" atom)*
+    atom    := NAME [":" ARG] | "(" expr ")"
+
+    full | causal | sliding_window:W | local:W | prefix[:N] | segment | modality:Q>K+K;Q>K
+
+``sliding_window:W`` is causal and sees the W most recent tokens (itself included);
+``local:W`` sees tokens at most W positions away on either side; ``prefix:N`` makes the first N
+segments of an example bidirectional and the rest causal (N=1 by default); ``segment`` keeps
+attention inside one document; ``modality:text>image+text`` lets queries of modality ``text`` see
+only keys of modalities ``image`` and ``text`` (queries of unlisted modalities are unrestricted).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .errors import UserError
+
+
+class TokenView(NamedTuple):
+    """Per-token metadata, as tensors that broadcast against each other."""
+
+    index: Tensor
+    segment: Tensor
+    doc: Tensor
+    time: Tensor
+    modality: Tensor
+    codes: dict  # modality name -> code used in `modality`
+
+
+class Mask:
+    """Base of all patterns: composable with ``&`` and ``|``."""
+
+    def allowed(self, q: TokenView, k: TokenView) -> Tensor:
+        raise NotImplementedError
+
+    def __and__(self, other: Mask) -> Mask:
+        return And((self, other))
+
+    def __or__(self, other: Mask) -> Mask:
+        return Or((self, other))
+
+
+@dataclass(frozen=True)
+class Full(Mask):
+    def allowed(self, q, k):
+        return (q.index >= 0) & (k.index >= 0)
+
+    def __str__(self):
+        return "full"
+
+
+@dataclass(frozen=True)
+class Causal(Mask):
+    def allowed(self, q, k):
+        return k.index <= q.index
+
+    def __str__(self):
+        return "causal"
+
+
+@dataclass(frozen=True)
+class SlidingWindow(Mask):
+    window: int
+
+    def allowed(self, q, k):
+        return (k.index <= q.index) & (q.index - k.index < self.window)
+
+    def __str__(self):
+        return f"sliding_window:{self.window}"
+
+
+@dataclass(frozen=True)
+class Local(Mask):
+    window: int
+
+    def allowed(self, q, k):
+        return (q.index - k.index).abs() <= self.window
+
+    def __str__(self):
+        return f"local:{self.window}"
+
+
+@dataclass(frozen=True)
+class Prefix(Mask):
+    segments: int = 1
+
+    def allowed(self, q, k):
+        return (k.index <= q.index) | ((q.segment < self.segments) & (k.segment < self.segments))
+
+    def __str__(self):
+        return "prefix" if self.segments == 1 else f"prefix:{self.segments}"
+
+
+@dataclass(frozen=True)
+class SameSegment(Mask):
+    def allowed(self, q, k):
+        return q.doc == k.doc
+
+    def __str__(self):
+        return "segment"
+
+
+@dataclass(frozen=True)
+class ModalityRule(Mask):
+    rules: tuple[tuple[str, tuple[str, ...]], ...]  # (query modality, visible key modalities)
+
+    def allowed(self, q, k):
+        ok = (q.index >= 0) & (k.index >= 0)
+        for query, keys in self.rules:
+            qc = q.codes.get(query, -2)
+            seen = torch.zeros_like(ok)
+            for key in keys:
+                seen = seen | (k.modality == k.codes.get(key, -2))
+            ok = ok & ((q.modality != qc) | seen)
+        return ok
+
+    def __str__(self):
+        return "modality:" + ";".join(f"{q}>{'+'.join(ks)}" for q, ks in self.rules)
+
+
+@dataclass(frozen=True)
+class And(Mask):
+    parts: tuple[Mask, ...]
+
+    def allowed(self, q, k):
+        out = self.parts[0].allowed(q, k)
+        for p in self.parts[1:]:
+            out = out & p.allowed(q, k)
+        return out
+
+    def __str__(self):
+        return "&".join(f"({p})" if isinstance(p, Or) else str(p) for p in self.parts)
+
+
+@dataclass(frozen=True)
+class Or(Mask):
+    parts: tuple[Mask, ...]
+
+    def allowed(self, q, k):
+        out = self.parts[0].allowed(q, k)
+        for p in self.parts[1:]:
+            out = out | p.allowed(q, k)
+        return out
+
+    def __str__(self):
+        return "|".join(str(p) for p in self.parts)
+
+
+_NAME = re.compile(r"[a-z_]+")
+
+
+def _int_arg(name: str, arg: str | None, default: int | None = None) -> int:
+    if arg is None and default is not None:
+        return default
+    if arg is None or not arg.isdigit() or int(arg) < 1:
+        raise ValueError(f"{name} needs a positive integer, as in {name}:{default or 64}")
+    return int(arg)
+
+
+def _modality_rule(arg: str | None) -> ModalityRule:
+    if not arg:
+        raise ValueError("modality needs rules, as in modality:text>image+text")
+    rules = []
+    for part in arg.split(";"):
+        query, sep, keys = part.partition(">")
+        names = [query, *keys.split("+")]
+        if not sep or not all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names):
+            raise ValueError(f"bad modality rule {part!r}: expected QUERY>KEY+KEY")
+        rules.append((query, tuple(keys.split("+"))))
+    return ModalityRule(tuple(rules))
+
+
+_ATOMS = {
+    "full": lambda a: Full(),
+    "causal": lambda a: Causal(),
+    "sliding_window": lambda a: SlidingWindow(_int_arg("sliding_window", a)),
+    "local": lambda a: Local(_int_arg("local", a)),
+    "prefix": lambda a: Prefix(_int_arg("prefix", a, 1)),
+    "segment": lambda a: SameSegment(),
+    "modality": _modality_rule,
+}
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.tokens = re.findall(r"\(|\)|&|\||[^()&|]+", text.replace(" ", ""))
+        self.i = 0
+
+    def peek(self):
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self):
+        tok = self.peek()
+        self.i += 1
+        return tok
+
+    def expr(self) -> Mask:
+        parts = [self.term()]
+        while self.peek() == "|":
+            self.take()
+            parts.append(self.term())
+        return parts[0] if len(parts) == 1 else Or(tuple(parts))
+
+    def term(self) -> Mask:
+        parts = [self.atom()]
+        while self.peek() == "&":
+            self.take()
+            parts.append(self.atom())
+        return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+    def atom(self) -> Mask:
+        tok = self.take()
+        if tok == "(":
+            inner = self.expr()
+            if self.take() != ")":
+                raise ValueError("missing ')'")
+            return inner
+        if tok is None or tok in ")&|":
+            raise ValueError(f"expected a pattern name, got {tok or 'end of text'!r}")
+        name, _, arg = tok.partition(":")
+        if name not in _ATOMS:
+            raise ValueError(f"unknown pattern {name!r} (known: {', '.join(_ATOMS)})")
+        return _ATOMS[name](arg or None)
+
+
+def parse_mask(text: str, where: str = "mask") -> Mask:
+    """Parse a recipe mask string; a bad one raises a one-line `UserError` naming `where`."""
+    if not isinstance(text, str) or not text.strip():
+        raise UserError(f"{where}: expected a mask pattern such as 'causal', got {text!r}")
+    try:
+        parser = _Parser(text)
+        mask = parser.expr()
+        if parser.peek() is not None:
+            raise ValueError(f"unexpected {parser.peek()!r}")
+        return mask
+    except ValueError as err:
+        raise UserError(f"{where}: bad mask pattern {text!r}: {err}") from None
+
+
+def is_plain_causal(mask: Mask) -> bool:
+    return isinstance(mask, Causal)
+
+
+def is_full(mask: Mask) -> bool:
+    return isinstance(mask, Full)
+
+
+def dense_mask(mask: Mask, q: TokenView, k: TokenView, k_valid: Tensor, q_valid: Tensor | None = None) -> Tensor:
+    """Boolean mask (B, 1, Lq, Lk), True where a query may attend to a key.
+
+    `q`/`k` hold (B, Lq) and (B, Lk) tensors. Padded keys are never visible; a padded query row
+    may also see key 0, so that softmax never meets an all-masked row (its output is ignored).
+    """
+    qv = TokenView(*(t[:, :, None] for t in q[:5]), q.codes)
+    kv = TokenView(*(t[:, None, :] for t in k[:5]), k.codes)
+    allowed = mask.allowed(qv, kv) & k_valid[:, None, :]
+    if q_valid is not None:
+        allowed = allowed | (~q_valid[:, :, None] & (kv.index == 0))
+    return allowed[:, None]
+
+
+def flex_mask_mod(mask: Mask, q: TokenView, k: TokenView, k_valid: Tensor):
+    """The same predicate as a FlexAttention ``mask_mod(b, h, q_idx, kv_idx)``."""
+
+    def mask_mod(b, h, qi, ki):
+        qv = TokenView(*(t[b, qi] for t in q[:5]), q.codes)
+        kv = TokenView(*(t[b, ki] for t in k[:5]), k.codes)
+        return mask.allowed(qv, kv) & k_valid[b, ki]
+
+    return mask_mod
+
+
+@dataclass(frozen=True)
+class MaskSchedule:
+    """One mask per layer, cycling: ``["local:16", "full"]`` alternates local and global layers."""
+
+    masks: tuple[Mask, ...]
+
+    def for_layer(self, i: int) -> Mask:
+        return self.masks[i % len(self.masks)]
+
+    @classmethod
+    def parse(cls, mask: str, layer_masks: list[str] | tuple[str, ...] = (), where: str = "model") -> MaskSchedule:
+        if layer_masks:
+            return cls(tuple(parse_mask(m, f"{where}.layer_masks[{i}]") for i, m in enumerate(layer_masks)))
+        return cls((parse_mask(mask, f"{where}.mask"),))

@@ -1,0 +1,378 @@
+"""The one transformer: a pre-norm block stack over sets of tokens.
+
+Encoder, decoder and encoder-decoder are the same `Block`s: what differs is the mask schedule
+and whether blocks cross-attend to an encoder's output. Every token is
+``adapter(input) + position(pos) + modality_embedding[modality]``; the adapter is an embedding
+table (discrete modalities) or a linear projection (continuous ones).
+
+References: Vaswani et al. 2017 (Transformer); Radford et al. 2019 and karpathy/nanoGPT (pre-norm
+GPT, init); Dosovitskiy et al. 2020 (ViT patches); Su et al. 2021 (rotary positions).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from .masks import MaskSchedule, TokenView, dense_mask, is_full, is_plain_causal
+from .plugin import ModalitySpec
+from .segments import ModalityInputs, TokenSet
+
+ARCHS = ("decoder", "encoder", "encoder_decoder")
+
+
+@dataclass
+class ModelConfig:
+    """The `[model]` table of a recipe."""
+
+    arch: str = "decoder"
+    """"decoder", "encoder" or "encoder_decoder"."""
+    layers: int = 4
+    """Blocks in the main stack (the decoder of an encoder-decoder)."""
+    encoder_layers: int = 0
+    """Blocks in the encoder of an encoder-decoder; 0 means the same as `layers`."""
+    d_model: int = 128
+    """Width of every token vector."""
+    heads: int = 4
+    """Attention heads; must divide d_model."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width as a multiple of d_model."""
+    dropout: float = 0.0
+    """Dropout on embeddings, attention weights and residual branches."""
+    mask: str = "causal"
+    """Self-attention mask of the main stack (see seqmodel.masks for the grammar)."""
+    layer_masks: list[str] = field(default_factory=list)
+    """Per-layer mask schedule, cycled over the layers; overrides `mask` when given."""
+    encoder_mask: str = "full"
+    """Self-attention mask of the encoder of an encoder-decoder."""
+    context: int = 256
+    """Longest token set the model is trained on (sizes the default 1-D position tables)."""
+    bias: bool = False
+    """Biases in linear layers and LayerNorms."""
+    tie_embeddings: bool = True
+    """Discrete output heads share the input embedding table."""
+    modality_embedding: bool = True
+    """Add a learned per-modality vector to every token (switch off for ablations)."""
+    rope_base: float = 10000.0
+    """Base of the rotary frequencies, for modalities with rotary positions."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        """(key, problem) pairs; empty when valid."""
+        bad = []
+        if self.arch not in ARCHS:
+            bad.append(("arch", f"expected one of {', '.join(ARCHS)}, got {self.arch!r}"))
+        for key in ("layers", "d_model", "heads", "context"):
+            if getattr(self, key) < 1:
+                bad.append((key, f"must be at least 1, got {getattr(self, key)}"))
+        if self.heads >= 1 and self.d_model % self.heads:
+            bad.append(("heads", f"must divide d_model={self.d_model}, got {self.heads}"))
+        if not 0.0 <= self.dropout < 1.0:
+            bad.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
+        if self.mlp_ratio <= 0:
+            bad.append(("mlp_ratio", f"must be positive, got {self.mlp_ratio}"))
+        return bad
+
+
+class Plan(NamedTuple):
+    """How one attention call applies its mask: a dense boolean tensor or a fast path."""
+
+    mask: Tensor | None  # (B, 1, Lq, Lk) bool
+    is_causal: bool = False
+
+
+class LayerCache:
+    """Keys and values of one attention layer, preallocated for `capacity` tokens."""
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor, start: int, capacity: int) -> tuple[Tensor, Tensor]:
+        n = k.shape[2]
+        if self.k is None:
+            self.k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
+            self.v = torch.empty_like(self.k)
+        self.k[:, :, start : start + n] = k
+        self.v[:, :, start : start + n] = v
+        return self.k[:, :, : start + n], self.v[:, :, : start + n]
+
+
+class DecodeCache:
+    """Everything incremental decoding keeps between steps: per-layer K/V, cross K/V (computed
+    once), and the metadata of the tokens seen so far (the masks read it)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0
+        self.self_kv: dict[int, LayerCache] = {}
+        self.cross_kv: dict[int, tuple[Tensor, Tensor]] = {}
+        self.meta: list[Tensor] | None = None  # index, segment, doc, time, modality, valid (B, length)
+        self.codes: dict | None = None
+        self.memory: tuple[Tensor, Tensor] | None = None  # encoder output and its valid mask
+
+    def layer(self, i: int) -> LayerCache:
+        return self.self_kv.setdefault(i, LayerCache())
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x[..., :d/2], x[..., d/2:]) by the per-token angles; x (B, H, L, Dh)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention over the set (self) or from the set to an encoder's output (cross)."""
+
+    def __init__(self, cfg: ModelConfig, cross: bool = False) -> None:
+        super().__init__()
+        D = cfg.d_model
+        self.heads, self.cross, self.dropout = cfg.heads, cross, cfg.dropout
+        if cross:
+            self.q = nn.Linear(D, D, bias=cfg.bias)
+            self.kv = nn.Linear(D, 2 * D, bias=cfg.bias)
+        else:
+            self.qkv = nn.Linear(D, 3 * D, bias=cfg.bias)
+        self.proj = nn.Linear(D, D, bias=cfg.bias)
+        self.proj.is_residual = True
+
+    def split(self, x: Tensor, n: int) -> list[Tensor]:
+        return list(rearrange(x, "b l (n h d) -> n b h l d", n=n, h=self.heads))
+
+    def forward(self, x, plan: Plan, rope=None, memory=None, cache: DecodeCache | None = None, layer: int = 0):
+        if self.cross:
+            (q,) = self.split(self.q(x), 1)  # (B, H, Lq, Dh)
+            if cache is not None and layer in cache.cross_kv:
+                k, v = cache.cross_kv[layer]
+            else:
+                k, v = self.split(self.kv(memory), 2)
+                if cache is not None:
+                    cache.cross_kv[layer] = (k, v)
+        else:
+            q, k, v = self.split(self.qkv(x), 3)
+            if rope is not None:
+                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            if cache is not None:
+                k, v = cache.layer(layer).append(k, v, cache.length, cache.capacity)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, dropout_p=p, is_causal=plan.is_causal)
+        return self.proj(rearrange(y, "b h l d -> b l (h d)"))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = int(cfg.mlp_ratio * cfg.d_model)
+        self.fc = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
+        self.proj = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
+        self.proj.is_residual = True
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm self-attention, optional cross-attention, MLP; each a residual branch."""
+
+    def __init__(self, cfg: ModelConfig, cross: bool) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = Attention(cfg)
+        self.ln_cross = nn.LayerNorm(cfg.d_model, bias=cfg.bias) if cross else None
+        self.cross = Attention(cfg, cross=True) if cross else None
+        self.ln_mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, plan, rope=None, memory=None, cross_plan=None, cache=None, layer=0):
+        x = x + self.drop(self.attn(self.ln_attn(x), plan, rope, cache=cache, layer=layer))
+        if self.cross is not None:
+            x = x + self.drop(self.cross(self.ln_cross(x), cross_plan, memory=memory, cache=cache, layer=layer))
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class Stack(nn.Module):
+    """Blocks with a per-layer mask schedule, then a final LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig, layers: int, schedule: MaskSchedule, cross: bool) -> None:
+        super().__init__()
+        self.schedule = schedule
+        self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x, q: TokenView, k: TokenView, k_valid, q_valid, rope=None, memory=None, cross_plan=None, cache=None):
+        plans: dict = {}
+        padded = not bool(k_valid.all())
+        for i, block in enumerate(self.blocks):
+            mask = self.schedule.for_layer(i)
+            if mask not in plans:
+                plans[mask] = make_plan(mask, q, k, k_valid, q_valid, padded)
+            x = block(x, plans[mask], rope, memory, cross_plan, cache, i)
+        return self.ln_f(x)
+
+
+def make_plan(mask, q: TokenView, k: TokenView, k_valid: Tensor, q_valid: Tensor, padded: bool) -> Plan:
+    """Pick the cheapest exact way to apply `mask` (all backends read the same predicate)."""
+    Lq, Lk = q.index.shape[1], k.index.shape[1]
+    if is_plain_causal(mask) and Lq == Lk:
+        return Plan(None, is_causal=True)  # sets are right-padded: padded keys follow every valid query
+    if (is_plain_causal(mask) and Lq == 1 or is_full(mask)) and not padded:
+        return Plan(None)
+    return Plan(dense_mask(mask, q, k, k_valid, q_valid))
+
+
+class PositionEncoding(nn.Module):
+    """Learned tables, one per position coordinate, summed (1-D, factorised 2-D, timestep)."""
+
+    def __init__(self, spec: ModalitySpec, d_model: int) -> None:
+        super().__init__()
+        sizes = {"learned": spec.max_positions[:1], "timestep": spec.max_positions[:1], "2d": spec.max_positions[:2]}
+        self.tables = nn.ModuleList(nn.Embedding(n, d_model) for n in sizes.get(spec.position, ()))
+
+    def forward(self, positions: Tensor) -> Tensor | int:  # (B, T, P) -> (B, T, D)
+        return sum((t(positions[..., i]) for i, t in enumerate(self.tables)), 0)
+
+
+class Transformer(nn.Module):
+    """The core model. See the module docstring.
+
+    Args:
+        cfg: the model config.
+        specs: one `ModalitySpec` per modality the model may see.
+        outputs: modalities that need an output head (the task's targets).
+    """
+
+    def __init__(self, cfg: ModelConfig, specs: list[ModalitySpec], outputs: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.cfg, self.specs = cfg, {s.name: s for s in specs}
+        D = cfg.d_model
+        self.adapters = nn.ModuleDict(
+            {s.name: nn.Embedding(s.vocab_size, D) if s.discrete else nn.Linear(s.width, D) for s in specs}
+        )
+        self.positions = nn.ModuleDict({s.name: PositionEncoding(s, D) for s in specs})
+        self.modality_code = {s.name: i for i, s in enumerate(specs)}
+        self.modality_emb = nn.Embedding(len(specs), D) if cfg.modality_embedding else None
+        self.rotary = {s.name for s in specs if s.position == "rotary"}
+        if self.rotary and (D // cfg.heads) % 2:
+            raise ValueError(f"rotary positions need an even head width, got d_model/heads = {D}/{cfg.heads}")
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = self.decoder = None
+        if cfg.arch == "encoder_decoder":
+            enc = MaskSchedule.parse(cfg.encoder_mask, where="model.encoder_mask")
+            self.encoder = Stack(cfg, cfg.encoder_layers or cfg.layers, enc, cross=False)
+        main = Stack(cfg, cfg.layers, MaskSchedule.parse(cfg.mask, cfg.layer_masks), cross=cfg.arch == "encoder_decoder")
+        if cfg.arch == "encoder":
+            self.encoder = main
+        else:
+            self.decoder = main
+        self.heads = nn.ModuleDict()
+        for name in outputs:
+            s = self.specs[name]
+            self.heads[name] = nn.Linear(D, s.vocab_size if s.discrete else s.width, bias=not s.discrete)
+        self.apply(self._init)
+        for name, head in self.heads.items():
+            if self.specs[name].discrete and cfg.tie_embeddings:
+                head.weight = self.adapters[name].weight
+
+    def _init(self, m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            std = 0.02 / math.sqrt(2 * self.cfg.layers) if getattr(m, "is_residual", False) else 0.02
+            nn.init.normal_(m.weight, 0.0, std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- inputs ------------------------------------------------------------------------------
+    def embed_modality(self, name: str, inp: ModalityInputs) -> Tensor:
+        if name not in self.adapters:
+            raise KeyError(f"the model has no modality {name!r} (it knows {', '.join(self.adapters)})")
+        x = self.adapters[name](inp.ids if inp.ids is not None else inp.values)
+        x = x + self.positions[name](inp.positions)
+        if self.modality_emb is not None:
+            x = x + self.modality_emb.weight[self.modality_code[name]]
+        return x
+
+    def embed(self, ts: TokenSet) -> Tensor:
+        """The set as vectors (B, L, D), each token placed at its slot."""
+        B, L = ts.shape
+        if len(ts.inputs) == 1 and next(iter(ts.inputs.values())).dense:
+            name, inp = next(iter(ts.inputs.items()))
+            return self.drop(self.embed_modality(name, inp))
+        x = None
+        for name, inp in ts.inputs.items():
+            e = self.embed_modality(name, inp)  # (B, Tm, D)
+            if x is None:
+                x = e.new_zeros(B, L, e.shape[-1])
+            rows = torch.arange(B, device=e.device)[:, None].expand_as(inp.slot)
+            x = x.index_put((rows[inp.valid], inp.slot[inp.valid]), e[inp.valid])
+        return self.drop(x)
+
+    def view(self, ts: TokenSet, offset: int = 0) -> TokenView:
+        """Metadata of the set's tokens, modality codes in this model's numbering."""
+        remap = torch.tensor([self.modality_code.get(m, -2) for m in ts.modalities] + [-1], device=ts.valid.device)
+        index = torch.arange(offset, offset + ts.shape[1], device=ts.valid.device).expand(ts.shape)
+        return TokenView(index, ts.segment, ts.doc, ts.time, remap[ts.modality], self.modality_code)
+
+    def rope(self, ts: TokenSet, view: TokenView) -> tuple[Tensor, Tensor] | None:
+        if not self.rotary:
+            return None
+        on = torch.zeros(len(self.modality_code) + 2, dtype=torch.bool, device=ts.valid.device)
+        for name in self.rotary:
+            on[self.modality_code[name]] = True
+        pos = torch.where(on[view.modality], ts.time, 0).float()  # (B, L)
+        dh = self.cfg.d_model // self.cfg.heads
+        freqs = self.cfg.rope_base ** (-torch.arange(0, dh, 2, device=pos.device).float() / dh)
+        angles = pos[:, None, :, None] * freqs  # (B, 1, L, Dh/2)
+        return angles.cos(), angles.sin()
+
+    # -- forward -----------------------------------------------------------------------------
+    def encode(self, ts: TokenSet) -> tuple[Tensor, Tensor]:
+        """Run the encoder stack: (hidden (B, L, D), valid (B, L))."""
+        v = self.view(ts)
+        return self.encoder(self.embed(ts), v, v, ts.valid, ts.valid, self.rope(ts, v)), ts.valid
+
+    def decode(self, ts: TokenSet, memory: tuple[Tensor, Tensor] | None = None, cache: DecodeCache | None = None) -> Tensor:
+        """Run the decoder stack, optionally cross-attending to `memory` and extending `cache`."""
+        offset = cache.length if cache is not None else 0
+        q = self.view(ts, offset)
+        k, k_valid = q, ts.valid
+        if cache is not None:
+            meta = [*q[:5], ts.valid]
+            cache.meta = meta if cache.meta is None else [torch.cat(p, 1) for p in zip(cache.meta, meta)]
+            k, k_valid = TokenView(*cache.meta[:5], self.modality_code), cache.meta[5]
+            memory = memory if memory is not None else cache.memory
+            cache.memory = memory
+        cross_plan = None
+        if self.decoder.blocks[0].cross is not None:
+            if memory is None:
+                raise ValueError("an encoder_decoder model needs an encoder input (context)")
+            mem_valid = memory[1]
+            cross_plan = Plan(None if bool(mem_valid.all()) else mem_valid[:, None, None, :])
+        out = self.decoder(self.embed(ts), q, k, k_valid, ts.valid, self.rope(ts, q), memory[0] if memory else None, cross_plan, cache)
+        if cache is not None:
+            cache.length += ts.shape[1]
+        return out
+
+    def forward(self, ts: TokenSet, context: TokenSet | None = None, cache: DecodeCache | None = None) -> Tensor:
+        """Final hidden states (B, L, D) of `ts` (encoder-decoder: `context` goes to the encoder)."""
+        if self.decoder is None:
+            return self.encode(ts)[0]
+        memory = self.encode(context) if self.encoder is not None and context is not None else None
+        return self.decode(ts, memory, cache)
+
+    # -- outputs -----------------------------------------------------------------------------
+    def output(self, name: str, hidden: Tensor, ts: TokenSet) -> Tensor:
+        """The head of modality `name` on its tokens: (B, Tm, V) logits or (B, Tm, F) values."""
+        inp = ts.inputs[name]
+        if not inp.dense:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+            hidden = hidden[rows, inp.slot]
+        return self.heads[name](hidden)

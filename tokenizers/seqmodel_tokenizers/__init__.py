@@ -1,0 +1,1 @@
+"""Built-in seqmodel tokenizer plugins and the feature code they share."""
