@@ -230,9 +230,10 @@ def make_plan(mask, q: TokenView, k: TokenView, k_valid: Tensor, q_valid: Tensor
 class PositionEncoding(nn.Module):
     """Learned tables, one per position coordinate, summed (1-D, factorised 2-D, timestep)."""
 
-    def __init__(self, spec: ModalitySpec, d_model: int) -> None:
+    def __init__(self, spec: ModalitySpec, d_model: int, context: int) -> None:
         super().__init__()
-        sizes = {"learned": spec.max_positions[:1], "timestep": spec.max_positions[:1], "2d": spec.max_positions[:2]}
+        limits = spec.max_positions or (context,)
+        sizes = {"learned": limits[:1], "timestep": limits[:1], "2d": limits[:2]}
         self.tables = nn.ModuleList(nn.Embedding(n, d_model) for n in sizes.get(spec.position, ()))
 
     def forward(self, positions: Tensor) -> Tensor | int:  # (B, T, P) -> (B, T, D)
@@ -255,7 +256,7 @@ class Transformer(nn.Module):
         self.adapters = nn.ModuleDict(
             {s.name: nn.Embedding(s.vocab_size, D) if s.discrete else nn.Linear(s.width, D) for s in specs}
         )
-        self.positions = nn.ModuleDict({s.name: PositionEncoding(s, D) for s in specs})
+        self.positions = nn.ModuleDict({s.name: PositionEncoding(s, D, cfg.context) for s in specs})
         self.modality_code = {s.name: i for i, s in enumerate(specs)}
         self.modality_emb = nn.Embedding(len(specs), D) if cfg.modality_embedding else None
         self.rotary = {s.name for s in specs if s.position == "rotary"}

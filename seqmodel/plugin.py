@@ -31,14 +31,15 @@ class ModalitySpec:
         position: how positions are encoded: "learned" (1-D table), "2d" (factorised row/column
             tables), "timestep" (1-D table of timesteps), "rotary" (rotary q/k on the first
             coordinate) or "none".
-        max_positions: size of each position table, one per coordinate (e.g. (rows, cols)).
+        max_positions: size of each position table, one per coordinate (e.g. (rows, cols));
+            empty means the model's context length.
     """
 
     name: str
     vocab_size: int | None = None
     width: int | None = None
     position: str = "learned"
-    max_positions: tuple[int, ...] = (1024,)
+    max_positions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.vocab_size is None) == (self.width is None):

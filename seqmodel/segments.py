@@ -182,3 +182,18 @@ def _collate_modality(rows: list[list[tuple[int, Segment]]], L: int) -> Modality
         out.loss_mask = _pad([m if m is not None else torch.ones(len(t), dtype=torch.bool) for m, t in zip(lmask, tgt)], Tm, False)
     out.dense = Tm == L and bool(out.valid.all()) and bool((out.slot == torch.arange(L)).all())
     return out
+
+
+def dense_set(modality: str, ids: Tensor | None = None, values: Tensor | None = None, targets: Tensor | None = None) -> TokenSet:
+    """A batch in which every example is one unpadded segment of 1-D positions 0..T-1.
+
+    The fast path for language modelling: the same TokenSet `collate` would build, without the
+    per-example work.
+    """
+    data = ids if ids is not None else values
+    B, T = data.shape[:2]
+    index = torch.arange(T).expand(B, T)
+    zeros = torch.zeros(B, T, dtype=torch.long)
+    inp = ModalityInputs(slot=index, valid=torch.ones(B, T, dtype=torch.bool), positions=index.unsqueeze(-1),
+                         ids=ids, values=values, targets=targets, dense=True)
+    return TokenSet({modality: inp}, (modality,), inp.valid, zeros, zeros, zeros, index)

@@ -1,0 +1,121 @@
+"""The Python API, mirroring the CLI: `run(recipe)` trains, `load(run_dir)` gives a `Run` that
+generates, scores and evaluates."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+
+from . import __version__, checkpoint, registry
+from .errors import UserError
+from .generate import SampleConfig
+from .pipeline import Pipeline
+from .recipe import Recipe, load_recipe
+
+
+class Run:
+    """A trained (or training) run directory with its pipeline and latest weights."""
+
+    def __init__(self, pipeline: Pipeline, run_dir: Path) -> None:
+        self.pipeline, self.dir = pipeline, run_dir
+
+    @property
+    def task(self):
+        return self.pipeline.task
+
+    def _need(self, method: str):
+        fn = getattr(self.task, method, None)
+        if fn is None:
+            raise UserError(f"task {self.pipeline.recipe.task.name!r} does not support {method}")
+        return fn
+
+    def sample_config(self, **overrides) -> SampleConfig:
+        known = {f.name for f in fields(SampleConfig)}
+        return replace(self.pipeline.recipe.sample, **{k: v for k, v in overrides.items() if k in known and v is not None})
+
+    def generate(self, prompt: str | None = None, use_cache: bool = True, **overrides) -> str:
+        cfg = self.sample_config(prompt=prompt, **overrides)
+        return self._need("generate")(self.pipeline, cfg.prompt, cfg, use_cache)
+
+    def score(self, text: str) -> dict:
+        return self._need("score")(self.pipeline, text)
+
+    def evaluate(self, split: str = "val", limit: int | None = None) -> dict:
+        return self.task.evaluate(self.pipeline, split, limit)
+
+    def predict(self, inputs: list[str], **kw) -> list[dict]:
+        return self._need("predict")(self.pipeline, inputs, **kw)
+
+
+def load(run_dir: str | Path, device: str | None = None) -> Run:
+    """Open a run directory: rebuild its pipeline and load the newest checkpoint's weights."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    pipe = Pipeline.from_run(run_dir)
+    ckpt = checkpoint.latest(run_dir)
+    if ckpt is None:
+        raise UserError(f"{run_dir}: the run has no complete checkpoint yet")
+    module = pipe.module
+    checkpoint.load_weights(module, ckpt)
+    module.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    return Run(pipe, run_dir)
+
+
+def default_run_dir(recipe_path: str | Path, resume: bool) -> Path:
+    """runs/<recipe name>, numbered -2, -3 ... for new runs; the newest of them for --resume."""
+    stem = Path(recipe_path).stem
+    root = Path("runs")
+    taken = sorted((p for p in root.glob(f"{stem}*") if p.name == stem or p.name.removeprefix(stem + "-").isdigit()),
+                   key=lambda p: int(p.name.removeprefix(stem + "-")) if p.name != stem else 1)
+    if resume:
+        if not taken:
+            raise UserError(f"nothing to resume: no run directory runs/{stem}* (give --out)")
+        return taken[-1]
+    return root / (stem if not taken else f"{stem}-{len(taken) + 1}")
+
+
+def environment(pipe: Pipeline) -> dict:
+    """Versions of everything a run depends on (written to run.json)."""
+    import accelerate
+
+    recipe = pipe.recipe
+    used = [("source", recipe.data.name), ("task", recipe.task.name)] + [("tokenizer", b.name) for b in recipe.tokenizers.values()]
+    plugins = [{"kind": k, "name": n, "distribution": d, "version": v} for k, n in dict.fromkeys(used)
+               for d, v in [registry.plugin_version(k, n)]]
+    return {"seqmodel": __version__, "torch": torch.__version__, "accelerate": accelerate.__version__,
+            "python": platform.python_version(), "plugins": plugins}
+
+
+def run(recipe: str | Path | Recipe, overrides: list[str] = (), out: str | Path | None = None,
+        resume: bool = False, progress: bool = True) -> Run:
+    """Train a recipe (a path or a parsed `Recipe`); returns the finished `Run`."""
+    from .report import finish_run
+    from .train import Trainer
+
+    if isinstance(recipe, Recipe):
+        rec, path = recipe, recipe.path
+    else:
+        path = str(recipe)
+        rec = load_recipe(recipe, overrides)
+    run_dir = Path(out) if out else default_run_dir(path, resume)
+    if resume:
+        pipe = Pipeline.from_run(run_dir)
+        pipe.recipe.train.steps = rec.train.steps
+    else:
+        if checkpoint.latest(run_dir) is not None:
+            raise UserError(f"{run_dir}: already holds a run; continue it with --resume or pick another --out")
+        pipe = Pipeline(rec, run_dir)
+        pipe.fit()
+        pipe.save(run_dir)
+        (run_dir / "recipe.toml").write_text(Path(path).read_text() if Path(path).is_file() else "")
+        (run_dir / "run.json").write_text(json.dumps(environment(pipe), indent=2))
+    trainer = Trainer(pipe, run_dir, resume=resume, progress=progress)
+    trainer.run()
+    if trainer.acc.is_main_process:
+        finish_run(pipe, run_dir, trainer.history)
+    return Run(pipe, run_dir)

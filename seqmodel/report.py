@@ -1,0 +1,52 @@
+"""What a finished run leaves behind besides weights: a loss-curve PNG, samples, task pictures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .pipeline import Pipeline
+
+
+def loss_curve(history: list[dict], path: Path, title: str = "") -> Path | None:
+    """Train and validation loss against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["train_loss"]) for r in history if "train_loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(*zip(*train), label="train", lw=1.2)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation", lw=1.5, ms=3)
+        ax.annotate(f"{val[-1][1]:.4f}", val[-1], textcoords="offset points", xytext=(-30, 8))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def finish_run(pipeline: Pipeline, run_dir: Path, history: list[dict]) -> None:
+    """Write the loss curve, end-of-run samples and whatever pictures the task draws."""
+    loss_curve(history, run_dir / "loss.png", title=f"{pipeline.recipe.path}")
+    task = pipeline.task
+    if hasattr(task, "report"):
+        task.report(pipeline, run_dir)
+    if hasattr(task, "sample") and pipeline.recipe.sample.num_samples > 0:
+        pipeline.module.eval()
+        samples = task.sample(pipeline, pipeline.recipe.sample)
+        text = "".join(f"--- sample {i + 1} ---\n{s}\n" for i, s in enumerate(samples))
+        (run_dir / "samples.txt").write_text(text)
+        print(text, file=sys.stderr)
+    last = next((r for r in reversed(history) if "val_loss" in r), history[-1] if history else {})
+    summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items())
+    print(f"seqmodel: finished {run_dir} ({summary})", file=sys.stderr)

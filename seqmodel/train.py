@@ -1,0 +1,211 @@
+"""The one training loop, on HuggingFace accelerate (CPU, one GPU, many GPUs or machines).
+
+Every step is a pure function of (seed, step): batches are drawn by step index and dropout is
+reseeded per step, so a run resumed from a checkpoint continues exactly as if never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .errors import UserError
+from .pipeline import Pipeline
+from .recipe import TrainConfig
+from .task import Slice, random_generator
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at the last step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / (cfg.warmup + 1)
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    params = [p for p in module.parameters() if p.requires_grad]
+    seen, decay, no_decay = set(), [], []
+    for p in params:
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu"))
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("[train] device: 'cuda' requested but no GPU is available")
+    if cfg.precision == "fp16" and cpu:
+        raise UserError("[train] precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
+    return Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum)
+
+
+class Interrupt:
+    """Turns SIGINT into a flag checked between steps."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self.previous = signal.getsignal(signal.SIGINT)
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.hit:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            self.hit = True
+
+        signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+@dataclass
+class Trainer:
+    pipeline: Pipeline
+    run_dir: Path
+    resume: bool = False
+    progress: bool = True
+    history: list[dict] = field(default_factory=list)
+    window: list[float] = field(default_factory=list)  # train losses since the last log line
+
+    def log(self, record: dict) -> None:
+        self.history.append(record)
+        if self.acc.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    @torch.no_grad()
+    def val_loss(self, model, stream) -> float:
+        cfg, world, rank = self.cfg, self.acc.num_processes, self.acc.process_index
+        model.eval()
+        total = torch.zeros(2, device=self.acc.device)
+        for k in range(cfg.eval_batches):
+            batch = stream.batch(Slice(k, 0, rank, self.per_rank, cfg.batch_size)).to(self.acc.device)
+            with self.acc.autocast():
+                loss, _ = model(batch)
+            total += torch.stack([loss.float().detach(), torch.ones((), device=self.acc.device)])
+        model.train()
+        total = self.acc.reduce(total, reduction="sum")
+        return float(total[0] / total[1])
+
+    def setup(self) -> int:
+        cfg = self.cfg = self.pipeline.recipe.train
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.acc = make_accelerator(cfg)
+        world = self.acc.num_processes
+        if cfg.batch_size % world:
+            raise UserError(f"[train] batch_size: {cfg.batch_size} does not split over {world} processes")
+        self.per_rank = cfg.batch_size // world
+        torch.manual_seed(cfg.seed)
+        module = self.pipeline.module
+        optimizer = make_optimizer(module, cfg, self.acc.device)
+        start = 0
+        ckpt = checkpoint.latest(self.run_dir) if self.resume else None
+        if self.resume and ckpt is None:
+            raise UserError(f"{self.run_dir}: nothing to resume (no complete checkpoint)")
+        if ckpt is not None:
+            checkpoint.load_weights(module, ckpt)
+            optimizer.load_state_dict(checkpoint.load_optimizer(ckpt))
+            state = checkpoint.read_state(ckpt)
+            start = state["step"]
+            self.history = [r for r in state.get("history", []) if r["step"] <= start]
+            self.window = list(state.get("window", []))
+            if self.acc.is_main_process:
+                (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        elif self.acc.is_main_process:
+            (self.run_dir / "metrics.jsonl").write_text("")
+        if cfg.compile:
+            module = torch.compile(module)
+        self.model, self.optimizer = self.acc.prepare(module, optimizer)
+        return start
+
+    def save(self, step: int, window: list[float]) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            state = {"history": self.history, "window": window, "seed": self.cfg.seed}
+            checkpoint.save(self.run_dir, step, self.acc.unwrap_model(self.model), self.optimizer.state_dict(), state)
+        self.acc.wait_for_everyone()
+
+    def stop_requested(self, interrupt: Interrupt) -> bool:
+        flag = torch.tensor([float(interrupt.hit)], device=self.acc.device)
+        if self.acc.num_processes > 1:
+            flag = self.acc.reduce(flag, reduction="sum")
+        return bool(flag.item() > 0)
+
+    def train_step(self, step: int, stream) -> tuple[float, int]:
+        cfg, acc = self.cfg, self.acc
+        lr = lr_at(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(random_generator(cfg.seed, step, acc.process_index).initial_seed())
+        total, tokens = 0.0, 0
+        for micro in range(cfg.grad_accum):
+            batch = stream.batch(Slice(step, micro, acc.process_index, self.per_rank, cfg.batch_size, cfg.grad_accum))
+            with acc.accumulate(self.model):
+                with acc.autocast():
+                    loss, stats = self.model(batch.to(acc.device))
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.grad_clip:
+                    acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            total += loss.detach()
+            tokens += int(stats.get("tokens", 0))
+        loss = float(total) / cfg.grad_accum
+        if not math.isfinite(loss):
+            raise UserError(f"step {step}: training loss is {loss}; stopped (last good checkpoint kept). "
+                            "Try a lower [train] lr or grad_clip.")
+        return loss, tokens * acc.num_processes
+
+    def run(self) -> dict:
+        start = self.setup()
+        cfg, acc, task = self.cfg, self.acc, self.pipeline.task
+        train, val = task.batches("train", True), task.batches("val", False)
+        bar = tqdm(total=cfg.steps, initial=start, disable=not (self.progress and acc.is_main_process),
+                   file=sys.stderr, dynamic_ncols=True, desc="train")
+        t0, window, win_tokens, win_t = time.perf_counter(), list(self.window), 0, time.perf_counter()
+        elapsed0 = self.history[-1].get("elapsed_s", 0.0) if self.history else 0.0
+        self.model.train()
+        with Interrupt() as interrupt:
+            for step in range(start, cfg.steps):
+                loss, tokens = self.train_step(step, train)
+                window.append(loss)
+                win_tokens += tokens
+                done = step + 1
+                bar.update(1)
+                evaluate = done % cfg.eval_every == 0 or done == cfg.steps
+                if evaluate or done % cfg.log_every == 0:
+                    now = time.perf_counter()
+                    tps = win_tokens / max(now - win_t, 1e-9)
+                    rec = {"step": done, "train_loss": sum(window) / len(window), "lr": lr_at(step, cfg),
+                           "tokens_per_s": round(tps, 1), "elapsed_s": round(elapsed0 + now - t0, 2)}
+                    if evaluate:
+                        rec["val_loss"] = self.val_loss(self.model, val)
+                    self.log(rec)
+                    bar.set_postfix(loss=f"{rec['train_loss']:.4f}", tok_s=f"{tps:,.0f}")
+                    window, win_tokens, win_t = [], 0, time.perf_counter()
+                stopping = self.stop_requested(interrupt)
+                if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
+                    self.save(done, window)
+                if stopping:
+                    bar.close()
+                    raise KeyboardInterrupt(done)
+        bar.close()
+        return self.history[-1] if self.history else {}

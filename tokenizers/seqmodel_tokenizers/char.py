@@ -1,0 +1,106 @@
+"""Character tokenizer: one id per distinct character of the training split."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seqmodel.errors import UserError
+from seqmodel.plugin import ModalitySpec
+from seqmodel.segments import Segment
+
+
+@dataclass
+class CharConfig:
+    """`[tokenizer] kind = "char"`."""
+
+    unknown: str = "error"
+    """Characters outside the vocabulary at encode time: "error" (name them) or "skip" (drop them)."""
+    position: str = "learned"
+    """Position encoding of the text tokens: "learned", "rotary" or "none"."""
+
+    def validate(self):
+        bad = []
+        if self.unknown not in ("error", "skip"):
+            bad.append(("unknown", f"expected 'error' or 'skip', got {self.unknown!r}"))
+        if self.position not in ("learned", "rotary", "none"):
+            bad.append(("position", f"expected learned, rotary or none, got {self.position!r}"))
+        return bad
+
+
+class CharTokenizer:
+    """Maps each character to an id; the vocabulary is the sorted set of training characters."""
+
+    Config = CharConfig
+    eot_id = None
+    FILE = "chars.json"
+
+    def __init__(self, config: CharConfig, modality: str = "text") -> None:
+        self.config, self.modality = config, modality
+        self.chars: list[str] = []
+        self._table: np.ndarray | None = None
+
+    def _set_vocab(self, chars: list[str]) -> None:
+        self.chars = chars
+        self._table = None
+
+    def fit(self, values: Iterable[str]) -> None:
+        seen: set[str] = set()
+        for text in values:
+            seen.update(text)
+        if not seen:
+            raise UserError("char tokenizer: the training split has no text to build a vocabulary from")
+        self._set_vocab(sorted(seen))
+
+    def spec(self) -> ModalitySpec:
+        return ModalitySpec(self.modality, vocab_size=len(self.chars), position=self.config.position)
+
+    def encode_ids(self, text: str) -> np.ndarray:
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = self._table
+        if table is None:
+            top = max(ord(c) for c in self.chars) + 1
+            table = np.full(top, -1, dtype=np.int64)
+            table[[ord(c) for c in self.chars]] = np.arange(len(self.chars))
+            self._table = table
+        ids = np.where(codes < len(table), table[np.minimum(codes, len(table) - 1)], -1)
+        if (ids < 0).any():
+            if self.config.unknown == "skip":
+                return ids[ids >= 0]
+            missing = sorted({chr(c) for c in codes[ids < 0]})
+            raise UserError(f"char tokenizer: {len(missing)} character(s) not in this run's vocabulary: "
+                            f"{''.join(missing[:20])!r} (set [tokenizer] unknown = \"skip\" to drop them)")
+        return ids
+
+    def encode(self, value: str, *, train: bool = False) -> Segment:
+        return Segment(self.modality, ids=torch.from_numpy(self.encode_ids(value)))
+
+    def decode_ids(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def piece(self, i: int) -> str:
+        return self.chars[int(i)]
+
+    def decode(self, segment: Segment) -> str:
+        return self.decode_ids(segment.ids.tolist())
+
+    def save(self, directory: Path) -> None:
+        (directory / self.FILE).write_text(json.dumps({"chars": self.chars}, ensure_ascii=False))
+
+    def load(self, directory: Path) -> None:
+        path = directory / self.FILE
+        try:
+            chars = json.loads(path.read_text(encoding="utf-8"))["chars"]
+            assert isinstance(chars, list) and all(isinstance(c, str) and len(c) == 1 for c in chars) and chars
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            raise UserError(f"{path}: missing or corrupt char vocabulary") from None
+        self._set_vocab(chars)
+
+    def examples(self) -> list[str]:
+        """Samples for the conformance check."""
+        return ["To be, or not to be", "", "\n\nROMEO:\n"]
