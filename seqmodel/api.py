@@ -44,8 +44,9 @@ class Run:
     def score(self, text: str) -> dict:
         return self._need("score")(self.pipeline, text)
 
-    def evaluate(self, split: str = "val", limit: int | None = None) -> dict:
-        return self.task.evaluate(self.pipeline, split, limit)
+    def evaluate(self, split: str = "val", limit: int | None = None, **options) -> dict:
+        """Task metrics on a split; `options` are task-specific (episodes, target_return ...)."""
+        return self.task.evaluate(self.pipeline, split, limit, **options)
 
     def predict(self, inputs: list[str], **kw) -> list[dict]:
         return self._need("predict")(self.pipeline, inputs, **kw)

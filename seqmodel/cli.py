@@ -49,10 +49,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--limit", type=int, help="evaluate on at most this many batches/windows")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--episodes", type=int, help="(decision tasks) episodes to run in the environment")
+    p.add_argument("--target-return", type=float, help="(decision tasks) return to condition on")
+    p.add_argument("--greedy", action="store_true", default=None, help="most likely action/token instead of sampling")
+    p = sub.add_parser("predict", help="run a trained model on input files (images, audio ...)")
+    p.add_argument("run")
+    p.add_argument("inputs", nargs="+", help="input files")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("tokenize", help="show how a run's tokenizer splits a text (or decodes ids)")
+    p.add_argument("run")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text")
+    g.add_argument("--ids", help="comma-separated ids to decode, e.g. 1,2,3")
+    p.add_argument("--modality", help="which tokenizer (default: the first discrete one)")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("check", help="validate a recipe and build its model without training")
     p.add_argument("recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p = sub.add_parser("plugins", help="list installed plugins")
+    p = sub.add_parser("plugins", help="list installed plugins; `plugins check NAME` runs the conformance kit")
+    p.add_argument("action", nargs="?", choices=["list", "check"], default="list")
+    p.add_argument("name", nargs="?", help="tokenizer plugin to check")
     p.add_argument("--json", action="store_true")
     return ap
 
@@ -96,7 +112,8 @@ def cmd_score(args) -> int:
 def cmd_eval(args) -> int:
     from .api import load
 
-    metrics = load(args.run).evaluate(args.split, args.limit)
+    options = {k: v for k in ("episodes", "target_return", "greedy") if (v := getattr(args, k)) is not None}
+    metrics = load(args.run).evaluate(args.split, args.limit, **options)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -119,8 +136,61 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .api import load
+
+    rows = load(args.run).predict(args.inputs)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print("  ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    import torch
+
+    from .api import load
+    from .segments import Segment
+
+    pipe = load(args.run).pipeline
+    discrete = [m for m, t in pipe.tokenizers.items() if t.spec().discrete]
+    mod = args.modality or (discrete[0] if discrete else None)
+    if mod not in discrete:
+        raise UserError(f"--modality: expected one of the run's discrete tokenizers ({', '.join(discrete) or 'none'}), got {mod!r}")
+    tok = pipe.tokenizers[mod]
+    if args.ids is not None:
+        try:
+            ids = [int(x) for x in args.ids.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise UserError(f"--ids: expected comma-separated integers, got {args.ids!r}") from None
+        vocab = tok.spec().vocab_size
+        if any(not 0 <= i < vocab for i in ids):
+            raise UserError(f"--ids: ids must be in [0, {vocab}) for this tokenizer")
+        text = tok.decode(Segment(mod, ids=torch.tensor(ids, dtype=torch.long)))
+        print(json.dumps({"text": text}) if args.json else text)
+        return 0
+    ids = tok.encode(args.text).ids.tolist()
+    piece = getattr(tok, "piece", None) or (lambda i: tok.decode(Segment(mod, ids=torch.tensor([i]))))
+    pieces = [piece(i) for i in ids]
+    if args.json:
+        print(json.dumps({"ids": ids, "pieces": pieces}))
+    else:
+        for i, p in zip(ids, pieces):
+            print(f"{i:>8}  {p!r}")
+    return 0
+
+
 def cmd_plugins(args) -> int:
     from .registry import available
+
+    if args.action == "check":
+        from .conformance import check_tokenizer
+
+        if not args.name:
+            raise UserError("plugins check: name the tokenizer plugin to check, e.g. seqmodel plugins check char")
+        return 0 if check_tokenizer(args.name) else 1
 
     rows = available()
     if args.json:
@@ -132,8 +202,8 @@ def cmd_plugins(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "sample": cmd_sample, "score": cmd_score, "eval": cmd_eval,
-            "check": cmd_check, "plugins": cmd_plugins}
+COMMANDS = {"run": cmd_run, "sample": cmd_sample, "score": cmd_score, "eval": cmd_eval, "predict": cmd_predict,
+            "tokenize": cmd_tokenize, "check": cmd_check, "plugins": cmd_plugins}
 
 
 def main(argv: list[str] | None = None) -> int:

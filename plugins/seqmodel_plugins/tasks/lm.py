@@ -109,7 +109,7 @@ class LMTask:
         return self.pipe.module.core.eval()
 
     @torch.no_grad()
-    def evaluate(self, pipeline, split: str, limit: int | None = None, batch_size: int = 32) -> dict:
+    def evaluate(self, pipeline, split: str, limit: int | None = None, batch_size: int = 32, **options) -> dict:
         """Loss and bits per character over every token of `split` (or the first `limit` windows)."""
         core, T = self._core(), self.context
         ids = self.ids(split)
