@@ -242,8 +242,9 @@ class _Parser:
 
 def parse_mask(text: str, where: str = "mask") -> Mask:
     """Parse a recipe mask string; a bad one raises a one-line `UserError` naming `where`."""
+    prefix = f"{where}: " if where else ""
     if not isinstance(text, str) or not text.strip():
-        raise UserError(f"{where}: expected a mask pattern such as 'causal', got {text!r}")
+        raise UserError(f"{prefix}expected a mask pattern such as 'causal', got {text!r}")
     try:
         parser = _Parser(text)
         mask = parser.expr()
@@ -251,7 +252,7 @@ def parse_mask(text: str, where: str = "mask") -> Mask:
             raise ValueError(f"unexpected {parser.peek()!r}")
         return mask
     except ValueError as err:
-        raise UserError(f"{where}: bad mask pattern {text!r}: {err}") from None
+        raise UserError(f"{prefix}bad mask pattern {text!r}: {err}") from None
 
 
 def is_plain_causal(mask: Mask) -> bool:

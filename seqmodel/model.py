@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .masks import MaskSchedule, TokenView, dense_mask, is_full, is_plain_causal
+from .errors import UserError
+from .masks import MaskSchedule, TokenView, dense_mask, is_full, is_plain_causal, parse_mask
 from .plugin import ModalitySpec
 from .segments import ModalityInputs, TokenSet
 
@@ -76,6 +77,12 @@ class ModelConfig:
             bad.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
         if self.mlp_ratio <= 0:
             bad.append(("mlp_ratio", f"must be positive, got {self.mlp_ratio}"))
+        for key, texts in (("mask", [self.mask]), ("encoder_mask", [self.encoder_mask]), ("layer_masks", self.layer_masks)):
+            for text in texts:
+                try:
+                    parse_mask(text, where="")
+                except UserError as err:
+                    bad.append((key, str(err)))
         return bad
 
 

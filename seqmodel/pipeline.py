@@ -54,7 +54,11 @@ class Pipeline:
     def examples(self, split: str):
         """The raw examples of a split (loaded once)."""
         if split not in self._examples:
-            self._examples[split] = self.source.split(split)
+            try:
+                self._examples[split] = self.source.split(split)
+            except UserError as err:
+                where = self.recipe.path
+                raise UserError(str(err) if str(err).startswith(where) else f"{where}: [data] {err}") from None
         return self._examples[split]
 
     def check_fields(self) -> None:

@@ -139,7 +139,7 @@ class TextSource:
             for pattern in self.config.paths:
                 hits = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
                 if not hits:
-                    raise UserError(f"[data] paths: {pattern!r} matches no file")
+                    raise UserError(f"paths: {pattern!r} matches no file")
                 files += [h for h in hits if os.path.isfile(h)]
             docs = []
             for f in files:
