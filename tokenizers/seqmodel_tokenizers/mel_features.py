@@ -1,0 +1,126 @@
+"""Whisper-style log-mel features and SpecAugment masking for the speech tokenizers.
+
+`log_mel` reproduces Whisper's front end (Radford et al. 2022, "Robust Speech Recognition via
+Large-Scale Weak Supervision"; openai/whisper `audio.py`): a 25 ms periodic Hann window every
+10 ms at 16 kHz, power spectrum, Slaney-scale, Slaney-normalised mel filterbank, then
+log10 clamped to 8 decades below the loudest bin and rescaled to roughly [-1, 1]. Unlike Whisper
+it keeps the last STFT frame: a waveform of T samples gives ``1 + T // hop_length`` frames.
+
+`spec_augment` is SpecAugment's frequency and time masking (Park et al. 2019, "SpecAugment: A
+Simple Data Augmentation Method for Automatic Speech Recognition"), with mask positions drawn
+from an explicit `torch.Generator` so augmentation is reproducible. torchaudio's
+`FrequencyMasking`/`TimeMasking` draw from the global RNG, hence the small reimplementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torchaudio
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    """Log-mel front end settings; the defaults are Whisper's."""
+
+    sample_rate: int = 16000
+    """Rate (Hz) waveforms are resampled to before the STFT."""
+    n_fft: int = 400
+    """STFT size and Hann window length in samples (25 ms at 16 kHz)."""
+    hop_length: int = 160
+    """Samples between successive frames (10 ms at 16 kHz)."""
+    n_mels: int = 80
+    """Number of mel bands: the feature width F."""
+
+
+@lru_cache(maxsize=16)
+def _mel_transform(cfg: MelConfig, device: torch.device) -> torchaudio.transforms.MelSpectrogram:
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=cfg.sample_rate,
+        n_fft=cfg.n_fft,
+        hop_length=cfg.hop_length,
+        n_mels=cfg.n_mels,
+        window_fn=torch.hann_window,
+        power=2.0,
+        center=True,
+        pad_mode="reflect",
+        norm="slaney",
+        mel_scale="slaney",
+    ).to(device)
+
+
+def log_mel(waveform: Tensor, sample_rate: int, cfg: MelConfig) -> Tensor:
+    """Whisper-style log-mel spectrogram of a mono waveform.
+
+    Args:
+        waveform: (T,) samples in [-1, 1].
+        sample_rate: rate of `waveform` in Hz; resampled to `cfg.sample_rate` if different.
+        cfg: the front end settings.
+
+    Returns:
+        (frames, n_mels) float32 features, ``frames = 1 + T' // hop_length`` where T' is the
+        length after resampling.
+
+    Raises:
+        ValueError: `waveform` is not 1-D, or is too short for reflect padding (at most
+            ``n_fft // 2`` samples after resampling).
+    """
+    if waveform.dim() != 1:
+        raise ValueError(f"log_mel expects a (T,) mono waveform, got shape {tuple(waveform.shape)}")
+    waveform = waveform.float()
+    if sample_rate != cfg.sample_rate:
+        waveform = torchaudio.functional.resample(waveform, sample_rate, cfg.sample_rate)
+    if waveform.shape[0] <= cfg.n_fft // 2:
+        raise ValueError(
+            f"log_mel needs more than n_fft // 2 = {cfg.n_fft // 2} samples at {cfg.sample_rate} Hz, "
+            f"got {waveform.shape[0]}"
+        )
+    power = _mel_transform(cfg, waveform.device)(waveform)  # (n_mels, frames)
+    logspec = power.clamp(min=1e-10).log10()
+    logspec = torch.maximum(logspec, logspec.max() - 8.0)  # 80 dB dynamic range, as Whisper
+    return ((logspec + 4.0) / 4.0).T.contiguous()  # (frames, n_mels)
+
+
+def _band_mask(size: int, max_width: int, n_masks: int, generator: torch.Generator) -> Tensor:
+    """(size,) bool: the union of `n_masks` bands, each of width uniform in [0, max_width]."""
+    max_width = min(max_width, size)
+    u = torch.rand(n_masks, 2, generator=generator, device=generator.device)
+    widths = (u[:, 0] * (max_width + 1)).long().clamp(max=max_width)  # (n_masks,)
+    starts = (u[:, 1] * (size - widths + 1)).long().clamp(max=size - widths)  # (n_masks,)
+    index = torch.arange(size, device=generator.device)  # (size,)
+    inside = (index >= starts[:, None]) & (index < (starts + widths)[:, None])  # (n_masks, size)
+    return inside.any(dim=0)
+
+
+def spec_augment(
+    features: Tensor,
+    generator: torch.Generator,
+    freq_mask: int = 15,
+    time_mask: int = 20,
+    n_masks: int = 2,
+) -> Tensor:
+    """SpecAugment frequency and time masking, reproducible from `generator`.
+
+    Masked cells are set to the mean of `features`, the neutral value for these roughly centred
+    log-mel features.
+
+    Args:
+        features: (frames, n_mels) features; not modified.
+        generator: the source of randomness; the same generator state gives the same masks.
+        freq_mask: largest width of a frequency mask, in mel bands (SpecAugment's F).
+        time_mask: largest width of a time mask, in frames (SpecAugment's T).
+        n_masks: number of frequency masks and, separately, of time masks (m_F = m_T).
+
+    Returns:
+        A masked copy of `features`, same shape and dtype.
+    """
+    if features.dim() != 2:
+        raise ValueError(f"spec_augment expects (frames, n_mels) features, got shape {tuple(features.shape)}")
+    frames, n_mels = features.shape
+    time = _band_mask(frames, time_mask, n_masks, generator).to(features.device)  # (frames,)
+    freq = _band_mask(n_mels, freq_mask, n_masks, generator).to(features.device)  # (n_mels,)
+    masked = time[:, None] | freq[None, :]  # (frames, n_mels)
+    return features.masked_fill(masked, features.mean())
