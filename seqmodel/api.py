@@ -3,8 +3,11 @@ generates, scores and evaluates."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import platform
+import tempfile
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -80,8 +83,26 @@ def default_run_dir(recipe_path: str | Path, resume: bool) -> Path:
     return root / (stem if not taken else f"{stem}-{len(taken) + 1}")
 
 
+def is_main_process() -> bool:
+    """True on rank 0 (or without a distributed launcher); decided before accelerate starts."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def data_fingerprint(pipe: Pipeline) -> str:
+    """Hash of the source's identity and every tokenizer's saved state."""
+    digest = hashlib.sha256(json.dumps(pipe.source.identity(), sort_keys=True, default=str).encode())
+    with tempfile.TemporaryDirectory() as tmp:
+        for m, tok in sorted(pipe.tokenizers.items()):
+            (Path(tmp) / m).mkdir()
+            tok.save(Path(tmp) / m)
+            for f in sorted((Path(tmp) / m).rglob("*")):
+                if f.is_file():
+                    digest.update(f"{m}/{f.name}".encode() + f.read_bytes())
+    return digest.hexdigest()
+
+
 def environment(pipe: Pipeline) -> dict:
-    """Versions of everything a run depends on (written to run.json)."""
+    """What a run depends on (written to run.json): versions, plugins and a data fingerprint."""
     import accelerate
 
     recipe = pipe.recipe
@@ -89,12 +110,66 @@ def environment(pipe: Pipeline) -> dict:
     plugins = [{"kind": k, "name": n, "distribution": d, "version": v} for k, n in dict.fromkeys(used)
                for d, v in [registry.plugin_version(k, n)]]
     return {"seqmodel": __version__, "torch": torch.__version__, "accelerate": accelerate.__version__,
-            "python": platform.python_version(), "plugins": plugins}
+            "python": platform.python_version(), "plugins": plugins, "data_fingerprint": data_fingerprint(pipe)}
+
+
+def _differences(old, new, path=""):
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            yield from _differences(old.get(k), new.get(k), f"{path}.{k}" if path else k)
+    elif old != new:
+        yield f"{path} {old!r} -> {new!r}"
+
+
+def check_resumable(run_dir: Path, recipe: Recipe | None) -> Pipeline:
+    """The saved pipeline of `run_dir`, refusing a changed recipe, plugin version or data
+    (`train.steps` may change: that is how a finished run is extended)."""
+    pipe = Pipeline.from_run(run_dir)
+    problems = []
+    if recipe is not None:
+        saved, now = pipe.recipe.resolved(), recipe.resolved()
+        saved["train"].pop("steps"), now["train"].pop("steps")
+        problems += [f"recipe changed: {d}" for d in _differences(saved, now)]
+        pipe.recipe.train.steps = recipe.train.steps
+    record = run_dir / "run.json"
+    if record.is_file():
+        before = json.loads(record.read_text())
+        after = environment(pipe)
+        problems += [f"{p['kind']} plugin {p['name']!r} version changed: {p['version']} -> {q['version']}"
+                     for p, q in zip(before.get("plugins", []), after["plugins"]) if p != q]
+        if before.get("data_fingerprint") not in (None, after["data_fingerprint"]):
+            problems.append("data fingerprint changed (the source's data or the tokenizer state differ)")
+    if problems:
+        raise UserError(f"{run_dir}: refusing to resume: {problems[0]}"
+                        + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "") + "; --force resumes anyway")
+    return pipe
+
+
+def start_run(recipe: Recipe, run_dir: Path, recipe_path: str) -> Pipeline:
+    """Fit the pipeline and write the run directory's records (main process only)."""
+    pipe = Pipeline(recipe, run_dir)
+    pipe.fit()
+    if is_main_process():
+        try:
+            pipe.save(run_dir)
+            (run_dir / "recipe.toml").write_text(Path(recipe_path).read_text() if Path(recipe_path).is_file() else "")
+            (run_dir / "run.json").write_text(json.dumps(environment(pipe), indent=2))
+        except OSError as err:
+            raise UserError(f"{run_dir}: cannot write the run directory: {err.strerror or err}") from None
+    return pipe
 
 
 def run(recipe: str | Path | Recipe, overrides: list[str] = (), out: str | Path | None = None,
-        resume: bool = False, progress: bool = True) -> Run:
-    """Train a recipe (a path or a parsed `Recipe`); returns the finished `Run`."""
+        resume: bool = False, progress: bool = True, force: bool = False) -> Run:
+    """Train a recipe (a path or a parsed `Recipe`); returns the finished `Run`.
+
+    Args:
+        recipe: recipe path or parsed recipe.
+        overrides: ``section.key=value`` strings.
+        out: run directory (default runs/<recipe name>, numbered when taken).
+        resume: continue `out` from its newest checkpoint (exactly: same data order, same RNG).
+        force: resume even if the recipe, a plugin version or the data changed.
+    """
     from .report import finish_run
     from .train import Trainer
 
@@ -104,17 +179,15 @@ def run(recipe: str | Path | Recipe, overrides: list[str] = (), out: str | Path 
         path = str(recipe)
         rec = load_recipe(recipe, overrides)
     run_dir = Path(out) if out else default_run_dir(path, resume)
-    if resume:
-        pipe = Pipeline.from_run(run_dir)
-        pipe.recipe.train.steps = rec.train.steps
+    if resume and checkpoint.latest(run_dir) is not None:
+        pipe = check_resumable(run_dir, None if force else rec)
+        if force:
+            pipe.recipe.train.steps = rec.train.steps
     else:
-        if checkpoint.latest(run_dir) is not None:
+        if not resume and checkpoint.latest(run_dir) is not None:
             raise UserError(f"{run_dir}: already holds a run; continue it with --resume or pick another --out")
-        pipe = Pipeline(rec, run_dir)
-        pipe.fit()
-        pipe.save(run_dir)
-        (run_dir / "recipe.toml").write_text(Path(path).read_text() if Path(path).is_file() else "")
-        (run_dir / "run.json").write_text(json.dumps(environment(pipe), indent=2))
+        resume = False  # killed before its first checkpoint: start over
+        pipe = start_run(rec, run_dir, path)
     trainer = Trainer(pipe, run_dir, resume=resume, progress=progress)
     trainer.run()
     if trainer.acc.is_main_process:

@@ -16,6 +16,9 @@ def _add_run(sub):
                    help="override a recipe value (repeatable), e.g. --set train.steps=100")
     p.add_argument("--out", help="run directory (default: runs/<recipe name>, numbered if taken)")
     p.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
+    p.add_argument("--force", action="store_true", help="resume even if the recipe, a plugin version or the data changed")
+    p.add_argument("--num-processes", type=int, default=1, metavar="N",
+                   help="train on N processes (torch.distributed; gloo on CPU, NCCL on GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -32,12 +35,19 @@ def _add_sample(sub):
     p.add_argument("--no-cache", action="store_true", help="recompute the context each step (no KV cache)")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument mistakes are one line (no usage dump), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="seqmodel", description="One transformer over sets of tokens, any modality.")
+    ap = OneLineParser(prog="seqmodel", description="One transformer over sets of tokens, any modality.")
     from . import __version__
 
     ap.add_argument("--version", action="version", version=f"seqmodel {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     _add_run(sub)
     _add_sample(sub)
     p = sub.add_parser("score", help="per-token log-probabilities and bits per character of a text")
@@ -73,11 +83,40 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def launch(args) -> int:
+    """Re-run this command on `--num-processes` workers through torch.distributed.run."""
+    import os
+    import subprocess
+
+    from .api import default_run_dir
+    from .recipe import load_recipe
+
+    if args.num_processes < 1:
+        raise UserError(f"--num-processes: expected at least 1, got {args.num_processes}")
+    load_recipe(args.recipe, args.overrides)  # fail fast, before any worker starts
+    out = args.out or str(default_run_dir(args.recipe, args.resume))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.num_processes}",
+           "-m", "seqmodel", "run", args.recipe, "--out", out]
+    cmd += [f"--set={o}" for o in args.overrides] + ["--resume"] * args.resume + ["--force"] * args.force
+    cmd += ["--no-progress"] * args.no_progress
+    print(f"seqmodel: {args.num_processes} processes, run directory {out}", file=sys.stderr)
+    code = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}).returncode
+    if code not in (0, 2, 130):
+        print(f"error: a worker process failed (exit code {code}); the whole run stopped. "
+              f"Continue with: seqmodel run {args.recipe} --out {out} --resume --num-processes {args.num_processes}",
+              file=sys.stderr)
+    return code
+
+
 def cmd_run(args) -> int:
+    import os
+
     from .api import run
 
+    if args.num_processes != 1 and "LOCAL_RANK" not in os.environ:
+        return launch(args)
     try:
-        run(args.recipe, args.overrides, out=args.out, resume=args.resume, progress=not args.no_progress)
+        run(args.recipe, args.overrides, out=args.out, resume=args.resume, progress=not args.no_progress, force=args.force)
     except KeyboardInterrupt as stop:
         step = stop.args[0] if stop.args else "?"
         print(f"\nseqmodel: interrupted at step {step}; checkpoint saved. Continue with: "

@@ -72,6 +72,8 @@ class TrainConfig:
     """Wrap the model with torch.compile."""
     threads: int = 0
     """CPU threads for torch (0 leaves torch's default)."""
+    fingerprint_batches: bool = False
+    """Append "step micro rank sha1" of every training batch to batches.rankN.log (data-order audits)."""
 
     def validate(self) -> list[tuple[str, str]]:
         bad = []

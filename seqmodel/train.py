@@ -6,6 +6,7 @@ reseeded per step, so a run resumed from a checkpoint continues exactly as if ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import signal
@@ -23,6 +24,27 @@ from .errors import UserError
 from .pipeline import Pipeline
 from .recipe import TrainConfig
 from .task import Slice, random_generator
+
+
+def fingerprint(batch) -> str:
+    """sha1 of a batch's tensors: the same data gives the same string on any run."""
+    digest = hashlib.sha1()
+
+    def feed(obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            digest.update(obj.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=str):
+                digest.update(str(k).encode())
+                feed(obj[k])
+        elif isinstance(obj, (list, tuple)):
+            for x in obj:
+                feed(x)
+        elif hasattr(obj, "__dict__"):
+            feed(vars(obj))
+
+    feed(batch)
+    return digest.hexdigest()[:16]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -56,11 +78,13 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 class Interrupt:
-    """Turns SIGINT into a flag checked between steps."""
+    """Turns SIGINT/SIGTERM into a flag checked between steps (then a checkpoint, then exit)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)  # SIGTERM: what torch.distributed.run sends workers
 
     def __init__(self) -> None:
         self.hit = False
-        self.previous = signal.getsignal(signal.SIGINT)
+        self.previous = {s: signal.getsignal(s) for s in self.SIGNALS}
 
     def __enter__(self):
         def handler(signum, frame):
@@ -68,11 +92,13 @@ class Interrupt:
                 raise KeyboardInterrupt
             self.hit = True
 
-        signal.signal(signal.SIGINT, handler)
+        for s in self.SIGNALS:
+            signal.signal(s, handler)
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        for s, h in self.previous.items():
+            signal.signal(s, h)
 
 
 @dataclass
@@ -83,6 +109,7 @@ class Trainer:
     progress: bool = True
     history: list[dict] = field(default_factory=list)
     window: list[float] = field(default_factory=list)  # train losses since the last log line
+    fingerprints: object = None  # open batches.log when [train] fingerprint_batches
 
     def log(self, record: dict) -> None:
         self.history.append(record)
@@ -131,6 +158,8 @@ class Trainer:
                 (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
         elif self.acc.is_main_process:
             (self.run_dir / "metrics.jsonl").write_text("")
+        if cfg.fingerprint_batches:
+            self.fingerprints = open(self.run_dir / f"batches.rank{self.acc.process_index}.log", "a", buffering=1)
         if cfg.compile:
             module = torch.compile(module)
         self.model, self.optimizer = self.acc.prepare(module, optimizer)
@@ -143,21 +172,18 @@ class Trainer:
             checkpoint.save(self.run_dir, step, self.acc.unwrap_model(self.model), self.optimizer.state_dict(), state)
         self.acc.wait_for_everyone()
 
-    def stop_requested(self, interrupt: Interrupt) -> bool:
-        flag = torch.tensor([float(interrupt.hit)], device=self.acc.device)
-        if self.acc.num_processes > 1:
-            flag = self.acc.reduce(flag, reduction="sum")
-        return bool(flag.item() > 0)
-
-    def train_step(self, step: int, stream) -> tuple[float, int]:
+    def train_step(self, step: int, stream) -> tuple[torch.Tensor, int]:
+        """One optimizer step; returns this process's mean loss (a tensor) and its token count."""
         cfg, acc = self.cfg, self.acc
         lr = lr_at(step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         torch.manual_seed(random_generator(cfg.seed, step, acc.process_index).initial_seed())
-        total, tokens = 0.0, 0
+        total, tokens = torch.zeros((), device=acc.device), 0
         for micro in range(cfg.grad_accum):
             batch = stream.batch(Slice(step, micro, acc.process_index, self.per_rank, cfg.batch_size, cfg.grad_accum))
+            if self.fingerprints is not None:
+                self.fingerprints.write(f"{step} {micro} {acc.process_index} {fingerprint(batch)}\n")
             with acc.accumulate(self.model):
                 with acc.autocast():
                     loss, stats = self.model(batch.to(acc.device))
@@ -166,13 +192,21 @@ class Trainer:
                     acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            total += loss.detach()
+            total += loss.detach().float()
             tokens += int(stats.get("tokens", 0))
-        loss = float(total) / cfg.grad_accum
-        if not math.isfinite(loss):
-            raise UserError(f"step {step}: training loss is {loss}; stopped (last good checkpoint kept). "
-                            "Try a lower [train] lr or grad_clip.")
-        return loss, tokens * acc.num_processes
+        return total / cfg.grad_accum, tokens
+
+    def agree(self, step: int, loss: torch.Tensor, tokens: int, interrupt: Interrupt) -> tuple[float, int, bool]:
+        """Average the loss over processes and agree on stopping (one collective per step)."""
+        flags = torch.stack([loss, torch.tensor(float(tokens), device=loss.device), torch.tensor(float(interrupt.hit), device=loss.device)])
+        if self.acc.num_processes > 1:
+            flags = self.acc.reduce(flags, reduction="sum")
+            flags[0] /= self.acc.num_processes
+        value = float(flags[0])
+        if not math.isfinite(value):
+            raise UserError(f"step {step + 1}: training loss is {value}; stopped, the last good checkpoint is kept "
+                            "(try a lower [train] lr, or grad_clip)")
+        return value, int(flags[1]), bool(flags[2] > 0)
 
     def run(self) -> dict:
         start = self.setup()
@@ -185,7 +219,7 @@ class Trainer:
         self.model.train()
         with Interrupt() as interrupt:
             for step in range(start, cfg.steps):
-                loss, tokens = self.train_step(step, train)
+                loss, tokens, stopping = self.agree(step, *self.train_step(step, train), interrupt)
                 window.append(loss)
                 win_tokens += tokens
                 done = step + 1
@@ -201,7 +235,6 @@ class Trainer:
                     self.log(rec)
                     bar.set_postfix(loss=f"{rec['train_loss']:.4f}", tok_s=f"{tps:,.0f}")
                     window, win_tokens, win_t = [], 0, time.perf_counter()
-                stopping = self.stop_requested(interrupt)
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
                     self.save(done, window)
                 if stopping:

@@ -1,5 +1,6 @@
 """Shared fixtures: a small deterministic text corpus and a CLI runner."""
 
+import json
 import os
 import random
 import subprocess
@@ -32,11 +33,17 @@ def corpus(tmp_path_factory) -> Path:
     return path
 
 
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v)
+
+
 def tiny_char_recipe(tmp: Path, corpus: Path, **train) -> Path:
     """A tiny char-LM recipe over the local corpus (seconds to train)."""
     settings = {"steps": 30, "batch_size": 8, "eval_every": 10, "eval_batches": 2, "log_every": 5,
                 "checkpoint_every": 1000, "warmup": 5, "threads": 1, "lr": 0.01, "min_lr": 0.001, **train}
-    lines = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in settings.items())
+    lines = "\n".join(f"{k} = {toml_value(v)}" for k, v in settings.items())
     path = tmp / "tiny_char.toml"
     path.write_text(f"""# seqmodel run {path}
 [model]

@@ -1,0 +1,51 @@
+"""Multi-process training on CPU (gloo) through torch.distributed + accelerate."""
+
+import json
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+from conftest import SEQMODEL, cli, tiny_char_recipe
+
+
+def metrics(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_follow_the_one_process_loss_curve(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=24, log_every=2, eval_every=8)
+    cli("run", recipe, "--out", tmp_path / "one", "--no-progress")
+    cli("run", recipe, "--out", tmp_path / "two", "--no-progress", "--num-processes", "2")
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] and len(one) == 12
+    for a, b in zip(one, two):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4, (a, b)
+        if "val_loss" in a:
+            assert abs(a["val_loss"] - b["val_loss"]) < 1e-4, (a, b)
+    assert (tmp_path / "two" / "checkpoints" / "latest").is_file()
+    assert sorted(p.name for p in (tmp_path / "two").glob("metrics*")) == ["metrics.jsonl"]  # main process only
+
+
+def test_killing_one_worker_stops_the_run_and_resume_finishes(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=400, log_every=5, eval_every=100, checkpoint_every=20)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*SEQMODEL, "run", str(recipe), "--out", str(out), "--no-progress", "--num-processes", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoints" / "latest").is_file():
+        time.sleep(0.1)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "seqmodel" in " ".join(p.cmdline())
+               and "torch.distributed.run" not in " ".join(p.cmdline())]
+    assert len(workers) == 2, [p.cmdline() for p in workers]
+    workers[1].send_signal(signal.SIGKILL)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the run hung after a worker died")
+    assert proc.returncode not in (0, 130)
+    assert "a worker process failed" in err and "--resume" in err
+    cli("run", recipe, "--out", out, "--resume", "--no-progress", "--num-processes", "2")
+    assert metrics(out)[-1]["step"] == 400
