@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from .errors import UserError
@@ -42,8 +42,13 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save(run_dir: Path, step: int, model: nn.Module, optimizer_state: dict, state: dict) -> Path:
-    """Write checkpoint `step` atomically and point ``latest`` at it; keep the newest few."""
+def save(run_dir: Path, step: int, model: nn.Module, optimizer_state: dict, state: dict,
+         weights: dict | None = None) -> Path:
+    """Write checkpoint `step` atomically and point ``latest`` at it; keep the newest few.
+
+    `weights` is a gathered full state dict (FSDP); by default the model's own tensors are saved
+    (tied weights stored once).
+    """
     root = run_dir / "checkpoints"
     final = root / f"step_{step:07d}"
     tmp = root / f".step_{step:07d}.tmp{os.getpid()}"
@@ -51,7 +56,10 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer_state: dict, stat
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"))
+        if weights is None:
+            save_model(model, str(tmp / "model.safetensors"))
+        else:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         torch.save(optimizer_state, tmp / "optimizer.pt")
         _write_text(tmp / "state.json", json.dumps({**state, "step": step}, indent=1))
         for f in tmp.iterdir():

@@ -72,6 +72,10 @@ class TrainConfig:
     """Wrap the model with torch.compile."""
     threads: int = 0
     """CPU threads for torch (0 leaves torch's default)."""
+    distributed: str = "ddp"
+    """How several processes share the model: "ddp" (replicas) or "fsdp" (sharded; CUDA GPUs only)."""
+    log_with: str | list[str] = ""
+    """Experiment trackers through accelerate ("tensorboard", "wandb", ...); metrics.jsonl is always written."""
     fingerprint_batches: bool = False
     """Append "step micro rank sha1" of every training batch to batches.rankN.log (data-order audits)."""
 
@@ -85,6 +89,8 @@ class TrainConfig:
                 bad.append((key, f"must not be negative, got {getattr(self, key)}"))
         if self.precision not in PRECISIONS:
             bad.append(("precision", f"expected one of {', '.join(PRECISIONS)}, got {self.precision!r}"))
+        if self.distributed not in ("ddp", "fsdp"):
+            bad.append(("distributed", f"expected ddp or fsdp, got {self.distributed!r}"))
         if self.device not in ("auto", "cpu", "cuda"):
             bad.append(("device", f"expected auto, cpu or cuda, got {self.device!r}"))
         return bad

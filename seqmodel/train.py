@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from tqdm.auto import tqdm
 
 from . import checkpoint
@@ -24,6 +25,9 @@ from .errors import UserError
 from .pipeline import Pipeline
 from .recipe import TrainConfig
 from .task import Slice, random_generator
+
+
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FQN-keyed, gathered (FSDP) or plain
 
 
 def fingerprint(batch) -> str:
@@ -67,14 +71,31 @@ def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, device: torch.devi
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu"))
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
+    """Accelerator for the recipe: device, precision, accumulation, DDP/FSDP, trackers."""
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("[train] device: 'cuda' requested but no GPU is available")
     if cfg.precision == "fp16" and cpu:
         raise UserError("[train] precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
+    kwargs = {}
+    if cfg.distributed == "fsdp":
+        if cpu:
+            raise UserError("[train] distributed: fsdp needs CUDA GPUs (accelerate shards only on GPUs); use ddp on CPU")
+        from accelerate import FullyShardedDataParallelPlugin
+
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True)
+    trackers = [cfg.log_with] if isinstance(cfg.log_with, str) else list(cfg.log_with)
+    trackers = [t for t in trackers if t]
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
-    return Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum)
+    try:
+        acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum,
+                          log_with=trackers or None, project_dir=str(run_dir), **kwargs)
+        if trackers:
+            acc.init_trackers(run_dir.name, config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))})
+    except (ValueError, ImportError, ModuleNotFoundError) as err:
+        raise UserError(f"[train] log_with: {err}") from None
+    return acc
 
 
 class Interrupt:
@@ -113,6 +134,8 @@ class Trainer:
 
     def log(self, record: dict) -> None:
         self.history.append(record)
+        if self.acc.trackers:
+            self.acc.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
         if self.acc.is_main_process:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -135,7 +158,7 @@ class Trainer:
         cfg = self.cfg = self.pipeline.recipe.train
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.acc = make_accelerator(cfg)
+        self.acc = make_accelerator(cfg, self.run_dir)
         world = self.acc.num_processes
         if cfg.batch_size % world:
             raise UserError(f"[train] batch_size: {cfg.batch_size} does not split over {world} processes")
@@ -149,7 +172,7 @@ class Trainer:
             raise UserError(f"{self.run_dir}: nothing to resume (no complete checkpoint)")
         if ckpt is not None:
             checkpoint.load_weights(module, ckpt)
-            optimizer.load_state_dict(checkpoint.load_optimizer(ckpt))
+            set_optimizer_state_dict(module, optimizer, checkpoint.load_optimizer(ckpt), options=FULL_STATE)
             state = checkpoint.read_state(ckpt)
             start = state["step"]
             self.history = [r for r in state.get("history", []) if r["step"] <= start]
@@ -167,9 +190,12 @@ class Trainer:
 
     def save(self, step: int, window: list[float]) -> None:
         self.acc.wait_for_everyone()
+        module = self.acc.unwrap_model(self.model)
+        weights = self.acc.get_state_dict(self.model) if self.cfg.distributed == "fsdp" else None
+        optimizer = get_optimizer_state_dict(module, self.optimizer.optimizer, options=FULL_STATE)
         if self.acc.is_main_process:
             state = {"history": self.history, "window": window, "seed": self.cfg.seed}
-            checkpoint.save(self.run_dir, step, self.acc.unwrap_model(self.model), self.optimizer.state_dict(), state)
+            checkpoint.save(self.run_dir, step, module, optimizer, state, weights)
         self.acc.wait_for_everyone()
 
     def train_step(self, step: int, stream) -> tuple[torch.Tensor, int]:
@@ -241,4 +267,5 @@ class Trainer:
                     bar.close()
                     raise KeyboardInterrupt(done)
         bar.close()
+        self.acc.end_training()
         return self.history[-1] if self.history else {}

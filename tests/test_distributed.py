@@ -49,3 +49,23 @@ def test_killing_one_worker_stops_the_run_and_resume_finishes(tmp_path, corpus):
     assert "a worker process failed" in err and "--resume" in err
     cli("run", recipe, "--out", out, "--resume", "--no-progress", "--num-processes", "2")
     assert metrics(out)[-1]["step"] == 400
+
+
+def test_tensorboard_tracker_receives_the_metrics(tmp_path, corpus):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=10, log_every=5, eval_every=10, log_with="tensorboard")
+    cli("run", recipe, "--out", tmp_path / "run", "--no-progress")
+    events = [p for p in (tmp_path / "run").rglob("events.out.tfevents.*")]
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train_loss")]
+    assert steps == [5, 10]
+    assert acc.Scalars("val_loss")[0].value == pytest.approx(metrics(tmp_path / "run")[-1]["val_loss"], abs=1e-6)
+
+
+def test_fsdp_on_cpu_is_a_clear_error(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, distributed="fsdp")
+    done = cli("run", recipe, "--out", tmp_path / "run", check=False)
+    assert done.returncode == 2 and "fsdp needs CUDA GPUs" in done.stderr and done.stderr.count("\n") == 1
