@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--ids", help="comma-separated ids to decode, e.g. 1,2,3")
     p.add_argument("--modality", help="which tokenizer (default: the first discrete one)")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("mask", help="`mask show RECIPE_OR_PATTERN`: draw an attention mask")
+    p.add_argument("action", choices=["show"])
+    p.add_argument("target", help="a recipe .toml (shown on a real example) or a pattern such as 'prefix'")
+    p.add_argument("--length", type=int, default=None, help="tokens to show (default: 32 for a pattern, the example's length for a recipe)")
+    p.add_argument("--out", help="also write a PNG here")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p = sub.add_parser("check", help="validate a recipe and build its model without training")
     p.add_argument("recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -175,6 +181,18 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_mask(args) -> int:
+    from .maskviz import show
+
+    if args.length is not None and args.length < 1:
+        raise UserError(f"--length: expected a positive number, got {args.length}")
+    length = args.length if args.length is not None or args.target.endswith(".toml") else 32
+    print(show(args.target, length, args.out, args.overrides))
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .api import load
 
@@ -242,7 +260,7 @@ def cmd_plugins(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "sample": cmd_sample, "score": cmd_score, "eval": cmd_eval, "predict": cmd_predict,
-            "tokenize": cmd_tokenize, "check": cmd_check, "plugins": cmd_plugins}
+            "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "plugins": cmd_plugins}
 
 
 def main(argv: list[str] | None = None) -> int:
