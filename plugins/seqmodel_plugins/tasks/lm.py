@@ -3,7 +3,8 @@
 Training draws random windows of `context + 1` tokens from the whole split, concatenated in
 document order with the tokenizer's end-of-text id between documents (nanoGPT's sampling).
 `evaluate` scores every token of a split once, in non-overlapping windows, and reports bits per
-character so that tokenizers with different vocabularies compare directly.
+character so that tokenizers with different vocabularies compare directly (the characters are
+the documents' own: an end-of-text separator is scored but counts no character).
 """
 
 from __future__ import annotations
@@ -125,7 +126,9 @@ class LMTask:
             logits = core.output(self.modality, core(ts), ts).float()
             total += F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum").item()
         tokens = n_windows * T
-        chars = len(self.tok.decode(Segment(self.modality, ids=ids[1 : tokens + 1])))
+        scored, eot = ids[1 : tokens + 1], getattr(self.tok, "eot_id", None)
+        text_ids = scored if eot is None else scored[scored != eot]  # separators are predicted, not characters
+        chars = len(self.tok.decode(Segment(self.modality, ids=text_ids)))
         return {"loss": total / tokens, "bits_per_char": total / math.log(2) / max(chars, 1),
                 "tokens": tokens, "chars": chars}
 

@@ -1,0 +1,218 @@
+"""Any HuggingFace `datasets` dataset as a source: hub names and the local builders alike.
+
+``datasets.load_dataset(name, config, data_files=..., data_dir=..., revision=..., **options)``
+loads every split once. The configured columns are renamed to seqmodel's field names --
+``text_field`` -> "text", ``image_field`` -> "image" (a PIL image, mode "L" or "RGB"),
+``label_field`` -> "label" -- so a recipe written for a built-in source works unchanged.
+
+Splits: "train", "val" and "test" read the dataset splits named by `train_split`, `val_split` and
+`test_split`. Without a validation split, each training example goes to "val" when a hash of
+(`seed`, its index) falls below `val_fraction`: a fixed choice, identical with and without
+streaming, that keeps the examples' order. Without a test split, "test" is "val".
+
+Offline, use the local builders: ``name = "text"`` (one example per line; ``options =
+{sample_by = "document"}`` for one per file), ``"json"``, ``"csv"``, ``"parquet"`` or
+``"imagefolder"``, with ``data_files``. With internet, ``name = "user/dataset"`` downloads from
+the hub into the datasets cache (``cache_dir`` or ``$HF_DATASETS_CACHE``); pin ``revision`` so a
+run's data cannot change under it.
+
+Streaming (``streaming = true``) reads examples lazily from the files or the hub instead of
+preparing the whole dataset on disk first: `split` returns an iterable that starts a new pass on
+each iteration. Tasks still read what they need from it (the `lm` task reads a split once into
+one id stream; map-style tasks collect the split into a list), so memory is not saved, only the
+Arrow preparation. A resumed run reads the stream again from its start, so it continues exactly
+only if the data behind the stream has not changed (pin `revision`); the run's data fingerprint
+cannot see a remote change in streaming mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from seqmodel.errors import UserError
+
+SPLITS = ("train", "val", "test")
+RESERVED = ("path", "name", "split", "data_files", "data_dir", "revision", "cache_dir", "streaming")
+
+
+@dataclass
+class HFConfig:
+    """`[data] source = "hf"`."""
+
+    name: str = ""
+    """Dataset: a hub name ("user/dataset") or a local builder ("text", "json", "csv", "parquet", "imagefolder")."""
+    config: str = ""
+    """The dataset's configuration name ("" for its default)."""
+    data_files: str | list[str] | dict[str, Any] | None = None
+    """Files for a local builder: a path or glob, a list, or a table split name -> files."""
+    data_dir: str = ""
+    """Folder of the data files ("" for none)."""
+    revision: str = ""
+    """Hub revision (tag, branch or commit) to pin ("" for the newest)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Further `load_dataset` keyword arguments, e.g. {sample_by = "document"} for the text builder."""
+    text_field: str = "text"
+    """Column given as the "text" field ("" for none)."""
+    image_field: str = ""
+    """Column given as the "image" field ("" for none)."""
+    label_field: str = ""
+    """Column given as the "label" field ("" for none)."""
+    train_split: str = "train"
+    """Dataset split used for training."""
+    val_split: str = "validation"
+    """Dataset split used for validation; carved from training when the dataset lacks it."""
+    test_split: str = "test"
+    """Dataset split used for testing; the validation split when the dataset lacks it."""
+    val_fraction: float = 0.1
+    """Share of training examples carved out for validation when there is no validation split."""
+    seed: int = 0
+    """Seeds which examples are carved out for validation."""
+    streaming: bool = False
+    """Read examples lazily (an iterable per split) instead of preparing the dataset first."""
+    cache_dir: str = ""
+    """Where `datasets` caches downloads and prepared data ("" for its default)."""
+
+    def columns(self) -> dict[str, str]:
+        """seqmodel field -> dataset column, for the fields in use."""
+        named = {"text": self.text_field, "image": self.image_field, "label": self.label_field}
+        return {k: v for k, v in named.items() if v}
+
+    def validate(self) -> list[tuple[str, str]]:
+        bad = []
+        if not self.name:
+            bad.append(("name", 'required: a hub dataset name or a local builder such as "text" or "json"'))
+        if not self.columns():
+            bad.append(("text_field", "no field in use: set text_field, image_field or label_field"))
+        if not 0 < self.val_fraction < 1:
+            bad.append(("val_fraction", f"must be in (0, 1), got {self.val_fraction}"))
+        clash = sorted(set(self.options) & set(RESERVED))
+        if clash:
+            bad.append(("options", f"{', '.join(clash)} cannot be given here (use the [data] keys of the same name)"))
+        return bad
+
+
+def in_val(seed: int, index: int, fraction: float) -> bool:
+    """Whether training example `index` is carved out for validation."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < fraction * 2**64
+
+
+def convert(row: dict, columns: dict[str, str]) -> dict:
+    """A dataset row as a seqmodel example (renamed fields, images as "L" or "RGB")."""
+    out = {k: row[col] for k, col in columns.items()}
+    if "image" in out and hasattr(out["image"], "mode"):
+        from seqmodel_plugins.image_data import _normalise_mode
+
+        out["image"] = _normalise_mode(out["image"])
+    return out
+
+
+class Rows(Sequence):
+    """A map-style dataset as a sequence of seqmodel examples."""
+
+    def __init__(self, dataset, columns: dict[str, str]) -> None:
+        self.dataset, self.columns = dataset, columns
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return convert(self.dataset[i % len(self)], self.columns)
+
+    def __iter__(self) -> Iterator[dict]:
+        return (convert(row, self.columns) for row in self.dataset)
+
+
+class Stream:
+    """A streamed split: each iteration is a new pass; `part` picks "all", "train" or "val"
+    examples by `in_val`."""
+
+    def __init__(self, dataset, columns: dict[str, str], part: str = "all", seed: int = 0, fraction: float = 0.0) -> None:
+        self.dataset, self.columns, self.part, self.seed, self.fraction = dataset, columns, part, seed, fraction
+
+    def __iter__(self) -> Iterator[dict]:
+        for index, row in enumerate(self.dataset):
+            if self.part == "all" or in_val(self.seed, index, self.fraction) == (self.part == "val"):
+                yield convert(row, self.columns)
+
+
+class HFSource:
+    """A HuggingFace `datasets` dataset; see the module docstring."""
+
+    Config = HFConfig
+
+    def __init__(self, config: HFConfig) -> None:
+        self.config = config
+        self.fields = tuple(config.columns())
+
+    @cached_property
+    def _splits(self) -> dict:
+        import datasets
+
+        c = self.config
+        kwargs = {"data_files": c.data_files, "data_dir": c.data_dir or None, "revision": c.revision or None,
+                  "cache_dir": c.cache_dir or None, "streaming": c.streaming, **c.options}
+        try:
+            loaded = datasets.load_dataset(c.name, c.config or None, **kwargs)
+        except Exception as err:  # datasets raises many unrelated types for a bad name, file or option
+            raise UserError(f"hf source: cannot load dataset {c.name!r}: {type(err).__name__}: {err}") from None
+        if c.train_split not in loaded:
+            raise UserError(f"train_split: dataset {c.name!r} has no split {c.train_split!r} (it has: {', '.join(loaded)})")
+        self._check_columns(loaded[c.train_split])
+        return dict(loaded)
+
+    def _check_columns(self, dataset) -> None:
+        have = dataset.column_names
+        if have is None:  # some streamed datasets only know their columns after the first example
+            return
+        for key, col in (("text_field", self.config.text_field), ("image_field", self.config.image_field),
+                         ("label_field", self.config.label_field)):
+            if col and col not in have:
+                raise UserError(f"{key}: {col!r} is not a column of dataset {self.config.name!r} "
+                                f"(it has: {', '.join(have)}); set {key} = \"\" if it is not needed")
+
+    def split(self, name: str) -> Rows | Stream:
+        """The examples of split "train", "val" or "test" (see the module docstring)."""
+        if name not in SPLITS:
+            raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+        c, splits = self.config, self._splits
+        named = {"train": c.train_split, "val": c.val_split, "test": c.test_split}
+        if name == "test" and c.test_split not in splits:
+            name = "val"
+        if named[name] in splits and (name != "train" or c.val_split in splits):
+            return self._wrap(splits[named[name]], "all")
+        return self._wrap(splits[c.train_split], name)
+
+    def _wrap(self, dataset, part: str) -> Rows | Stream:
+        columns, c = self.config.columns(), self.config
+        dataset = dataset.select_columns(list(dict.fromkeys(columns.values())))
+        if c.streaming:
+            return Stream(dataset, columns, part, c.seed, c.val_fraction)
+        if part == "all":
+            return Rows(dataset, columns)
+        keep = [i for i in range(len(dataset)) if in_val(c.seed, i, c.val_fraction) == (part == "val")]
+        return Rows(dataset.select(keep, keep_in_memory=True), columns)
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """Class names when the label column is a `datasets.ClassLabel`, else None."""
+        if not self.config.label_field:
+            return None
+        features = self._splits[self.config.train_split].features or {}
+        return list(getattr(features.get(self.config.label_field), "names", None) or []) or None
+
+    def identity(self) -> dict:
+        c = self.config
+        fingerprints = {k: getattr(v, "_fingerprint", None) for k, v in self._splits.items()}
+        return {"source": "hf", "name": c.name, "config": c.config, "data_files": c.data_files, "data_dir": c.data_dir,
+                "revision": c.revision, "options": c.options, "columns": c.columns(), "streaming": c.streaming,
+                "splits": [c.train_split, c.val_split, c.test_split], "val_fraction": c.val_fraction,
+                "seed": c.seed, "fingerprints": fingerprints}
