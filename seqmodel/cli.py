@@ -255,7 +255,7 @@ def cmd_plugins(args) -> int:
         return 0
     for r in rows:
         status = "ok" if r.error is None else f"BROKEN: {r.error}"
-        print(f"{r.group:20} {r.name:14} {r.distribution} {r.version:8} {status}")
+        print(f"{r.group:20} {r.name:14} {r.distribution:18} {r.version:8} {status}")
     return 0
 
 

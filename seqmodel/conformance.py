@@ -65,7 +65,7 @@ def check_tokenizer(name: str, out: Callable[[str], Any] = print) -> bool:
         out(f"FAIL load: {err}")
         return False
     dist, version = registry.plugin_version("tokenizer", name)
-    out(f"PASS load: tokenizer {name!r} from {dist} {version}")
+    out(f"PASS load ({name!r} from {dist} {version})")
     return run_checks(cls, modality=name, out=out)
 
 

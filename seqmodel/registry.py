@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from dataclasses import dataclass, is_dataclass
 from importlib.metadata import EntryPoint, entry_points
 
@@ -52,8 +53,14 @@ def _dist(ep: EntryPoint) -> tuple[str, str]:
 def _entry_points(kind: str) -> dict[str, EntryPoint]:
     found: dict[str, EntryPoint] = {}
     for ep in entry_points(group=GROUPS[kind]):
+        if ep.name in found and _dist(found[ep.name]) != _dist(ep):
+            _CLASHES[(kind, ep.name)] = (f"registered twice in {GROUPS[kind]}: by {' '.join(_dist(found[ep.name]))} "
+                                         f"and by {' '.join(_dist(ep))}; uninstall one")
         found.setdefault(ep.name, ep)
     return found
+
+
+_CLASHES: dict[tuple[str, str], str] = {}
 
 
 def check_interface(kind: str, obj) -> str | None:
@@ -78,6 +85,8 @@ def load(kind: str, name: str, where: str = ""):
         raise UserError(f"{prefix}unknown {kind} plugin {name!r} ({hint}available: {', '.join(sorted(eps)) or 'none'})")
     ep = eps[name]
     dist, version = _dist(ep)
+    if (kind, name) in _CLASHES:
+        raise PluginError(f"{prefix}{kind} plugin {name!r} is {_CLASHES[kind, name]}")
     label = f"{kind} plugin {name!r} (entry point {ep.value!r} in {GROUPS[kind]}, distribution {dist} {version})"
     try:
         obj = ep.load()
@@ -105,6 +114,6 @@ def available(kind: str | None = None, check: bool = True) -> list[PluginInfo]:
                 try:
                     load(k, name)
                 except UserError as err:
-                    error = str(err).split(" failed to import: ")[-1].split(" is not a valid ")[-1]
+                    error = re.split(r" failed to import: | is not a valid \w+: | is (?=registered twice)", str(err))[-1]
             out.append(PluginInfo(k, name, ep.value, dist, version, error))
     return out
