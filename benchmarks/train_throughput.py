@@ -79,7 +79,7 @@ def run_seqmodel(shape: dict, out: Path, precision: str = "fp32", compile: bool 
             "train.steps": shape["iters"], "train.log_every": 1, "train.eval_every": 100000, "train.eval_batches": 2,
             "train.checkpoint_every": 100000, "train.precision": f'"{precision}"', "train.compile": str(compile).lower(),
             "sample.num_samples": 0}
-    cmd = [sys.executable, "-m", "seqmodel", "run", str(REPO / "recipes" / "char_lm.toml"), "--out", str(out), "--no-progress"]
+    cmd = [sys.executable, "-m", "seqmodel", "run", str(REPO / "recipes" / "char_lm_baby.toml"), "--out", str(out), "--no-progress"]
     cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     subprocess.run(cmd, capture_output=True, text=True, check=True)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
