@@ -1,0 +1,413 @@
+"""Return-conditioned action prediction (Decision Transformer) and its behaviour-cloning twin.
+
+Each training example is a window of K timesteps of one episode, interleaved as
+``R_1 s_1 a_1 R_2 s_2 a_2 ...`` (return-to-go, state, action tokens of the `sar` tokenizer; with
+``condition = false`` the return tokens are dropped: behaviour cloning with the same network).
+A causal decoder reads the window and the hidden state of every state token predicts the action
+taken there: cross-entropy for discrete actions, mean squared error for continuous ones.
+
+Windows end at a timestep drawn uniformly from the split (so long episodes weigh more) and reach
+back at most K steps, never past the episode's start: exactly the windows the policy sees when
+it acts. The batch's token set is built directly (slots 3t, 3t+1, 3t+2 of window step t) rather
+than by `collate` over 3K one-token segments, which gives the same set much faster (see tests).
+
+`evaluate` plays the environment: each episode starts from a target return, the return-to-go is
+the target minus the rewards collected so far, and every step the model re-reads the last K
+timesteps (no KV cache: recomputing a 60-token window costs milliseconds) and samples its action
+(or takes the most likely one with ``greedy``). `report` draws the achieved return against the
+target return, the Decision Transformer's signature curve, and the data set's return histogram.
+
+References: Chen et al., "Decision Transformer: Reinforcement Learning via Sequence Modeling",
+2021 (github.com/kzl/decision-transformer).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from seqmodel.errors import UserError
+from seqmodel.masks import MaskSchedule, TokenView
+from seqmodel.segments import ModalityInputs, TokenSet
+from seqmodel.task import Slice, random_generator
+
+from seqmodel_plugins import gym_data
+
+SPLIT_SALT = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass
+class DecisionConfig:
+    """`[task] kind = "decision"`."""
+
+    modality: str = ""
+    """The `sar` tokenizer's modality (default: the recipe's only tokenizer)."""
+    condition: bool = True
+    """Condition on return-to-go tokens (Decision Transformer); false drops them (behaviour cloning)."""
+    context_steps: int = 20
+    """Timesteps per window (K); the window has 3K tokens (2K without returns), at most [model] context."""
+    target_return: float = 500.0
+    """Return the policy is conditioned on in `seqmodel eval` (--target-return overrides it)."""
+    episodes: int = 20
+    """Episodes played per evaluation (--episodes overrides it)."""
+    greedy: bool = False
+    """Take the most likely discrete action instead of sampling one (--greedy sets it)."""
+    env_id: str = ""
+    """The environment evaluation plays (default: the source's env_id)."""
+    eval_seed: int = 100_000
+    """Evaluation episode i resets the environment with seed eval_seed + i."""
+    max_episode_steps: int = 0
+    """Stop evaluation episodes after this many steps (0: the environment's own limit, at most 100,000)."""
+    eval_windows: int = 2048
+    """Windows of the split scored for the action loss in `evaluate`."""
+    eval_batch_size: int = 256
+    """Windows per forward pass when scoring."""
+    report_targets: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0, 300.0, 400.0, 500.0])
+    """Target returns of the end-of-run achieved-vs-target plot (empty: no plot)."""
+    report_episodes: int = 10
+    """Episodes per target return in that plot."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        """(key, problem) pairs; empty when valid."""
+        bad = [(k, f"must be at least 1, got {getattr(self, k)}")
+               for k in ("context_steps", "episodes", "eval_windows", "eval_batch_size", "report_episodes")
+               if getattr(self, k) < 1]
+        if self.max_episode_steps < 0:
+            bad.append(("max_episode_steps", f"must not be negative, got {self.max_episode_steps}"))
+        return bad
+
+
+@dataclass
+class StepTable:
+    """Every timestep of a split, already tokenized, with the index of its episode's first step."""
+
+    returns: Tensor  # (N, 1)
+    states: Tensor  # (N, S)
+    actions: Tensor  # (N,) int64 or (N, A)
+    time: Tensor  # (N, 1) position ids
+    first: Tensor  # (N,) int64
+
+    @classmethod
+    def build(cls, tok, episodes: list) -> StepTable:
+        if not episodes:
+            raise UserError("[data] the split has no episodes")
+        segs = [tok.encode_steps(ep) for ep in episodes]
+        lengths = torch.tensor([len(s[0]) for s in segs])
+        starts = torch.cumsum(lengths, 0) - lengths
+        return cls(torch.cat([s[0].values for s in segs]), torch.cat([s[1].values for s in segs]),
+                   torch.cat([s[2].ids if s[2].ids is not None else s[2].values for s in segs]),
+                   torch.cat([s[0].positions for s in segs]), torch.repeat_interleave(starts, lengths))
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def windows(self, ends: Tensor, K: int) -> tuple[Tensor, Tensor]:
+        """Step indices (B, K) of the windows ending at `ends` (B,), and which are real (B, K)."""
+        start = torch.maximum(self.first[ends], ends - K + 1)
+        idx = start[:, None] + torch.arange(K)
+        valid = idx <= ends[:, None]
+        return torch.minimum(idx, ends[:, None]), valid
+
+
+def interleave(parts: list[tuple[str, dict]], time: Tensor, valid: Tensor) -> TokenSet:
+    """A batch of windows as one token set, modality j of window step t at slot ``n * t + j``.
+
+    Args:
+        parts: (modality name, ModalityInputs data fields such as ids/values/targets) per
+            modality, in their per-timestep order; tensors are (B, K, ...).
+        time: (B, K, 1) timestep position ids, shared by the modalities.
+        valid: (B, K) which window steps are real (windows are right-padded).
+    """
+    n, K = len(parts), valid.shape[1]
+    inputs = {}
+    for j, (name, data) in enumerate(parts):
+        slot = torch.where(valid, torch.arange(K) * n + j, 0)
+        inputs[name] = ModalityInputs(slot=slot, valid=valid, positions=time, **data)
+    set_valid = valid.repeat_interleave(n, dim=1)  # (B, n K)
+    modality = torch.where(set_valid, torch.arange(n).repeat(K), -1)
+    zeros = torch.zeros_like(modality)
+    return TokenSet(inputs, tuple(name for name, _ in parts), set_valid, modality, zeros, zeros,
+                    time[..., 0].repeat_interleave(n, dim=1))
+
+
+class RandomWindowBatches:
+    """Step s's global batch: window ends drawn by a generator seeded by (seed, s, micro)."""
+
+    def __init__(self, table: StepTable, build, seed: int) -> None:
+        self.table, self.build, self.seed = table, build, seed
+
+    def batch(self, where: Slice) -> TokenSet:
+        g = random_generator(self.seed, where.step, where.micro)
+        ends = torch.randint(len(self.table), (where.global_size,), generator=g)
+        return self.build(self.table, ends[where.rank * where.size : (where.rank + 1) * where.size])
+
+
+def _check_causal(model_cfg) -> None:
+    """Refuse a model whose masks let a state token see its own action or later tokens."""
+    if model_cfg.arch != "decoder":
+        raise UserError(f"[model] arch: the decision task needs a decoder, got {model_cfg.arch!r}")
+    L = 6
+    index = torch.arange(L)
+    zeros = torch.zeros(L, dtype=torch.long)
+    view = (index, zeros, zeros, index // 3, index % 3)
+    q, k = TokenView(*(t[:, None] for t in view), {}), TokenView(*(t[None, :] for t in view), {})
+    for mask in MaskSchedule.parse(model_cfg.mask, model_cfg.layer_masks).masks:
+        if mask.allowed(q, k).triu(1).any():
+            raise UserError(f"[model] mask: the decision task predicts each action from earlier tokens only, so "
+                            f"every layer's mask must be causal; {str(mask)!r} lets tokens see later ones")
+
+
+class DecisionTask:
+    """See the module docstring."""
+
+    Config = DecisionConfig
+
+    def __init__(self, config: DecisionConfig) -> None:
+        self.config = config
+        self._tables: dict[str, StepTable] = {}
+
+    # -- setup -------------------------------------------------------------------------------
+    def setup(self, pipeline) -> None:
+        try:
+            self._setup(pipeline)
+        except UserError as err:
+            raise UserError(f"{pipeline.recipe.path}: {err}") from None
+
+    def _setup(self, pipeline) -> None:
+        self.pipe = pipeline
+        mods = list(pipeline.tokenizers)
+        self.modality = self.config.modality or mods[0]
+        if self.modality not in pipeline.tokenizers:
+            raise UserError(f"[task] modality: no tokenizer for {self.modality!r} (have: {', '.join(mods)})")
+        self.tok = pipeline.tokenizers[self.modality]
+        if not hasattr(self.tok, "encode_steps"):
+            raise UserError(f"[task] modality: the decision task needs a sar tokenizer; {self.modality!r} is "
+                            f"{pipeline.recipe.tokenizers[self.modality].name!r}")
+        self.field = pipeline.fields[self.modality]
+        self.roles = ("return", "state", "action") if self.config.condition else ("state", "action")
+        self.K = self.config.context_steps
+        model = pipeline.recipe.model
+        _check_causal(model)
+        if len(self.roles) * self.K > model.context:
+            raise UserError(f"[task] context_steps: {self.K} steps are {len(self.roles) * self.K} tokens, more than "
+                            f"[model] context = {model.context}")
+        self.env_id = self.config.env_id or getattr(pipeline.source, "env_id", "")
+        if not self.env_id:
+            raise UserError("[task] env_id: the source names no environment; give the one to evaluate in")
+
+    def extra_specs(self) -> list:
+        """The action (and, when conditioning, return) modalities; the state one is the tokenizer's spec()."""
+        specs = self.tok.specs()
+        return [specs[r] for r in self.roles if r != "state"]
+
+    def outputs(self) -> tuple[str, ...]:
+        return ()
+
+    def build_head(self, d_model: int) -> nn.Module:
+        """The action predictor: a linear map from a state token's hidden vector to logits or values."""
+        st = self.tok.specs()["action"]
+        return nn.Linear(d_model, st.vocab_size if st.discrete else st.width)
+
+    # -- data --------------------------------------------------------------------------------
+    def table(self, split: str) -> StepTable:
+        if split not in self._tables:
+            self._tables[split] = StepTable.build(self.tok, [ex[self.field] for ex in self.pipe.examples(split)])
+        return self._tables[split]
+
+    def window_set(self, returns: Tensor, states: Tensor, actions: Tensor, time: Tensor, valid: Tensor,
+                   targets: bool = True) -> TokenSet:
+        """Tokenized (B, K, ...) windows as an interleaved token set; the state tokens carry the
+        actions as their targets."""
+        key = "ids" if self.tok.discrete_actions else "values"
+        data = {"return": {"values": returns}, "action": {key: actions},
+                "state": {"values": states} | ({"targets": actions, "loss_mask": valid} if targets else {})}
+        return interleave([(self.tok.names[r], data[r]) for r in self.roles], time, valid)
+
+    def build_batch(self, table: StepTable, ends: Tensor) -> TokenSet:
+        idx, valid = table.windows(ends, self.K)
+        return self.window_set(table.returns[idx], table.states[idx], table.actions[idx], table.time[idx], valid)
+
+    def batches(self, split: str, train: bool) -> RandomWindowBatches:
+        return RandomWindowBatches(self.table(split), self.build_batch, self.pipe.recipe.train.seed * 8 + SPLIT_SALT[split])
+
+    def predict_actions(self, model, head, batch: TokenSet) -> Tensor:
+        """Head output at every state token: (B, K, V) logits or (B, K, A) values."""
+        hidden = model(batch)
+        slot = batch.inputs[self.tok.names["state"]].slot
+        return head(hidden[torch.arange(hidden.shape[0], device=hidden.device)[:, None], slot])
+
+    def loss(self, model, head, batch: TokenSet):
+        out = self.predict_actions(model, head, batch).float()
+        st = batch.inputs[self.tok.names["state"]]
+        mask = st.loss_mask
+        if self.tok.discrete_actions:
+            loss = F.cross_entropy(out[mask], st.targets[mask])
+        else:
+            loss = F.mse_loss(out[mask], st.targets[mask].float())
+        return loss, {"tokens": int(batch.valid.sum())}
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _modules(self):
+        module = self.pipe.module.eval()
+        return module.core, module.head, next(module.parameters()).device
+
+    @torch.no_grad()
+    def action_loss(self, split: str, limit: int | None = None) -> float:
+        """Mean action loss over `eval_windows` fixed windows of a split (`limit` caps the batches)."""
+        core, head, device = self._modules()
+        table, bs = self.table(split), self.config.eval_batch_size
+        ends = torch.randperm(len(table), generator=random_generator(self.config.eval_seed, SPLIT_SALT[split]))
+        ends = ends[: self.config.eval_windows]
+        chunks = list(ends.split(bs))[: limit or None]
+        total = 0.0
+        for chunk in chunks:
+            loss, _ = self.loss(core, head, self.build_batch(table, chunk).to(device))
+            total += float(loss) * len(chunk)
+        return total / sum(len(c) for c in chunks)
+
+    def evaluate(self, pipeline, split: str = "val", limit: int | None = None, episodes: int | None = None,
+                 target_return: float | None = None, greedy: bool | None = None, **options) -> dict:
+        """Play `episodes` episodes conditioned on `target_return`; returns and the split's action loss."""
+        if options:
+            raise UserError(f"the decision task has no evaluation option(s) {', '.join(sorted(options))}")
+        c = self.config
+        episodes = c.episodes if episodes is None else episodes
+        target = c.target_return if target_return is None else target_return
+        greedy = c.greedy if greedy is None else greedy
+        if episodes < 1:
+            raise UserError(f"--episodes: expected at least 1, got {episodes}")
+        t0 = time.perf_counter()
+        returns, lengths = self.rollout(target, episodes, greedy)
+        seconds = time.perf_counter() - t0
+        return {"mean_return": float(np.mean(returns)), "min_return": float(np.min(returns)),
+                "max_return": float(np.max(returns)), "std_return": float(np.std(returns)),
+                "mean_length": float(np.mean(lengths)), "episodes": episodes, "target_return": float(target),
+                "greedy": bool(greedy), "env_steps_per_s": round(float(np.sum(lengths)) / seconds, 1),
+                "action_loss": self.action_loss(split, limit)}
+
+    def _envs(self, n: int) -> list:
+        envs = [gym_data.make_env(self.env_id) for _ in range(n)]
+        space, tok = envs[0].action_space, self.tok
+        if isinstance(space, spaces.Discrete):
+            ok = tok.discrete_actions and tok.specs()["action"].vocab_size <= space.n
+        else:
+            ok = isinstance(space, spaces.Box) and not tok.discrete_actions and int(np.prod(space.shape)) == tok.specs()["action"].width
+        if not ok:
+            raise UserError(f"[task] env_id: {self.env_id!r} has action space {space}, which does not match the "
+                            f"run's actions ({tok.specs()['action']})")
+        return envs
+
+    @torch.no_grad()
+    def rollout(self, target: float, n: int, greedy: bool = False, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Play n episodes (reset seeds seed + i) at once, conditioned on `target`; (returns, lengths)."""
+        core, head, device = self._modules()
+        seed = self.config.eval_seed if seed is None else seed
+        envs, K, tok = self._envs(n), self.K, self.tok
+        g = torch.Generator().manual_seed(seed)
+        state = np.stack([spaces.flatten(e.observation_space, e.reset(seed=seed + i)[0]) for i, e in enumerate(envs)])
+        win = Window(n, K, state.shape[1], tok.specs()["action"])
+        rtg, total = np.full(n, float(target)), np.zeros(n)
+        length, alive = np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
+        cap = self.config.max_episode_steps or 100_000
+        for t in range(cap):
+            win.push(t, rtg, state)
+            live = np.flatnonzero(alive)
+            ts = self.window_set(*win.tokens(tok, live), targets=False).to(device)
+            out = self.predict_actions(core, head, ts)[:, -1]
+            actions = tok.choose_actions(out, greedy, g)
+            win.set_actions(live, actions)
+            for i, a in zip(live, actions):
+                obs, r, term, trunc, _ = envs[i].step(self._env_action(envs[i], a))
+                state[i] = spaces.flatten(envs[i].observation_space, obs)
+                total[i], rtg[i], length[i] = total[i] + r, rtg[i] - r, length[i] + 1
+                alive[i] = not (term or trunc)
+            if not alive.any():
+                break
+        for e in envs:
+            e.close()
+        return total, length
+
+    def _env_action(self, env, action):
+        if self.tok.discrete_actions:
+            return int(action)
+        space = env.action_space
+        return np.clip(np.asarray(action, dtype=np.float32).reshape(space.shape), space.low, space.high)
+
+    # -- end-of-run pictures --------------------------------------------------------------------
+    def report(self, pipeline, run_dir: Path) -> None:
+        """returns_vs_target.png/.json (achieved return per target) and dataset_returns.png."""
+        c = self.config
+        episodes = [ex[self.field] for ex in pipeline.examples("train")]
+        if episodes and hasattr(episodes[0], "total_return"):
+            gym_data.return_histogram_png(episodes, Path(run_dir) / "dataset_returns.png")
+        if not c.report_targets:
+            return
+        rows = []
+        for target in c.report_targets:
+            returns, _ = self.rollout(target, c.report_episodes, c.greedy)
+            rows.append({"target": target, "mean": float(np.mean(returns)), "std": float(np.std(returns)),
+                         "returns": returns.tolist()})
+        (Path(run_dir) / "returns_vs_target.json").write_text(json.dumps(rows, indent=1))
+        returns_plot(rows, Path(run_dir) / "returns_vs_target.png",
+                     f"{pipeline.recipe.path} ({'return-conditioned' if c.condition else 'behaviour cloning'})")
+        print("seqmodel: achieved return by target: " + ", ".join(f"{r['target']:g} -> {r['mean']:.1f}" for r in rows),
+              file=sys.stderr)
+
+
+class Window:
+    """The last K timesteps of n episodes played in lock-step (raw returns, states, actions)."""
+
+    def __init__(self, n: int, K: int, state_dim: int, action_spec) -> None:
+        self.K, self.k = K, 0
+        self.rtg, self.time = np.zeros((n, K)), np.zeros((n, K), dtype=np.int64)
+        self.states = np.zeros((n, K, state_dim), dtype=np.float32)
+        self.actions = (np.zeros((n, K), dtype=np.int64) if action_spec.discrete
+                        else np.zeros((n, K, action_spec.width), dtype=np.float32))
+
+    def push(self, t: int, rtg: np.ndarray, state: np.ndarray) -> None:
+        """Append timestep t (dropping the oldest when full); its action comes with `set_actions`."""
+        if self.k == self.K:
+            for a in (self.rtg, self.time, self.states, self.actions):
+                a[:, :-1] = a[:, 1:].copy()
+        else:
+            self.k += 1
+        self.rtg[:, self.k - 1], self.time[:, self.k - 1], self.states[:, self.k - 1] = rtg, t, state
+        self.actions[:, self.k - 1] = 0
+
+    def set_actions(self, rows: np.ndarray, actions: np.ndarray) -> None:
+        self.actions[rows, self.k - 1] = actions
+
+    def tokens(self, tok, rows: np.ndarray) -> tuple[Tensor, ...]:
+        """(returns, states, actions, time, valid) tokens of the given episodes' windows."""
+        k = self.k
+        valid = torch.ones(len(rows), k, dtype=torch.bool)
+        return (tok.return_values(self.rtg[rows, :k]), tok.state_values(self.states[rows, :k]),
+                tok.action_inputs(self.actions[rows, :k]), tok.timesteps(self.time[rows, :k]), valid)
+
+
+def returns_plot(rows: list[dict], path: Path, title: str) -> Path:
+    """Achieved return (mean and spread over episodes) against target return, with y = x."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    targets = np.array([r["target"] for r in rows])
+    means, stds = np.array([r["mean"] for r in rows]), np.array([r["std"] for r in rows])
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(targets, targets, "--", color="grey", label="achieved = target")
+    ax.errorbar(targets, means, yerr=stds, fmt="o-", capsize=3, label="achieved (mean ± std)")
+    ax.set(xlabel="target return", ylabel="achieved return", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=100)
+    return path
