@@ -1,0 +1,322 @@
+"""Classification of whole examples: pool the encoder's tokens, a linear head, cross-entropy.
+
+The input is one modality's segment (an image's patches, a sound's frames ...) taken from the
+field its tokenizer is bound to; the label comes from the source field `label_field`. Pooling is
+either the mean over the input's valid tokens, or a learned class token: the task adds a tiny
+discrete modality ("cls", one id, no position) and prepends it to every example, so the core
+stays modality-agnostic (ViT, Dosovitskiy et al. 2021). Label names travel with the run
+(``task/labels.json``), so `predict` names classes without the data source.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqmodel.errors import UserError
+from seqmodel.plugin import ModalitySpec
+from seqmodel.segments import Segment, collate
+from seqmodel.task import EpochBatches
+
+SPLIT_SALT = {"train": 0, "val": 1, "test": 2}
+POOLS = ("mean", "cls")
+CLS = "cls"
+
+
+@dataclass
+class ClassifyConfig:
+    """`[task] kind = "classify"`."""
+
+    modality: str = ""
+    """The input modality (default: the recipe's only tokenizer)."""
+    label_field: str = "label"
+    """The source field holding each example's class (an integer, or a class name)."""
+    pool: str = "mean"
+    """"mean" (average of the input's tokens) or "cls" (a learned class token added to each example)."""
+    num_classes: int = 0
+    """Number of classes (0: the source's label names, else the largest training label + 1)."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing."""
+    eval_batch_size: int = 256
+    """Examples per forward pass in eval, predict and report."""
+    report_images: int = 36
+    """Validation examples drawn, with predicted and true labels, in the end-of-run picture."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        """(key, problem) pairs; empty when valid."""
+        bad = []
+        if self.pool not in POOLS:
+            bad.append(("pool", f"expected one of {', '.join(POOLS)}, got {self.pool!r}"))
+        if self.num_classes < 0 or self.num_classes == 1:
+            bad.append(("num_classes", f"must be 0 (automatic) or at least 2, got {self.num_classes}"))
+        if not 0 <= self.label_smoothing < 1:
+            bad.append(("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}"))
+        if self.eval_batch_size < 1:
+            bad.append(("eval_batch_size", f"must be at least 1, got {self.eval_batch_size}"))
+        if self.report_images < 0:
+            bad.append(("report_images", f"must not be negative, got {self.report_images}"))
+        return bad
+
+
+class ClassifyTask:
+    """See the module docstring."""
+
+    Config = ClassifyConfig
+    FILE = "labels.json"
+
+    def __init__(self, config: ClassifyConfig) -> None:
+        self.config = config
+        self.label_names: list[str] | None = None
+        self._items: dict[str, list] = {}
+
+    # -- setup -------------------------------------------------------------------------------
+    def setup(self, pipeline) -> None:
+        self.pipe = pipeline
+        mods = list(pipeline.tokenizers)
+        self.modality = self.config.modality or mods[0]
+        if self.modality not in pipeline.tokenizers:
+            raise UserError(f"[task] modality: no tokenizer for {self.modality!r} (have: {', '.join(mods)})")
+        if len(mods) > 1 and not self.config.modality:
+            raise UserError(f"[task] modality: the recipe has several tokenizers ({', '.join(mods)}); name the input")
+        if self.config.pool == "cls" and CLS in mods:
+            raise UserError(f"[task] pool: 'cls' adds a modality named {CLS!r}, which a tokenizer already uses")
+        self.tok, self.field = pipeline.tokenizers[self.modality], pipeline.fields[self.modality]
+        self._seeded = "generator" in inspect.signature(self.tok.encode).parameters
+        if self.label_names is None:
+            self.label_names = self._find_label_names(pipeline)
+        if len(self.label_names) < 2:
+            raise UserError(f"[task] label_field: the data has {len(self.label_names)} class(es); a classifier needs at least 2")
+        if self.config.num_classes and self.config.num_classes != len(self.label_names):
+            raise UserError(f"[task] num_classes: {self.config.num_classes}, but the data has "
+                            f"{len(self.label_names)} classes ({', '.join(self.label_names[:10])} ...)")
+
+    def _find_label_names(self, pipeline) -> list[str]:
+        have = tuple(getattr(pipeline.source, "fields", ()))
+        if have and self.config.label_field not in have:
+            raise UserError(f"[task] label_field: the source has no field {self.config.label_field!r} "
+                            f"(it has: {', '.join(have)})")
+        names = getattr(pipeline.source, "label_names", None)
+        if names is not None:
+            return [str(n) for n in names]
+        if self.config.num_classes:
+            return [str(i) for i in range(self.config.num_classes)]
+        labels = [ex.get(self.config.label_field, 0) for ex in pipeline.examples("train")]
+        if labels and all(isinstance(y, str) for y in labels):
+            return sorted(set(labels))
+        return [str(i) for i in range(max((int(y) for y in labels), default=0) + 1)]
+
+    def extra_specs(self) -> list[ModalitySpec]:
+        """The class-token modality, when pooling by class token."""
+        return [ModalitySpec(CLS, vocab_size=1, position="none")] if self.config.pool == "cls" else []
+
+    def outputs(self) -> tuple[str, ...]:
+        return ()
+
+    def build_head(self, d_model: int) -> nn.Module:
+        """The classifier: a linear map from the pooled vector to one logit per class."""
+        return nn.Linear(d_model, len(self.label_names))
+
+    # -- data --------------------------------------------------------------------------------
+    def label_index(self, value) -> int:
+        """A label value (int or class name) as a class index, checked against the label names."""
+        if isinstance(value, str) and value in self.label_names:
+            return self.label_names.index(value)
+        try:
+            index = int(value)
+        except (TypeError, ValueError):
+            index = -1
+        if not 0 <= index < len(self.label_names) or isinstance(value, (bool, float)) and value != index:
+            raise UserError(f"[task] label_field: label {value!r} is not a class index in [0, {len(self.label_names)}) "
+                            f"or a class name ({', '.join(self.label_names[:10])})")
+        return index
+
+    def items(self, split: str) -> list[tuple[object, int]]:
+        """(input value, class index) for every example of a split."""
+        if split not in self._items:
+            try:
+                rows = [(ex[self.field], self.label_index(ex[self.config.label_field])) for ex in self.pipe.examples(split)]
+            except KeyError as err:
+                raise UserError(f"[task] label_field: an example of the {split} split has no field {err}") from None
+            if not rows:
+                raise UserError(f"[data] the {split} split has no examples")
+            self._items[split] = rows
+        return self._items[split]
+
+    def segments(self, value, train: bool = False, generator: torch.Generator | None = None) -> list[Segment]:
+        """One example's token set: [class token,] the input's segment."""
+        if train and self._seeded:
+            seg = self.tok.encode(value, train=True, generator=generator)
+        else:
+            seg = self.tok.encode(value, train=train)
+        cls = [Segment(CLS, ids=torch.zeros(1, dtype=torch.long))] if self.config.pool == "cls" else []
+        return cls + [seg]
+
+    def collate(self, items: list[tuple[object, int]], generator: torch.Generator | None = None, train: bool = False):
+        """A batch (TokenSet with extras["labels"]) of (value, label) pairs."""
+        labels = torch.tensor([y for _, y in items], dtype=torch.long)
+        return collate([self.segments(v, train, generator) for v, _ in items], {"labels": labels})
+
+    def batches(self, split: str, train: bool) -> EpochBatches:
+        seed = self.pipe.recipe.train.seed * 8 + SPLIT_SALT[split]
+        return EpochBatches(self.items(split), partial(self.collate, train=train), seed, shuffle=train)
+
+    # -- model -------------------------------------------------------------------------------
+    def pool(self, hidden: torch.Tensor, batch) -> torch.Tensor:
+        """(B, L, D) hidden states -> (B, D): the class token's, or the mean over input tokens."""
+        B = hidden.shape[0]
+        if self.config.pool == "cls":
+            return hidden[torch.arange(B, device=hidden.device), batch.inputs[CLS].slot[:, 0]]
+        inp = batch.inputs[self.modality]
+        if inp.dense:
+            return hidden.mean(1)
+        h = hidden[torch.arange(B, device=hidden.device)[:, None], inp.slot] * inp.valid[..., None]  # (B, Tm, D)
+        return h.sum(1) / inp.valid.sum(1, keepdim=True).clamp(min=1)
+
+    def logits(self, core, head, batch) -> torch.Tensor:
+        """(B, classes) logits of a batch."""
+        return head(self.pool(core(batch), batch)).float()
+
+    def loss(self, model, head, batch):
+        logits = self.logits(model, head, batch)
+        loss = F.cross_entropy(logits, batch.extras["labels"], label_smoothing=self.config.label_smoothing)
+        return loss, {"tokens": int(batch.valid.sum())}
+
+    @torch.no_grad()
+    def scores(self, pipeline, values: list) -> torch.Tensor:
+        """(N, classes) logits of input values, in eval mode, `eval_batch_size` at a time."""
+        module = pipeline.module.eval()
+        device = next(module.parameters()).device
+        out = []
+        for i in range(0, len(values), self.config.eval_batch_size):
+            chunk = values[i : i + self.config.eval_batch_size]
+            batch = collate([self.segments(v) for v in chunk]).to(device)
+            out.append(self.logits(module.core, module.head, batch).cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.label_names))
+
+    # -- evaluation, prediction, pictures ------------------------------------------------------
+    def evaluate(self, pipeline, split: str, limit: int | None = None, **options) -> dict:
+        """Accuracy, mean cross-entropy and per-class accuracy on a split.
+
+        Args:
+            limit: evaluate only the first `limit` batches of `eval_batch_size` examples.
+        """
+        if options:
+            raise UserError(f"task classify has no eval option(s): {', '.join(sorted(options))}")
+        items = self.items(split)
+        if limit is not None:
+            items = items[: max(1, limit) * self.config.eval_batch_size]
+        labels = torch.tensor([y for _, y in items])
+        logits = self.scores(pipeline, [v for v, _ in items])
+        right = logits.argmax(1) == labels
+        per_class = {name: float(right[labels == k].float().mean()) for k, name in enumerate(self.label_names)
+                     if bool((labels == k).any())}
+        return {"accuracy": float(right.float().mean()), "loss": float(F.cross_entropy(logits, labels)),
+                "examples": len(items), "per_class_accuracy": per_class}
+
+    def read(self, path: str):
+        """An input file as the tokenizer's value (the tokenizer's `read_file`, else UTF-8 text)."""
+        reader = getattr(self.tok, "read_file", None)
+        if reader is not None:
+            return reader(path)
+        try:
+            return Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"{path}: cannot read the input: {err}") from None
+
+    def predict(self, pipeline, inputs: list[str]) -> list[dict]:
+        """The most likely class of each input file: [{"file", "label", "prob"}, ...]."""
+        probs = self.scores(pipeline, [self.read(p) for p in inputs]).softmax(-1)
+        best = probs.max(-1)
+        return [{"file": str(p), "label": self.label_names[int(k)], "prob": float(v)}
+                for p, v, k in zip(inputs, best.values, best.indices)]
+
+    def report(self, pipeline, run_dir: Path) -> list[Path]:
+        """Validation pictures: examples with predicted/true labels, and the confusion matrix."""
+        items = self.items("val")
+        labels = torch.tensor([y for _, y in items])
+        preds = self.scores(pipeline, [v for v, _ in items]).argmax(1)
+        paths = [confusion_png(labels, preds, self.label_names, run_dir / "confusion_matrix.png")]
+        shown = items[: self.config.report_images]
+        pictures = [self.tok.decode(self.segments(v)[-1]) for v, _ in shown]
+        grid = examples_png(pictures, [y for _, y in shown], preds[: len(shown)].tolist(), self.label_names,
+                            run_dir / "val_predictions.png")
+        return paths + ([grid] if grid else [])
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        (directory / self.FILE).write_text(json.dumps({"label_names": self.label_names}))
+
+    def load(self, directory: Path) -> None:
+        path = directory / self.FILE
+        try:
+            names = json.loads(path.read_text())["label_names"]
+            assert isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            raise UserError(f"{path}: missing or corrupt class labels") from None
+        self.label_names = names
+
+
+# -- pictures (matplotlib, Agg) ------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(labels: torch.Tensor, preds: torch.Tensor, names: list[str], path: Path) -> Path:
+    """Counts of (true, predicted) class pairs as an annotated heat map."""
+    K = len(names)
+    counts = torch.bincount(labels * K + preds, minlength=K * K).view(K, K)  # (true, predicted)
+    plt = _pyplot()
+    side = min(12.0, 2.5 + 0.5 * K)
+    fig, ax = plt.subplots(figsize=(side, side), dpi=110)
+    ax.imshow(counts.numpy(), cmap="Blues")
+    if K <= 30:
+        top = int(counts.max()) or 1
+        for t in range(K):
+            for p in range(K):
+                if counts[t, p]:
+                    ax.text(p, t, int(counts[t, p]), ha="center", va="center", fontsize=8,
+                            color="white" if counts[t, p] > top / 2 else "black")
+        ax.set_xticks(range(K), names, rotation=90, fontsize=8)
+        ax.set_yticks(range(K), names, fontsize=8)
+    accuracy = float(counts.diag().sum()) / max(1, int(counts.sum()))
+    ax.set(xlabel="predicted", ylabel="true", title=f"validation confusion matrix (accuracy {accuracy:.4f})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def examples_png(pictures: list, truth: list[int], preds: list[int], names: list[str], path: Path) -> Path | None:
+    """A grid of decoded inputs titled "predicted (true)", mistakes in red; None if not images."""
+    import numpy as np
+
+    arrays = [np.asarray(p) for p in pictures]
+    if not arrays or any(a.ndim not in (2, 3) or a.dtype == object for a in arrays):
+        return None
+    plt = _pyplot()
+    cols = min(len(arrays), 9)
+    rows = -(-len(arrays) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.5 * rows), dpi=110, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, a, t, p in zip(axes.flat, arrays, truth, preds):
+        ax.imshow(a, cmap="gray" if a.ndim == 2 else None, interpolation="nearest")
+        title = names[p] if p == t else f"{names[p]} ({names[t]})"
+        ax.set_title(title, fontsize=7, color="black" if p == t else "red")
+    fig.suptitle("validation: predicted (true)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
