@@ -192,6 +192,12 @@ class MelTokenizer:
         if state != mine:
             raise UserError(f"{path}: saved mel front end {state} differs from the recipe's {mine}")
 
+    def same(self, value: Any, decoded: torch.Tensor) -> bool:
+        """`decode` gives the log-mel features back (audio is not recoverable): they must match
+        the value's own features (the last slice may be padded)."""
+        f = self.features(value)
+        return decoded.shape[0] >= len(f) and bool(torch.allclose(decoded[: len(f)], f, atol=1e-5))
+
     def examples(self) -> list[Any]:
         """Samples for the conformance check: a tone at 8 kHz and noise at the model's rate."""
         t = np.arange(4000) / 8000
