@@ -96,3 +96,16 @@ class EpochBatches:
 def random_generator(*keys: int) -> torch.Generator:
     """A generator seeded by a tuple of integers (step, micro, rank ...)."""
     return _generator(*keys)
+
+
+def choose_modality(pipeline: Pipeline, configured: str, role: str = "input") -> str:
+    """The modality a task works on: `configured` (its `[task] modality`), or the recipe's only
+    tokenizer; a one-line error names what exists."""
+    from .errors import UserError
+
+    mods = list(pipeline.tokenizers)
+    if configured and configured not in pipeline.tokenizers:
+        raise UserError(f"[task] modality: no tokenizer for {configured!r} (have: {', '.join(mods)})")
+    if not configured and len(mods) > 1:
+        raise UserError(f"[task] modality: the recipe has several tokenizers ({', '.join(mods)}); name the {role}")
+    return configured or mods[0]

@@ -23,7 +23,7 @@ from torch import nn
 from seqmodel.errors import UserError
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment, collate
-from seqmodel.task import EpochBatches
+from seqmodel.task import EpochBatches, choose_modality
 
 SPLIT_SALT = {"train": 0, "val": 1, "test": 2}
 POOLS = ("mean", "cls")
@@ -79,13 +79,8 @@ class ClassifyTask:
     # -- setup -------------------------------------------------------------------------------
     def setup(self, pipeline) -> None:
         self.pipe = pipeline
-        mods = list(pipeline.tokenizers)
-        self.modality = self.config.modality or mods[0]
-        if self.modality not in pipeline.tokenizers:
-            raise UserError(f"[task] modality: no tokenizer for {self.modality!r} (have: {', '.join(mods)})")
-        if len(mods) > 1 and not self.config.modality:
-            raise UserError(f"[task] modality: the recipe has several tokenizers ({', '.join(mods)}); name the input")
-        if self.config.pool == "cls" and CLS in mods:
+        self.modality = choose_modality(pipeline, self.config.modality, "input")
+        if self.config.pool == "cls" and CLS in pipeline.tokenizers:
             raise UserError(f"[task] pool: 'cls' adds a modality named {CLS!r}, which a tokenizer already uses")
         self.tok, self.field = pipeline.tokenizers[self.modality], pipeline.fields[self.modality]
         self._seeded = "generator" in inspect.signature(self.tok.encode).parameters

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from seqmodel.errors import UserError
 from seqmodel.generate import SampleConfig, choose_token, generate
 from seqmodel.segments import Segment, dense_set
-from seqmodel.task import Slice, random_generator
+from seqmodel.task import Slice, choose_modality, random_generator
 
 SPLIT_SALT = {"train": 0, "val": 1, "test": 2}
 
@@ -63,12 +63,7 @@ class LMTask:
 
     def setup(self, pipeline) -> None:
         self.pipe = pipeline
-        mods = list(pipeline.tokenizers)
-        self.modality = self.config.modality or mods[0]
-        if self.modality not in pipeline.tokenizers:
-            raise UserError(f"[task] modality: no tokenizer for {self.modality!r} (have: {', '.join(mods)})")
-        if len(mods) > 1 and not self.config.modality:
-            raise UserError(f"[task] modality: the recipe has several tokenizers ({', '.join(mods)}); name the one to model")
+        self.modality = choose_modality(pipeline, self.config.modality, "one to model")
         self.tok = pipeline.tokenizers[self.modality]
         if not self.tok.spec().discrete:
             raise UserError(f"[task] lm needs a discrete tokenizer; {self.modality!r} is continuous")
