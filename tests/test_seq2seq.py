@@ -107,6 +107,32 @@ def test_teacher_forcing_batch_and_gradients(pipe: Pipeline) -> None:
     module.zero_grad(set_to_none=True)
 
 
+def test_training_loss_is_smoothed_and_split_loss_is_plain_cross_entropy(pipe: Pipeline) -> None:
+    task = pipe.task
+    items = task.items("val")[:6]
+    batch = task.collate(items)
+    core = pipe.module.core.eval()
+    with torch.no_grad():
+        hidden = core(batch.decoder, context=batch.encoder)
+        logits = core.output("text", hidden, batch.decoder).float()
+    inp = batch.decoder.inputs["text"]
+    keep = inp.valid & (inp.targets != -100)
+    logp = logits.log_softmax(-1)[keep]
+    targets = inp.targets[keep]
+    plain = float(-logp.gather(1, targets[:, None]).mean())
+    smoothing = 0.2
+    smoothed = float(((1 - smoothing) * -logp.gather(1, targets[:, None])[:, 0] - smoothing * logp.mean(-1)).mean())
+    before = task.config.label_smoothing
+    try:
+        task.config.label_smoothing = smoothing
+        assert task.split_loss(pipe, items) == pytest.approx(plain, rel=1e-5)
+        with torch.no_grad():
+            loss, _ = task.loss(core, None, batch)
+        assert float(loss) == pytest.approx(smoothed, rel=1e-5) and smoothed > plain
+    finally:
+        task.config.label_smoothing = before
+
+
 def test_decoding_with_and_without_cache_is_identical(pipe: Pipeline) -> None:
     task, core = pipe.task, pipe.module.core.eval()
     for values, _ in task.items("val")[:3]:

@@ -52,7 +52,7 @@ class Seq2SeqConfig:
     max_new_tokens: int = 0
     """Longest decoded output, EOS included (0: the model's context minus one)."""
     label_smoothing: float = 0.0
-    """Cross-entropy label smoothing of the teacher-forced loss."""
+    """Label smoothing of the training loss (`evaluate` reports plain cross-entropy)."""
     eval_batch_size: int = 64
     """Examples per teacher-forced forward pass in evaluation (`--limit` counts these batches)."""
     report_examples: int = 4
@@ -283,18 +283,18 @@ class Seq2SeqTask:
         return EpochBatches(items, fn, seed, shuffle=train)
 
     # -- loss --------------------------------------------------------------------------------
-    def token_losses(self, model, batch: Seq2SeqBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_losses(self, model, batch: Seq2SeqBatch, smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token cross-entropy (B, T) of the decoder's targets, and which tokens count."""
         hidden = model(batch.decoder, context=batch.encoder)  # (B, L, D)
         logits = model.output(self.target, hidden, batch.decoder).float()  # (B, T, V)
         inp = batch.decoder.inputs[self.target]
         counts = inp.valid & (inp.targets != -100)
         losses = F.cross_entropy(logits.transpose(1, 2), inp.targets, ignore_index=-100, reduction="none",
-                                 label_smoothing=self.config.label_smoothing)
+                                 label_smoothing=smoothing)
         return losses, counts
 
     def loss(self, model, head, batch: Seq2SeqBatch):
-        losses, counts = self.token_losses(model, batch)
+        losses, counts = self.token_losses(model, batch, self.config.label_smoothing)
         loss = losses.sum() / counts.sum().clamp(min=1)
         return loss, {"tokens": sum(int(ts.valid.sum()) for ts in (batch.encoder, batch.decoder) if ts is not None)}
 
@@ -361,7 +361,7 @@ class Seq2SeqTask:
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
     def split_loss(self, pipeline, items: list) -> float:
-        """Teacher-forced cross-entropy per target token (EOS included) over `items`."""
+        """Teacher-forced cross-entropy per target token (EOS included, no label smoothing)."""
         core = self._core(pipeline)
         device = next(core.parameters()).device
         total, count = 0.0, 0
