@@ -61,9 +61,11 @@ def draw_png(masks: list[tuple[str, torch.Tensor]], bands, path: Path) -> None:
             for edge in (a - 0.5, b - 0.5):
                 ax.axhline(edge, color="tab:orange", lw=0.6)
                 ax.axvline(edge, color="tab:orange", lw=0.6)
-            ax.text((a + b) / 2 - 0.5, -1.2, name, ha="center", va="bottom", fontsize=7, color="tab:orange")
-            ax.text(-1.2, (a + b) / 2 - 0.5, name, ha="right", va="center", fontsize=7, color="tab:orange", rotation=90)
-        ax.set_title(title, fontsize=9, pad=14)
+            ax.text((a + b) / 2 - 0.5, 1.01, name, ha="center", va="bottom", fontsize=7, color="tab:orange",
+                    transform=ax.get_xaxis_transform())
+            ax.text(-0.07, (a + b) / 2 - 0.5, name, ha="right", va="center", fontsize=7, color="tab:orange", rotation=90,
+                    transform=ax.get_yaxis_transform())
+        ax.set_title(title, fontsize=9, pad=16)
         ax.set_xlabel("key")
         ax.set_ylabel("query")
         ax.tick_params(labelsize=6)
