@@ -63,14 +63,18 @@ def prepare_nanogpt(source: Path, work: Path) -> Path:
     return work
 
 
-def run_nanogpt(work: Path, shape: dict) -> list[float]:
+LAST = 5  # iterations whose mean training loss is compared ("loss after the same number of steps")
+
+
+def run_nanogpt(work: Path, shape: dict) -> tuple[list[float], float]:
     cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
            "--eval_interval=100000", "--eval_iters=1", "--log_interval=1", f"--max_iters={shape['iters']}",
            f"--lr_decay_iters={shape['iters']}", f"--block_size={shape['context']}", f"--batch_size={shape['batch']}",
            f"--n_layer={shape['layers']}", f"--n_head={shape['heads']}", f"--n_embd={shape['d_model']}",
            f"--dropout={shape['dropout']}", f"--out_dir={work / 'out'}"]
     out = subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=True).stdout
-    return [float(ms) for ms in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", out, re.M)][SKIP:]
+    logged = [(float(loss), float(ms)) for loss, ms in re.findall(r"^iter \d+: loss ([\d.]+), time ([\d.]+)ms", out, re.M)]
+    return [ms for _, ms in logged][SKIP:], statistics.mean(loss for loss, _ in logged[-LAST:])
 
 
 def run_seqmodel(shape: dict, out: Path, precision: str = "fp32", compile: bool = False) -> tuple[list[float], float]:
@@ -85,7 +89,7 @@ def run_seqmodel(shape: dict, out: Path, precision: str = "fp32", compile: bool 
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     tokens = shape["batch"] * shape["context"]
     ms = [1000 * tokens / r["tokens_per_s"] for r in rows][SKIP:]
-    return ms, rows[-1]["val_loss"]
+    return ms, statistics.mean(r["train_loss"] for r in rows[-LAST:])
 
 
 def main(argv=None) -> dict:
@@ -107,23 +111,25 @@ def main(argv=None) -> dict:
             losses: dict[str, list[float]] = {}
             for r in range(args.rounds):
                 if nano:
-                    times.setdefault("nanoGPT fp32", []).extend(run_nanogpt(nano, shape))
+                    ms, loss = run_nanogpt(nano, shape)
+                    times.setdefault("nanoGPT fp32", []).extend(ms)
+                    losses.setdefault("nanoGPT fp32", []).append(loss)
                 for variant in args.variants:
                     ms, val = run_seqmodel(shape, tmp / f"{name}-{variant}-{r}", variant.split("+")[0], "compile" in variant)
                     times.setdefault(f"seqmodel {variant}", []).extend(ms)
                     losses.setdefault(f"seqmodel {variant}", []).append(val)
             tokens = shape["batch"] * shape["context"]
             rows = {k: {"median_ms": statistics.median(v), "tokens_per_s": 1000 * tokens / statistics.median(v),
-                        "val_loss": statistics.median(losses[k]) if k in losses else None} for k, v in times.items()}
+                        "train_loss_last": statistics.median(losses[k])} for k, v in times.items()}
             results["shapes"][name] = {"shape": shape, "rows": rows}
             base = rows.get("nanoGPT fp32")
             print(f"\n### {name}: {shape['layers']} layers, {shape['heads']} heads, {shape['d_model']} wide, "
                   f"context {shape['context']}, batch {shape['batch']}, {shape['iters']} iters x {args.rounds} rounds\n")
-            print("| run | median ms/iter | tokens/s | vs nanoGPT | val loss at the end |")
+            print(f"| run | median ms/iter | tokens/s | vs nanoGPT | train loss, last {LAST} iters |")
             print("| --- | ---: | ---: | ---: | ---: |")
             for k, r in rows.items():
                 ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
-                loss = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-"
+                loss = f"{r['train_loss_last']:.4f}"
                 print(f"| {k} | {r['median_ms']:.1f} | {r['tokens_per_s']:,.0f} | {ratio} | {loss} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
