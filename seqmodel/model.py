@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .dropout import Dropout, attention_with_dropout
 from .errors import UserError
 from .masks import MaskSchedule, TokenView, dense_mask, is_full, is_plain_causal, parse_mask
 from .plugin import ModalitySpec
@@ -166,8 +167,11 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:
                 k, v = cache.layer(layer).append(k, v, cache.length, cache.capacity)
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, dropout_p=p, is_causal=plan.is_causal)
+        if self.training and self.dropout and q.device.type == "cpu":  # see seqmodel.dropout
+            y = attention_with_dropout(q, k, v, plan.mask, plan.is_causal, self.dropout)
+        else:
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, dropout_p=p, is_causal=plan.is_causal)
         return self.proj(rearrange(y, "b h l d -> b l (h d)"))
 
 
@@ -178,7 +182,7 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
         self.proj = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
         self.proj.is_residual = True
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.proj(F.gelu(self.fc(x))))
@@ -195,7 +199,7 @@ class Block(nn.Module):
         self.cross = Attention(cfg, cross=True) if cross else None
         self.ln_mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.mlp = MLP(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x, plan, rope=None, memory=None, cross_plan=None, cache=None, layer=0):
         x = x + self.drop(self.attn(self.ln_attn(x), plan, rope, cache=cache, layer=layer))
@@ -269,7 +273,7 @@ class Transformer(nn.Module):
         self.rotary = {s.name for s in specs if s.position == "rotary"}
         if self.rotary and (D // cfg.heads) % 2:
             raise ValueError(f"rotary positions need an even head width, got d_model/heads = {D}/{cfg.heads}")
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.encoder = self.decoder = None
         if cfg.arch == "encoder_decoder":
             enc = MaskSchedule.parse(cfg.encoder_mask, where="model.encoder_mask")
