@@ -11,6 +11,8 @@ generator, so a seeded step draws the same masks every time.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,9 +22,7 @@ WORDS = 65536
 
 def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
     """Boolean tensor, True with probability `p` (rounded to a multiple of 1/65536)."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     draws = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
     words = draws.view(torch.int16)[:n].view(shape)
     return words < -WORDS // 2 + round(p * WORDS)
@@ -45,14 +45,13 @@ class _MaskedScale(torch.autograd.Function):
         return (g.mul_(ctx.scale) if ctx.scale != 1.0 else g), None, None
 
 
-def dropout(x: Tensor, p: float, training: bool = True, rescale: bool = True) -> Tensor:
-    """Inverted dropout; `rescale=False` leaves the 1/(1-p) factor to the caller."""
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Inverted dropout: the fast masks on CPU, the native fused dropout elsewhere."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu":
-        out = F.dropout(x, p, True)
-        return out if rescale else out * (1.0 - p)
-    return _MaskedScale.apply(x, drop_mask(x.shape, p, x.device), 1.0 / (1.0 - p) if rescale else 1.0)
+        return F.dropout(x, p, True)
+    return _MaskedScale.apply(x, drop_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):
@@ -70,7 +69,7 @@ class Dropout(nn.Module):
 
 
 def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, p: float) -> Tensor:
-    """softmax(q k^T / sqrt(d) masked) with dropout, times v: SDPA's math path with `dropout`.
+    """softmax(q k^T / sqrt(d) masked) with dropout, times v: SDPA's math path with the fast masks (CPU).
 
     `mask` is SDPA's boolean mask (True: may attend). A query row with no visible key attends
     uniformly instead of producing NaN (the model's masks always leave one key visible).
@@ -81,5 +80,6 @@ def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
         mask = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)
     if mask is not None:
         scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
-    weights = dropout(scores.softmax(-1), p, rescale=False)
-    return (weights @ v).mul_(1.0 / (1.0 - p))
+    weights = scores.softmax(-1)
+    weights = _MaskedScale.apply(weights, drop_mask(weights.shape, p, weights.device), 1.0)
+    return (weights @ v).mul_(1.0 / (1.0 - p))  # the 1/(1-p) on the (B, H, L, Dh) output, not the weights
