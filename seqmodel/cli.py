@@ -213,7 +213,11 @@ def cmd_tokenize(args) -> int:
 
     pipe = load(args.run).pipeline
     discrete = [m for m, t in pipe.tokenizers.items() if t.spec().discrete]
-    mod = args.modality or (discrete[0] if discrete else None)
+    if not discrete:
+        kinds = ", ".join(f"{m}={type(t).__name__}" for m, t in pipe.tokenizers.items())
+        raise UserError(f"{args.run}: no tokenizer of this run turns text into ids ({kinds}); "
+                        "`seqmodel tokenize` shows char and BPE tokenizers")
+    mod = args.modality or discrete[0]
     if mod not in discrete:
         raise UserError(f"--modality: expected one of the run's discrete tokenizers ({', '.join(discrete) or 'none'}), got {mod!r}")
     tok = pipe.tokenizers[mod]

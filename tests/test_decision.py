@@ -235,6 +235,9 @@ def test_run_and_eval_end_to_end(tmp_path):
     assert np.isfinite(out["action_loss"])
     again = json.loads(cli("eval", run, "--episodes", "3", "--target-return", "500", "--json").stdout)
     assert again["mean_return"] == out["mean_return"]
+    shown = cli("tokenize", run, "--text", "left", check=False)
+    assert shown.returncode != 0 and "Traceback" not in shown.stderr
+    assert "no tokenizer of this run turns text into ids" in shown.stderr and shown.stderr.count("\n") == 1
 
 
 @pytest.mark.slow
