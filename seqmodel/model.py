@@ -22,11 +22,13 @@ from torch import Tensor, nn
 
 from .dropout import Dropout, attention_with_dropout
 from .errors import UserError
+from .flex import block_mask, flex_attention, works_on as flex_works_on
 from .masks import MaskSchedule, TokenView, dense_mask, is_full, is_plain_causal, parse_mask
 from .plugin import ModalitySpec
 from .segments import ModalityInputs, TokenSet
 
 ARCHS = ("decoder", "encoder", "encoder_decoder")
+ATTENTION = ("auto", "sdpa", "flex")
 
 
 @dataclass
@@ -63,6 +65,10 @@ class ModelConfig:
     """Add a learned per-modality vector to every token (switch off for ablations)."""
     rope_base: float = 10000.0
     """Base of the rotary frequencies, for modalities with rotary positions."""
+    attention: str = "auto"
+    """How masks without a fast path are applied: "sdpa" (a dense boolean mask), "flex"
+    (FlexAttention's block-sparse mask; no attention dropout) or "auto" (flex on CUDA when no
+    attention dropout is active, sdpa otherwise)."""
 
     def validate(self) -> list[tuple[str, str]]:
         """(key, problem) pairs; empty when valid."""
@@ -76,6 +82,10 @@ class ModelConfig:
             bad.append(("heads", f"must divide d_model={self.d_model}, got {self.heads}"))
         if not 0.0 <= self.dropout < 1.0:
             bad.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
+        if self.attention not in ATTENTION:
+            bad.append(("attention", f"expected one of {', '.join(ATTENTION)}, got {self.attention!r}"))
+        elif self.attention == "flex" and self.dropout:
+            bad.append(("attention", "\"flex\" has no attention dropout; set dropout = 0 or attention = \"auto\""))
         if self.mlp_ratio <= 0:
             bad.append(("mlp_ratio", f"must be positive, got {self.mlp_ratio}"))
         for key, texts in (("mask", [self.mask]), ("encoder_mask", [self.encoder_mask]), ("layer_masks", self.layer_masks)):
@@ -92,6 +102,7 @@ class Plan(NamedTuple):
 
     mask: Tensor | None  # (B, 1, Lq, Lk) bool
     is_causal: bool = False
+    block_mask: object = None  # a FlexAttention BlockMask, used instead of `mask`
 
 
 class LayerCache:
@@ -167,7 +178,9 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:
                 k, v = cache.layer(layer).append(k, v, cache.length, cache.capacity)
-        if self.training and self.dropout and q.device.type == "cpu":  # see seqmodel.dropout
+        if plan.block_mask is not None:
+            y = flex_attention(q, k, v, plan.block_mask)
+        elif self.training and self.dropout and q.device.type == "cpu":  # see seqmodel.dropout
             y = attention_with_dropout(q, k, v, plan.mask, plan.is_causal, self.dropout)
         else:
             p = self.dropout if self.training else 0.0
@@ -213,28 +226,40 @@ class Stack(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layers: int, schedule: MaskSchedule, cross: bool) -> None:
         super().__init__()
-        self.schedule = schedule
+        self.schedule, self.attention, self.dropout = schedule, cfg.attention, cfg.dropout
+        self.head_dim = cfg.d_model // cfg.heads
         self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(layers))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
 
     def forward(self, x, q: TokenView, k: TokenView, k_valid, q_valid, rope=None, memory=None, cross_plan=None, cache=None):
         plans: dict = {}
         padded = not bool(k_valid.all())
+        flex = cache is None and self.use_flex(x)
         for i, block in enumerate(self.blocks):
             mask = self.schedule.for_layer(i)
             if mask not in plans:
-                plans[mask] = make_plan(mask, q, k, k_valid, q_valid, padded)
+                plans[mask] = make_plan(mask, q, k, k_valid, q_valid, padded, flex)
             x = block(x, plans[mask], rope, memory, cross_plan, cache, i)
         return self.ln_f(x)
 
+    def use_flex(self, x: Tensor) -> bool:
+        if self.attention != "auto":
+            return self.attention == "flex"
+        if x.device.type != "cuda" or self.training and self.dropout:
+            return False
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+        return flex_works_on(x.device, self.head_dim, dtype)
 
-def make_plan(mask, q: TokenView, k: TokenView, k_valid: Tensor, q_valid: Tensor, padded: bool) -> Plan:
+
+def make_plan(mask, q: TokenView, k: TokenView, k_valid: Tensor, q_valid: Tensor, padded: bool, flex: bool = False) -> Plan:
     """Pick the cheapest exact way to apply `mask` (all backends read the same predicate)."""
     Lq, Lk = q.index.shape[1], k.index.shape[1]
     if is_plain_causal(mask) and Lq == Lk:
         return Plan(None, is_causal=True)  # sets are right-padded: padded keys follow every valid query
     if (is_plain_causal(mask) and Lq == 1 or is_full(mask)) and not padded:
         return Plan(None)
+    if flex:
+        return Plan(None, block_mask=block_mask(mask, q, k, k_valid))
     return Plan(dense_mask(mask, q, k, k_valid, q_valid))
 
 
@@ -288,6 +313,8 @@ class Transformer(nn.Module):
             s = self.specs[name]
             self.heads[name] = nn.Linear(D, s.vocab_size if s.discrete else s.width, bias=not s.discrete)
         self.apply(self._init)
+        if self.modality_emb is not None:
+            nn.init.zeros_(self.modality_emb.weight)  # a random start is one shared offset on every token: it slows early steps
         for name, head in self.heads.items():
             if self.specs[name].discrete and cfg.tie_embeddings:
                 head.weight = self.adapters[name].weight

@@ -57,8 +57,9 @@ def reference_mask(pattern, exs, L):
     return out
 
 
+@pytest.mark.parametrize("flex", [False, True], ids=["sdpa", "flex"])
 @pytest.mark.parametrize("pattern", sorted(REFERENCE))
-def test_self_attention_matches_naive_float64(pattern):
+def test_self_attention_matches_naive_float64(pattern, flex):
     torch.manual_seed(0)
     exs, ts = mixed_batch()
     specs = [ModalitySpec("a", vocab_size=9), ModalitySpec("b", width=5)]
@@ -67,8 +68,10 @@ def test_self_attention_matches_naive_float64(pattern):
     B, L = ts.shape
     x = torch.randn(B, L, 16, dtype=torch.float64)
     view = model.view(ts)
-    plan = make_plan(parse_mask(pattern), view, view, ts.valid, ts.valid, padded=True)
-    got = attn(x, plan)
+    plan = make_plan(parse_mask(pattern), view, view, ts.valid, ts.valid, padded=True, flex=flex)
+    with torch.set_grad_enabled(not flex):  # torch has no FlexAttention backward on CPU
+        got = attn(x, plan)
+    assert not got.isnan().any()
 
     q, k, v = attn.split(attn.qkv(x), 3)
     allowed = reference_mask(pattern, exs, L)
@@ -142,3 +145,22 @@ def test_bad_patterns_are_one_line_errors(text):
 def test_patterns_round_trip_through_their_string(text):
     mask = parse_mask(text)
     assert parse_mask(str(mask)) == mask
+
+
+def test_attention_backend_choice_and_its_errors():
+    from seqmodel.errors import UserError
+
+    exs, ts = mixed_batch()
+    specs = [ModalitySpec("a", vocab_size=9), ModalitySpec("b", width=5)]
+    assert [k for k, _ in ModelConfig(attention="flash").validate()] == ["attention"]
+    assert [k for k, _ in ModelConfig(attention="flex", dropout=0.1).validate()] == ["attention"]
+    assert not ModelConfig(attention="auto", dropout=0.1).validate()
+    auto = Transformer(ModelConfig(d_model=16, heads=2, layers=1, mask="prefix"), specs)
+    assert not auto.decoder.use_flex(torch.zeros(1))  # FlexAttention is only fast compiled on CUDA
+    flex = Transformer(ModelConfig(d_model=16, heads=2, layers=1, mask="prefix", attention="flex"), specs)
+    flex.load_state_dict(auto.state_dict())
+    with torch.no_grad():
+        a, f = auto(ts), flex(ts)
+    torch.testing.assert_close(f[ts.valid], a[ts.valid], atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="no FlexAttention backward on cpu"):
+        flex(ts)

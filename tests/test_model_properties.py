@@ -85,6 +85,7 @@ def test_same_ids_in_two_modalities_differ_and_kinds_share_a_sequence():
     with torch.no_grad():
         model.adapters["b"].weight.copy_(model.adapters["a"].weight)  # identical tables
         model.positions["b"].tables[0].weight.copy_(model.positions["a"].tables[0].weight)
+        model.modality_emb.weight.normal_()  # zero at initialisation; as if learned
     ids = torch.arange(5)
     ts = collate([[Segment("a", ids=ids), Segment("b", ids=ids), Segment("c", values=torch.randn(2, 3))]])
     x = model.embed(ts)[0]
