@@ -60,31 +60,43 @@ def prepare_nanogpt(source: Path, work: Path) -> Path:
     ids[n:].tofile(data / "val.bin")
     with open(data / "meta.pkl", "wb") as f:
         pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
+    train = (work / "train.py").read_text()
+    fixed = "torch.manual_seed(1337 + seed_offset)"
+    assert fixed in train, "nanoGPT's seed line changed; update prepare_nanogpt"
+    (work / "train_seeded.py").write_text(train.replace(fixed, "torch.manual_seed(int(os.environ['SEED']) + seed_offset)"))
     return work
 
 
 LAST = 5  # iterations whose mean training loss is compared ("loss after the same number of steps")
 
 
-def run_nanogpt(work: Path, shape: dict) -> tuple[list[float], float]:
-    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+def run_nanogpt(work: Path, shape: dict, seed: int | None = None) -> tuple[list[float], float]:
+    """nanoGPT's train.py as it is; with `seed`, a copy whose only change is that its hard-coded
+    seed 1337 comes from $SEED (for loss spreads over seeds, never for timings)."""
+    script, env = ("train.py", None) if seed is None else ("train_seeded.py", {**os.environ, "SEED": str(seed)})
+    cmd = [sys.executable, script, "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
            "--eval_interval=100000", "--eval_iters=1", "--log_interval=1", f"--max_iters={shape['iters']}",
            f"--lr_decay_iters={shape['iters']}", f"--block_size={shape['context']}", f"--batch_size={shape['batch']}",
            f"--n_layer={shape['layers']}", f"--n_head={shape['heads']}", f"--n_embd={shape['d_model']}",
            f"--dropout={shape['dropout']}", f"--out_dir={work / 'out'}"]
-    out = subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=True).stdout
-    logged = [(float(loss), float(ms)) for loss, ms in re.findall(r"^iter \d+: loss ([\d.]+), time ([\d.]+)ms", out, re.M)]
+    out = subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=True, env=env).stdout
+    lines = re.findall(r"^iter (\d+): loss ([\d.]+), time ([\d.]+)ms", out, re.M)
+    # train.py runs iterations 0..max_iters (one more than asked); seqmodel's steps are 0..steps-1
+    logged = [(float(loss), float(ms)) for it, loss, ms in lines if int(it) < shape["iters"]]
+    assert len(logged) == shape["iters"], f"expected {shape['iters']} logged iterations from nanoGPT, got {len(logged)}"
     return [ms for _, ms in logged][SKIP:], statistics.mean(loss for loss, _ in logged[-LAST:])
 
 
-def run_seqmodel(shape: dict, out: Path, precision: str = "fp32", compile: bool = False) -> tuple[list[float], float]:
+def run_seqmodel(shape: dict, out: Path, precision: str = "fp32", compile: bool = False, seed: int = 1337,
+                 extra: list[str] = ()) -> tuple[list[float], float]:
     sets = {"model.layers": shape["layers"], "model.heads": shape["heads"], "model.d_model": shape["d_model"],
             "model.context": shape["context"], "model.dropout": shape["dropout"], "train.batch_size": shape["batch"],
             "train.steps": shape["iters"], "train.log_every": 1, "train.eval_every": 100000, "train.eval_batches": 2,
             "train.checkpoint_every": 100000, "train.precision": f'"{precision}"', "train.compile": str(compile).lower(),
-            "sample.num_samples": 0}
+            "sample.num_samples": 0, "train.seed": seed}
     cmd = [sys.executable, "-m", "seqmodel", "run", str(REPO / "recipes" / "char_lm_baby.toml"), "--out", str(out), "--no-progress"]
     cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    cmd += [a for kv in extra for a in ("--set", kv)]
     subprocess.run(cmd, capture_output=True, text=True, check=True)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     tokens = shape["batch"] * shape["context"]

@@ -32,6 +32,7 @@ def _compiled():
     return torch.compile(_flex_attention)
 
 
+@torch.compiler.disable
 @cache
 def works_on(device: torch.device, head_dim: int, dtype: torch.dtype) -> bool:
     """Whether compiled FlexAttention runs forward and backward here; `attention = "auto"` asks
