@@ -26,11 +26,11 @@ from seqmodel.masks import TokenView, dense_mask, parse_mask
 PATTERNS = ["causal", "full", "sliding_window:64", "prefix", "segment", "local:32|causal"]
 
 
-def view(B: int, L: int) -> TokenView:
-    index = torch.arange(L).expand(B, L)
+def view(B: int, L: int, device: torch.device) -> TokenView:
+    index = torch.arange(L, device=device).expand(B, L)
     segment = (index >= L // 4).long()  # a prefix segment of L/4 tokens, then the rest
     doc = index // 128
-    zeros = torch.zeros(B, L, dtype=torch.long)
+    zeros = torch.zeros(B, L, dtype=torch.long, device=device)
     return TokenView(index, segment, doc, index, zeros, {})
 
 
@@ -54,7 +54,7 @@ def timed(fn, repeats: int, device: torch.device) -> float:
 
 def measure(pattern: str, L: int, B: int, H: int, D: int, repeats: int, device: torch.device, dtype: torch.dtype) -> dict:
     q, k, v = (torch.randn(B, H, L, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-    meta = TokenView(*(t.to(device) for t in view(B, L)[:5]), {})
+    meta = view(B, L, device)
     valid = torch.ones(B, L, dtype=torch.bool, device=device)
     mask_value = parse_mask(pattern)
 

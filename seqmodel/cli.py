@@ -219,7 +219,7 @@ def cmd_tokenize(args) -> int:
                         "`seqmodel tokenize` shows char and BPE tokenizers")
     mod = args.modality or discrete[0]
     if mod not in discrete:
-        raise UserError(f"--modality: expected one of the run's discrete tokenizers ({', '.join(discrete) or 'none'}), got {mod!r}")
+        raise UserError(f"--modality: expected one of the run's discrete tokenizers ({', '.join(discrete)}), got {mod!r}")
     tok = pipe.tokenizers[mod]
     if args.ids is not None:
         try:

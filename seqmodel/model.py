@@ -234,11 +234,12 @@ class Stack(nn.Module):
     def forward(self, x, q: TokenView, k: TokenView, k_valid, q_valid, rope=None, memory=None, cross_plan=None, cache=None):
         plans: dict = {}
         padded = not bool(k_valid.all())
-        flex = cache is None and self.use_flex(x)
+        Lq, Lk = q.index.shape[1], k.index.shape[1]
         for i, block in enumerate(self.blocks):
             mask = self.schedule.for_layer(i)
-            if mask not in plans:
-                plans[mask] = make_plan(mask, q, k, k_valid, q_valid, padded, flex)
+            if mask not in plans:  # FlexAttention is only asked about for masks without a fast path
+                plans[mask] = fast_plan(mask, Lq, Lk, padded) or masked_plan(
+                    mask, q, k, k_valid, q_valid, cache is None and self.use_flex(x))
             x = block(x, plans[mask], rope, memory, cross_plan, cache, i)
         return self.ln_f(x)
 
@@ -253,11 +254,20 @@ class Stack(nn.Module):
 
 def make_plan(mask, q: TokenView, k: TokenView, k_valid: Tensor, q_valid: Tensor, padded: bool, flex: bool = False) -> Plan:
     """Pick the cheapest exact way to apply `mask` (all backends read the same predicate)."""
-    Lq, Lk = q.index.shape[1], k.index.shape[1]
+    return fast_plan(mask, q.index.shape[1], k.index.shape[1], padded) or masked_plan(mask, q, k, k_valid, q_valid, flex)
+
+
+def fast_plan(mask, Lq: int, Lk: int, padded: bool) -> Plan | None:
+    """SDPA's mask-free paths, where `mask` allows them; None otherwise."""
     if is_plain_causal(mask) and Lq == Lk:
         return Plan(None, is_causal=True)  # sets are right-padded: padded keys follow every valid query
     if (is_plain_causal(mask) and Lq == 1 or is_full(mask)) and not padded:
         return Plan(None)
+    return None
+
+
+def masked_plan(mask, q: TokenView, k: TokenView, k_valid: Tensor, q_valid: Tensor, flex: bool) -> Plan:
+    """`mask` as a FlexAttention block mask or a dense boolean mask."""
     if flex:
         return Plan(None, block_mask=block_mask(mask, q, k, k_valid))
     return Plan(dense_mask(mask, q, k, k_valid, q_valid))
