@@ -20,28 +20,32 @@ from torch import Tensor, nn
 WORDS = 65536
 
 
-def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
-    """Boolean tensor, True with probability `p` (rounded to a multiple of 1/65536)."""
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
+    """uint8 tensor: 0 (drop) with probability `p` rounded to a multiple of 1/65536, else 1 (keep).
+
+    uint8 rather than bool because multiplying by it is about 2.5x faster on CPU than
+    `torch.where` on a boolean mask, and it costs the same one byte per element to keep for backward.
+    """
     n = math.prod(shape)
     draws = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
     words = draws.view(torch.int16)[:n].view(shape)
-    return words < -WORDS // 2 + round(p * WORDS)
+    return (words >= -WORDS // 2 + round(p * WORDS)).view(torch.uint8)
 
 
 class _MaskedScale(torch.autograd.Function):
-    """x with the dropped elements zeroed, times `scale`; saves only the boolean mask."""
+    """x times the keep mask times `scale`; saves only the uint8 mask."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, drop: Tensor, scale: float) -> Tensor:
-        ctx.save_for_backward(drop)
+    def forward(ctx, x: Tensor, keep: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(keep)
         ctx.scale = scale
-        out = torch.where(drop, 0.0, x)
+        out = x * keep
         return out.mul_(scale) if scale != 1.0 else out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (drop,) = ctx.saved_tensors
-        g = torch.where(drop, 0.0, grad)
+        (keep,) = ctx.saved_tensors
+        g = grad * keep
         return (g.mul_(ctx.scale) if ctx.scale != 1.0 else g), None, None
 
 
@@ -51,7 +55,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    return _MaskedScale.apply(x, drop_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
+    return _MaskedScale.apply(x, keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):
@@ -81,5 +85,5 @@ def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
     if mask is not None:
         scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
     weights = scores.softmax(-1)
-    weights = _MaskedScale.apply(weights, drop_mask(weights.shape, p, weights.device), 1.0)
+    weights = _MaskedScale.apply(weights, keep_mask(weights.shape, p, weights.device), 1.0)
     return (weights @ v).mul_(1.0 / (1.0 - p))  # the 1/(1-p) on the (B, H, L, Dh) output, not the weights

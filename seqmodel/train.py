@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimi
 from tqdm.auto import tqdm
 
 from . import checkpoint
+from .cpu_memory import keep_freed_memory
 from .errors import UserError
 from .pipeline import Pipeline
 from .recipe import TrainConfig
@@ -159,6 +160,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.acc = make_accelerator(cfg, self.run_dir)
+        if cfg.cpu_memory_cache and self.acc.device.type == "cpu":
+            keep_freed_memory()
         world = self.acc.num_processes
         if cfg.batch_size % world:
             raise UserError(f"[train] batch_size: {cfg.batch_size} does not split over {world} processes")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqmodel.dropout import Dropout, attention_with_dropout, drop_mask, dropout
+from seqmodel.dropout import Dropout, attention_with_dropout, dropout, keep_mask
 from seqmodel.model import ModelConfig, Transformer
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import dense_set
@@ -19,13 +19,13 @@ from seqmodel.segments import dense_set
 def test_drop_rate_matches_p(p: float) -> None:
     torch.manual_seed(0)
     n = 1_000_003  # not a multiple of four
-    rate = float(drop_mask((n,), p).float().mean())
+    rate = 1.0 - float(keep_mask((n,), p).float().mean())
     assert abs(rate - p) < 5 * math.sqrt(p * (1 - p) / n) + 1 / 65536
 
 
 def test_masks_are_independent_across_positions() -> None:
     torch.manual_seed(1)
-    m = drop_mask((400_000,), 0.5).float()
+    m = keep_mask((400_000,), 0.5).float()
     # neighbours come from the same 64-bit draw: their correlation must still be ~0
     corr = float(torch.corrcoef(torch.stack([m[:-1], m[1:]]))[0, 1])
     assert abs(corr) < 0.01
@@ -69,7 +69,7 @@ def test_attention_with_dropout_equals_naive_with_the_same_masks(causal: bool) -
     torch.manual_seed(4)
     got = attention_with_dropout(q, k, v, None if causal else allowed, causal, p)
     torch.manual_seed(4)
-    drop = drop_mask((B, H, L, L), p)
+    drop = keep_mask((B, H, L, L), p) == 0
     want = _naive_attention(q, k, v, allowed.expand(B, H, L, L), drop, p)
     assert torch.allclose(got.double(), want, atol=1e-5)
 
