@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seqmodel.cpu_memory import ENVIRONMENT
+
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {  # nanoGPT's CPU "baby GPT" and its default Shakespeare config
     "baby": dict(layers=4, heads=4, d_model=128, context=64, batch=12, dropout=0.0, iters=120),
@@ -70,10 +72,12 @@ def prepare_nanogpt(source: Path, work: Path) -> Path:
 LAST = 5  # iterations whose mean training loss is compared ("loss after the same number of steps")
 
 
-def run_nanogpt(work: Path, shape: dict, seed: int | None = None) -> tuple[list[float], float]:
-    """nanoGPT's train.py as it is; with `seed`, a copy whose only change is that its hard-coded
-    seed 1337 comes from $SEED (for loss spreads over seeds, never for timings)."""
-    script, env = ("train.py", None) if seed is None else ("train_seeded.py", {**os.environ, "SEED": str(seed)})
+def run_nanogpt(work: Path, shape: dict, seed: int | None = None, env: dict | None = None) -> tuple[list[float], float]:
+    """nanoGPT's train.py as it is, with `env` added to its environment; with `seed`, a copy whose
+    only change is that its hard-coded seed 1337 comes from $SEED (for loss spreads over seeds,
+    never for timings)."""
+    script = "train.py" if seed is None else "train_seeded.py"
+    env = {**os.environ, **(env or {}), **({"SEED": str(seed)} if seed is not None else {})}
     cmd = [sys.executable, script, "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
            "--eval_interval=100000", "--eval_iters=1", "--log_interval=1", f"--max_iters={shape['iters']}",
            f"--lr_decay_iters={shape['iters']}", f"--block_size={shape['context']}", f"--batch_size={shape['batch']}",
@@ -111,6 +115,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per configuration")
     ap.add_argument("--variants", nargs="+", default=["fp32", "bf16", "fp32+compile", "bf16+compile"])
     ap.add_argument("--iters", type=int, help="override the iterations per run")
+    ap.add_argument("--nanogpt-kept-memory", action="store_true",
+                    help="also run nanoGPT with glibc set (by environment) to keep freed memory, as seqmodel does")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     results = {"machine": os.uname().machine, "cpus": os.cpu_count(), "shapes": {}}
@@ -126,6 +132,10 @@ def main(argv=None) -> dict:
                     ms, loss = run_nanogpt(nano, shape)
                     times.setdefault("nanoGPT fp32", []).extend(ms)
                     losses.setdefault("nanoGPT fp32", []).append(loss)
+                if nano and args.nanogpt_kept_memory:
+                    ms, loss = run_nanogpt(nano, shape, env=ENVIRONMENT)
+                    times.setdefault("nanoGPT fp32, freed memory kept", []).extend(ms)
+                    losses.setdefault("nanoGPT fp32, freed memory kept", []).append(loss)
                 for variant in args.variants:
                     ms, val = run_seqmodel(shape, tmp / f"{name}-{variant}-{r}", variant.split("+")[0], "compile" in variant)
                     times.setdefault(f"seqmodel {variant}", []).extend(ms)

@@ -6,7 +6,7 @@ page-faulted in again, one 4 KiB page at a time: at nanoGPT's default Shakespear
 (B, H, T, T) attention weights are 100 MB each, and fresh pages made element-wise work on them 2-3x
 slower. Switching off mmap for allocations and trimming keeps freed memory on the heap, as
 PyTorch's CUDA caching allocator does on GPUs. The price: memory freed during the run stays
-reserved by the process until it exits.
+reserved by the process (glibc gives back only a free heap top above 2 GiB).
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import sys
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4  # glibc's mallopt parameters (malloc.h)
 LARGEST = 2**31 - 1
 TOP_PAD = 64 * 2**20
+SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, LARGEST), (M_TOP_PAD, TOP_PAD))
+ENVIRONMENT = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(LARGEST), "MALLOC_TOP_PAD_": str(TOP_PAD)}
+"""The same settings as glibc environment variables, for any other program (benchmarks/train_throughput.py)."""
 
 
 def keep_freed_memory() -> bool:
@@ -29,5 +32,4 @@ def keep_freed_memory() -> bool:
         return False
     if not hasattr(libc, "gnu_get_libc_version"):
         return False
-    return all(libc.mallopt(param, value) == 1 for param, value in
-               ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, LARGEST), (M_TOP_PAD, TOP_PAD)))
+    return all(libc.mallopt(param, value) == 1 for param, value in SETTINGS)

@@ -75,7 +75,7 @@ class TrainConfig:
     cpu_memory_cache: bool = True
     """On CPU under Linux/glibc, keep memory freed during training for reuse instead of returning it
     to the system, as PyTorch's CUDA caching allocator does (see seqmodel/cpu_memory.py): large
-    activations skip page faults. The process holds its peak memory until it exits."""
+    activations skip page faults. Freed memory stays reserved by the process."""
     distributed: str = "ddp"
     """How several processes share the model: "ddp" (replicas) or "fsdp" (sharded; CUDA GPUs only)."""
     log_with: str | list[str] = ""
