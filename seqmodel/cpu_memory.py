@@ -12,24 +12,19 @@ reserved by the process (glibc gives back only a free heap top above 2 GiB).
 from __future__ import annotations
 
 import ctypes
-import sys
 
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4  # glibc's mallopt parameters (malloc.h)
-LARGEST = 2**31 - 1
-TOP_PAD = 64 * 2**20
-SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, LARGEST), (M_TOP_PAD, TOP_PAD))
-ENVIRONMENT = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(LARGEST), "MALLOC_TOP_PAD_": str(TOP_PAD)}
+TUNABLES = {"MMAP_MAX": (-4, 0), "TRIM_THRESHOLD": (-1, 2**31 - 1), "TOP_PAD": (-2, 64 * 2**20)}
+"""glibc malloc tunable: (its mallopt parameter from malloc.h, the value set)."""
+ENVIRONMENT = {f"MALLOC_{name}_": str(value) for name, (_, value) in TUNABLES.items()}
 """The same settings as glibc environment variables, for any other program (benchmarks/train_throughput.py)."""
 
 
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse; False where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
     if not hasattr(libc, "gnu_get_libc_version"):
         return False
-    return all(libc.mallopt(param, value) == 1 for param, value in SETTINGS)
+    return all(libc.mallopt(param, value) == 1 for param, value in TUNABLES.values())

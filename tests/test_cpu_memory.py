@@ -39,4 +39,3 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
     # torch's 64-byte-aligned allocations leave holes for the first few rounds; then the freed
     # heap memory is reused
     assert max(kept["faults"][-4:]) < pages // 20
-
