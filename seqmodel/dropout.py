@@ -72,18 +72,35 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+QUERY_BLOCK = 128
+
+
 def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, p: float) -> Tensor:
     """softmax(q k^T / sqrt(d) masked) with dropout, times v: SDPA's math path with the fast masks (CPU).
 
     `mask` is SDPA's boolean mask (True: may attend). A query row with no visible key attends
     uniformly instead of producing NaN (the model's masks always leave one key visible).
+    Causal attention goes through blocks of `QUERY_BLOCK` query rows, each against only the keys
+    its rows can see, which skips most of the masked upper triangle.
     """
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    if not is_causal:
+        return _attend(q, k, v, mask, p).mul_(1.0 / (1.0 - p))
+    blocks = []
+    for start in range(0, Lq, QUERY_BLOCK):
+        end = min(start + QUERY_BLOCK, Lq)
+        visible = end + Lk - Lq  # row r sees keys 0 .. r + Lk - Lq
+        allowed = torch.ones(end - start, visible, dtype=torch.bool, device=q.device).tril(start + Lk - Lq)
+        blocks.append(_attend(q[..., start:end, :], k[..., :visible, :], v[..., :visible, :], allowed, p))
+    out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-2)
+    return out.mul_(1.0 / (1.0 - p))
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, p: float) -> Tensor:
+    """Masked softmax attention with dropout, without the 1/(1-p): that is applied once to the
+    (B, H, L, Dh) output, which is smaller than the weights."""
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    if is_causal:
-        Lq, Lk = scores.shape[-2:]
-        mask = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)
-    if mask is not None:
-        scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+    if allowed is not None:
+        scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
     weights = scores.softmax(-1)
-    weights = _MaskedScale.apply(weights, keep_mask(weights.shape, p, weights.device), 1.0)
-    return (weights @ v).mul_(1.0 / (1.0 - p))  # the 1/(1-p) on the (B, H, L, Dh) output, not the weights
+    return _MaskedScale.apply(weights, keep_mask(weights.shape, p, weights.device), 1.0) @ v

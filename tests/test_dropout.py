@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import seqmodel.dropout as dropout_module
 from seqmodel.dropout import Dropout, attention_with_dropout, dropout, keep_mask
 from seqmodel.model import ModelConfig, Transformer
 from seqmodel.plugin import ModalitySpec
@@ -71,6 +72,31 @@ def test_attention_with_dropout_equals_naive_with_the_same_masks(causal: bool) -
     torch.manual_seed(4)
     drop = keep_mask((B, H, L, L), p) == 0
     want = _naive_attention(q, k, v, allowed.expand(B, H, L, L), drop, p)
+    assert torch.allclose(got.double(), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("Lq, Lk", [(300, 300), (130, 260)])
+def test_causal_attention_in_query_blocks_equals_naive_with_the_masks_it_drew(monkeypatch, Lq: int, Lk: int) -> None:
+    """Past QUERY_BLOCK rows causal attention is computed block by block against the keys each
+    block can see; put together, its masks and output equal the naive full computation."""
+    B, H, D, p = 1, 2, 4, 0.3
+    q, k, v = torch.randn(B, H, Lq, D), torch.randn(B, H, Lk, D), torch.randn(B, H, Lk, D)
+    drawn = []
+
+    def recording_keep_mask(shape, p, device="cpu"):
+        drawn.append(keep_mask(shape, p, device))
+        return drawn[-1]
+
+    monkeypatch.setattr(dropout_module, "keep_mask", recording_keep_mask)
+    got = attention_with_dropout(q, k, v, None, True, p)
+    assert len(drawn) == math.ceil(Lq / dropout_module.QUERY_BLOCK) > 1
+    keep = torch.zeros(B, H, Lq, Lk, dtype=torch.uint8)
+    row = 0
+    for block in drawn:
+        keep[..., row:row + block.shape[-2], :block.shape[-1]] = block
+        row += block.shape[-2]
+    allowed = torch.ones(Lq, Lk, dtype=torch.bool).tril(Lk - Lq)
+    want = _naive_attention(q, k, v, allowed.expand(B, H, Lq, Lk), keep == 0, p)
     assert torch.allclose(got.double(), want, atol=1e-5)
 
 
