@@ -83,17 +83,19 @@ def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
     Causal attention goes through blocks of `QUERY_BLOCK` query rows, each against only the keys
     its rows can see, which skips most of the masked upper triangle.
     """
+    out = _causal_in_blocks(q, k, v, p) if is_causal else _attend(q, k, v, mask, p)
+    return out.mul_(1.0 / (1.0 - p))
+
+
+def _causal_in_blocks(q: Tensor, k: Tensor, v: Tensor, p: float) -> Tensor:
     Lq, Lk = q.shape[-2], k.shape[-2]
-    if not is_causal:
-        return _attend(q, k, v, mask, p).mul_(1.0 / (1.0 - p))
     blocks = []
     for start in range(0, Lq, QUERY_BLOCK):
         end = min(start + QUERY_BLOCK, Lq)
         visible = end + Lk - Lq  # row r sees keys 0 .. r + Lk - Lq
         allowed = torch.ones(end - start, visible, dtype=torch.bool, device=q.device).tril(start + Lk - Lq)
         blocks.append(_attend(q[..., start:end, :], k[..., :visible, :], v[..., :visible, :], allowed, p))
-    out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-2)
-    return out.mul_(1.0 / (1.0 - p))
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-2)
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, p: float) -> Tensor:
