@@ -161,7 +161,8 @@ class Attention(nn.Module):
         self.proj.is_residual = True
 
     def split(self, x: Tensor, n: int) -> list[Tensor]:
-        return list(rearrange(x, "b l (n h d) -> n b h l d", n=n, h=self.heads))
+        """n views (B, H, L, Dh) of x (B, L, n * D); backward joins their gradients with one `cat`."""
+        return [rearrange(part, "b l (h d) -> b h l d", h=self.heads) for part in x.chunk(n, dim=-1)]
 
     def forward(self, x, plan: Plan, rope=None, memory=None, cache: DecodeCache | None = None, layer: int = 0):
         if self.cross:

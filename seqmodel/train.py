@@ -60,6 +60,17 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (cfg.lr - cfg.min_lr)
 
 
+def seed_step(seed: int, device: torch.device) -> None:
+    """Seed the generators a step draws from: the CPU's and, on an accelerator, its own.
+
+    Not `torch.manual_seed`: that also queues a lazy seed for every backend torch was built with
+    and formats a stack trace for each, about 0.3 ms per step on a CPU machine with a CUDA build.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type != "cpu":
+        torch.get_device_module(device).manual_seed(seed)
+
+
 def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     params = [p for p in module.parameters() if p.requires_grad]
     seen, decay, no_decay = set(), [], []
@@ -207,7 +218,7 @@ class Trainer:
         lr = lr_at(step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(random_generator(cfg.seed, step, acc.process_index).initial_seed())
+        seed_step(random_generator(cfg.seed, step, acc.process_index).initial_seed(), acc.device)
         total, tokens = torch.zeros((), device=acc.device), 0
         for micro in range(cfg.grad_accum):
             batch = stream.batch(Slice(step, micro, acc.process_index, self.per_rank, cfg.batch_size, cfg.grad_accum))
