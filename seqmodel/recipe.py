@@ -65,7 +65,8 @@ class TrainConfig:
     seed: int = 1337
     """Seeds initialisation, data order and dropout: the same seed gives the same run."""
     precision: str = "fp32"
-    """"fp32", "bf16" (autocast; CPU and GPU) or "fp16" (GPU only)."""
+    """"fp32", "bf16" (autocast; GPU, or CPUs with bf16 instructions: elsewhere it is emulated and
+    several times slower) or "fp16" (GPU only)."""
     device: str = "auto"
     """"auto" (GPU when there is one), "cpu" or "cuda"."""
     compile: bool = False

@@ -1,0 +1,28 @@
+"""bf16 autocast on CPU: it trains, and it warns where the CPU has no bf16 instructions."""
+
+import json
+
+import pytest
+import torch
+from conftest import cli, tiny_char_recipe
+
+from seqmodel.train import BF16_INSTRUCTIONS, emulated_bf16_warning
+
+
+@pytest.mark.parametrize("caps, warns", [({}, True), ({"avx2": True, "avx512_f": True}, True),
+                                         ({"avx512_bf16": True}, False), ({"amx_bf16": True}, False),
+                                         ({"bf16": True}, False)])
+def test_emulated_bf16_warning_follows_the_cpu_capabilities(monkeypatch, caps, warns):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert (emulated_bf16_warning("bf16", cpu=True) is not None) == warns
+    assert emulated_bf16_warning("fp32", cpu=True) is None
+    assert emulated_bf16_warning("bf16", cpu=False) is None
+
+
+def test_bf16_training_on_cpu_runs_and_warns_only_without_bf16_instructions(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=4, eval_every=4, log_every=2, precision="bf16")
+    done = cli("run", recipe, "--out", tmp_path / "run", "--no-progress")
+    losses = [json.loads(x)["train_loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(0 < x < 10 for x in losses)
+    emulated = not any(torch.cpu.get_capabilities().get(name) for name in BF16_INSTRUCTIONS)
+    assert ("without bf16 instructions" in done.stderr) == emulated
