@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from seqmodel.cpu_memory import ENVIRONMENT
+from seqmodel.train import emulated_bf16_warning
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {  # nanoGPT's CPU "baby GPT" and its default Shakespeare config
@@ -113,12 +114,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--nanogpt", type=Path, help="nanoGPT checkout or bare git directory")
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per configuration")
-    ap.add_argument("--variants", nargs="+", default=["fp32", "bf16", "fp32+compile", "bf16+compile"])
+    ap.add_argument("--variants", nargs="+", help="seqmodel variants (default: fp32, fp32+compile, and "
+                    "bf16, bf16+compile where the CPU has bf16 instructions)")
     ap.add_argument("--iters", type=int, help="override the iterations per run")
     ap.add_argument("--nanogpt-kept-memory", action="store_true",
                     help="also run nanoGPT with glibc set (by environment) to keep freed memory, as seqmodel does")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    if args.variants is None:
+        args.variants = ["fp32", "fp32+compile"]
+        if emulated_bf16_warning("bf16", cpu=True) is None:
+            args.variants += ["bf16", "bf16+compile"]
+        else:
+            print("bf16 left out: this CPU emulates it (name it in --variants to measure it anyway)", file=sys.stderr)
     results = {"machine": os.uname().machine, "cpus": os.cpu_count(), "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
