@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from seqmodel.cpu_memory import ENVIRONMENT
-from seqmodel.train import emulated_bf16_warning
+from seqmodel.train import cpu_has_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {  # nanoGPT's CPU "baby GPT" and its default Shakespeare config
@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.variants is None:
         args.variants = ["fp32", "fp32+compile"]
-        if emulated_bf16_warning("bf16", cpu=True) is None:
+        if cpu_has_bf16():
             args.variants += ["bf16", "bf16+compile"]
         else:
             print("bf16 left out: this CPU emulates it (name it in --variants to measure it anyway)", file=sys.stderr)

@@ -86,12 +86,14 @@ def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, device: torch.devi
 BF16_INSTRUCTIONS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")  # x86 and ARM names in torch.cpu.get_capabilities()
 
 
+def cpu_has_bf16() -> bool:
+    return any(torch.cpu.get_capabilities().get(name) for name in BF16_INSTRUCTIONS)
+
+
 def emulated_bf16_warning(precision: str, cpu: bool) -> str | None:
     """A warning when bf16 autocast would run on a CPU without bf16 instructions, where torch
     emulates it: at the baby GPT shape 3x slower than fp32 on an AVX-512 Xeon, 17x on an AVX2 EPYC."""
-    if precision != "bf16" or not cpu:
-        return None
-    if any(torch.cpu.get_capabilities().get(name) for name in BF16_INSTRUCTIONS):
+    if precision != "bf16" or not cpu or cpu_has_bf16():
         return None
     return ('seqmodel: warning: [train] precision = "bf16" on a CPU without bf16 instructions '
             "(AVX512-BF16, AMX or ARM BF16) is emulated and several times slower than fp32")
