@@ -16,7 +16,7 @@ import torch
 from seqmodel.cpu_memory import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 faults = []
-for _ in range(12):
+for _ in range(24):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.empty(16 * 2**20, dtype=torch.float32).fill_(1.0)  # 64 MiB, above glibc's mmap threshold
     del x
@@ -35,7 +35,8 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
     pages = 64 * 2**20 // 4096
     system, kept = probe("system"), probe("keep")
     assert kept["applied"] is True
-    assert min(system["faults"][-4:]) > pages // 2  # glibc maps fresh pages for every 64 MiB buffer
-    # torch's 64-byte-aligned allocations leave holes for the first few rounds; then the freed
-    # heap memory is reused
-    assert max(kept["faults"][-4:]) < pages // 20
+    assert min(system["faults"][-8:]) > pages // 2  # glibc maps fresh pages for every 64 MiB buffer
+    # For the first rounds a small allocation of torch's lands where the freed buffer was, so the
+    # next buffer goes above it onto fresh pages; in 100 runs on a 2-core EPYC this stopped by
+    # round 9 (CI once saw round 9 fault with 12 rounds). After that the freed memory is reused.
+    assert max(kept["faults"][-8:]) < pages // 20
