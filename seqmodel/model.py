@@ -234,12 +234,11 @@ class Stack(nn.Module):
 
     def forward(self, x, q: TokenView, k: TokenView, k_valid, q_valid, rope=None, memory=None, cross_plan=None, cache=None):
         plans: dict = {}
-        padded = not bool(k_valid.all())
         Lq, Lk = q.index.shape[1], k.index.shape[1]
         for i, block in enumerate(self.blocks):
             mask = self.schedule.for_layer(i)
             if mask not in plans:  # FlexAttention is only asked about for masks without a fast path
-                plans[mask] = fast_plan(mask, Lq, Lk, padded) or masked_plan(
+                plans[mask] = fast_plan(mask, Lq, Lk, k_valid) or masked_plan(
                     mask, q, k, k_valid, q_valid, cache is None and self.use_flex(x))
             x = block(x, plans[mask], rope, memory, cross_plan, cache, i)
         return self.ln_f(x)
@@ -253,16 +252,19 @@ class Stack(nn.Module):
         return flex_works_on(x.device, self.head_dim, dtype)
 
 
-def make_plan(mask, q: TokenView, k: TokenView, k_valid: Tensor, q_valid: Tensor, padded: bool, flex: bool = False) -> Plan:
+def make_plan(mask, q: TokenView, k: TokenView, k_valid: Tensor, q_valid: Tensor, flex: bool = False) -> Plan:
     """Pick the cheapest exact way to apply `mask` (all backends read the same predicate)."""
-    return fast_plan(mask, q.index.shape[1], k.index.shape[1], padded) or masked_plan(mask, q, k, k_valid, q_valid, flex)
+    return fast_plan(mask, q.index.shape[1], k.index.shape[1], k_valid) or masked_plan(mask, q, k, k_valid, q_valid, flex)
 
 
-def fast_plan(mask, Lq: int, Lk: int, padded: bool) -> Plan | None:
-    """SDPA's mask-free paths, where `mask` allows them; None otherwise."""
+def fast_plan(mask, Lq: int, Lk: int, k_valid: Tensor) -> Plan | None:
+    """SDPA's mask-free paths, where `mask` allows them; None otherwise.
+
+    Only the second path reads `k_valid` on the host: plain causal self-attention (training a
+    decoder) never waits for the device here, and compiles without a graph break."""
     if is_plain_causal(mask) and Lq == Lk:
         return Plan(None, is_causal=True)  # sets are right-padded: padded keys follow every valid query
-    if (is_plain_causal(mask) and Lq == 1 or is_full(mask)) and not padded:
+    if (is_plain_causal(mask) and Lq == 1 or is_full(mask)) and bool(k_valid.all()):
         return Plan(None)
     return None
 

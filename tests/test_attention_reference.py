@@ -68,7 +68,7 @@ def test_self_attention_matches_naive_float64(pattern, flex):
     B, L = ts.shape
     x = torch.randn(B, L, 16, dtype=torch.float64)
     view = model.view(ts)
-    plan = make_plan(parse_mask(pattern), view, view, ts.valid, ts.valid, padded=True, flex=flex)
+    plan = make_plan(parse_mask(pattern), view, view, ts.valid, ts.valid, flex=flex)
     with torch.set_grad_enabled(not flex):  # torch has no FlexAttention backward on CPU
         got = attn(x, plan)
     assert not got.isnan().any()
@@ -88,9 +88,9 @@ def test_causal_fast_path_equals_dense_mask():
     attn = model.decoder.blocks[0].attn
     view = model.view(ts)
     x = torch.randn(*ts.shape, 16, dtype=torch.float64)
-    fast = make_plan(parse_mask("causal"), view, view, ts.valid, ts.valid, padded=True)
+    fast = make_plan(parse_mask("causal"), view, view, ts.valid, ts.valid)
     assert fast.is_causal and fast.mask is None
-    dense = make_plan(parse_mask("causal&full"), view, view, ts.valid, ts.valid, padded=True)
+    dense = make_plan(parse_mask("causal&full"), view, view, ts.valid, ts.valid)
     assert dense.mask is not None
     for b, n in enumerate(ts.valid.sum(1).tolist()):
         torch.testing.assert_close(attn(x, fast)[b, :n], attn(x, dense)[b, :n], atol=1e-12, rtol=0)
