@@ -1,6 +1,8 @@
 """torch.compile of the training step: a decoder's forward + backward is one graph (a graph break
 would be a host sync every step on a GPU) and computes what eager mode does."""
 
+import json
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from conftest import tiny_char_recipe
 @pytest.mark.parametrize("layer_masks", [[], ["causal", "sliding_window:8"]], ids=["causal", "schedule"])
 def test_decoder_training_step_compiles_as_one_graph(tmp_path, corpus, layer_masks):
     torch.manual_seed(0)
-    pipe = Pipeline(load_recipe(tiny_char_recipe(tmp_path, corpus), [f"model.layer_masks={layer_masks!r}".replace("'", '"')]))
+    pipe = Pipeline(load_recipe(tiny_char_recipe(tmp_path, corpus), [f"model.layer_masks={json.dumps(layer_masks)}"]))
     pipe.fit()
     module = pipe.module
     batch = pipe.task.batches("train", True).batch(Slice(0, 0, 0, 8, 8))
