@@ -31,5 +31,6 @@ def test_decoder_training_step_compiles_as_one_graph(tmp_path, corpus, layer_mas
     got.backward()
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     assert want_grads
+    params = dict(module.named_parameters())
     for name, grad in want_grads.items():
-        torch.testing.assert_close(dict(module.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(params[name].grad, grad, atol=1e-6, rtol=1e-5, msg=name)
