@@ -7,14 +7,16 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import tempfile
 from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
-from . import __version__, checkpoint, registry
+from . import __version__, budget, checkpoint, registry, rundir
 from .errors import UserError
+from .lock import run_lock
 from .generate import SampleConfig
 from .pipeline import Pipeline
 from .recipe import Recipe, load_recipe
@@ -113,35 +115,74 @@ def environment(pipe: Pipeline) -> dict:
             "python": platform.python_version(), "plugins": plugins, "data_fingerprint": data_fingerprint(pipe)}
 
 
+RESUMABLE = ("train.steps", "train.lr", "train.min_lr", "train.warmup", "train.weight_decay", "train.grad_clip",
+             "train.eval_every", "train.eval_batches", "train.log_every", "train.checkpoint_every", "train.threads",
+             "train.log_with", "train.compile", "train.cpu_memory_cache", "train.fingerprint_batches", "sample.*")
+"""Recipe keys `--resume` applies when they changed: the schedule, the learning rate (to continue
+after divergence), logging, evaluation, checkpoints, CPU threads and sampling. Any other change
+would make the resumed run a different run; only `--force` applies it."""
+
+
+def resumable(key: str) -> bool:
+    return key in RESUMABLE or f"{key.split('.')[0]}.*" in RESUMABLE
+
+
 def _differences(old, new, path=""):
+    """(dotted key, old value, new value) for every setting that differs."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
             yield from _differences(old.get(k), new.get(k), f"{path}.{k}" if path else k)
     elif old != new:
-        yield f"{path} {old!r} -> {new!r}"
+        yield path, old, new
 
 
-def check_resumable(run_dir: Path, recipe: Recipe | None) -> Pipeline:
-    """The saved pipeline of `run_dir`, refusing a changed recipe, plugin version or data
-    (`train.steps` may change: that is how a finished run is extended)."""
+def _environment_changes(run_dir: Path, pipe: Pipeline) -> tuple[list[str], dict | None]:
+    before = rundir.saved_environment(run_dir)
+    if before is None:
+        return [], None
+    after = environment(pipe)
+    problems = [f"{p.get('kind')} plugin {p.get('name')!r} version changed: {p.get('version')} -> {q['version']}"
+                for p, q in zip(before.get("plugins", []), after["plugins"]) if p != q]
+    if before.get("data_fingerprint") not in (None, after["data_fingerprint"]):
+        problems.append("data fingerprint changed (the source's data or the tokenizer state differ)")
+    return problems, after
+
+
+def _with_saved_state(recipe: Recipe, run_dir: Path) -> Pipeline:
+    """A pipeline of `recipe` holding the run's fitted tokenizer and task state (what
+    `Pipeline.from_run` does with the saved recipe)."""
+    pipe = Pipeline(recipe, run_dir)
+    for m, tok in pipe.tokenizers.items():
+        if not (run_dir / "tokenizers" / m).is_dir():
+            raise UserError(f"{run_dir}: the run has no tokenizer state for modality {m!r}; --force cannot add a modality")
+        tok.load(run_dir / "tokenizers" / m)
+    if hasattr(pipe.task, "load") and (run_dir / "task").is_dir():
+        pipe.task.load(run_dir / "task")
+    pipe.task.setup(pipe)
+    return pipe
+
+
+def check_resumable(run_dir: Path, recipe: Recipe | None, force: bool = False) -> Pipeline:
+    """The pipeline to resume `run_dir` with: the saved one with `recipe`'s values of the
+    `RESUMABLE` keys applied. Any other recipe change, a plugin version change or changed data
+    is refused with a one-line error; `force` resumes anyway with every value of `recipe`."""
+    rundir.saved_recipe(run_dir)
     pipe = Pipeline.from_run(run_dir)
-    problems = []
-    if recipe is not None:
-        saved, now = pipe.recipe.resolved(), recipe.resolved()
-        saved["train"].pop("steps"), now["train"].pop("steps")
-        problems += [f"recipe changed: {d}" for d in _differences(saved, now)]
-        pipe.recipe.train.steps = recipe.train.steps
-    record = run_dir / "run.json"
-    if record.is_file():
-        before = json.loads(record.read_text())
-        after = environment(pipe)
-        problems += [f"{p['kind']} plugin {p['name']!r} version changed: {p['version']} -> {q['version']}"
-                     for p, q in zip(before.get("plugins", []), after["plugins"]) if p != q]
-        if before.get("data_fingerprint") not in (None, after["data_fingerprint"]):
-            problems.append("data fingerprint changed (the source's data or the tokenizer state differ)")
-    if problems:
+    changed = list(_differences(pipe.recipe.resolved(), recipe.resolved())) if recipe is not None else []
+    problems = [f"recipe changed: {k} {old!r} -> {new!r}" for k, old, new in changed if not resumable(k)]
+    problems += _environment_changes(run_dir, pipe)[0]
+    if problems and not force:
         raise UserError(f"{run_dir}: refusing to resume: {problems[0]}"
-                        + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "") + "; --force resumes anyway")
+                        + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                        + "; --force resumes anyway (what may change on resume: see README, Resuming)")
+    if problems and is_main_process():
+        print(f"seqmodel: warning: {run_dir}: resuming despite: {'; '.join(problems)}", file=sys.stderr)
+    if recipe is None or not changed:
+        return pipe
+    if force and any(not resumable(k) for k, _, _ in changed):
+        pipe = _with_saved_state(recipe, run_dir)
+    else:
+        pipe.recipe.train, pipe.recipe.sample = recipe.train, recipe.sample
     return pipe
 
 
@@ -159,6 +200,42 @@ def start_run(recipe: Recipe, run_dir: Path, recipe_path: str) -> Pipeline:
     return pipe
 
 
+def _record_resumed(pipe: Pipeline, run_dir: Path) -> None:
+    """After a resume has loaded: the run directory's records say what the run now is."""
+    if not is_main_process():
+        return
+    try:
+        checkpoint.write_atomic(run_dir / "recipe.json", json.dumps(pipe.recipe.resolved(), indent=2))
+        if (run_dir / "run.json").exists():
+            checkpoint.write_atomic(run_dir / "run.json", json.dumps(environment(pipe), indent=2))
+    except OSError as err:
+        raise UserError(f"{run_dir}: cannot write the run directory: {err.strerror or err}") from None
+
+
+def check_resume_target(run_dir: Path) -> None:
+    """A one-line error unless `run_dir` is a run directory (`--resume` never starts a mistyped one)."""
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory to resume (check --out)")
+    if not (run_dir / "recipe.json").is_file():
+        raise UserError(f"{run_dir}: not a seqmodel run directory (no recipe.json); nothing to resume")
+
+
+def _prepare(rec: Recipe, run_dir: Path, path: str, resume: bool, force: bool) -> tuple[Pipeline, bool]:
+    """The pipeline to train and whether it resumes (call holding the run's lock)."""
+    if is_main_process():
+        checkpoint.collect_temporary(run_dir)
+    if checkpoint.latest(run_dir) is not None:
+        if not resume:
+            raise UserError(f"{run_dir}: already holds a run; continue it with --resume or pick another --out")
+        return check_resumable(run_dir, rec, force), True
+    if checkpoint.any_started(run_dir):
+        raise UserError(f"{run_dir}: no complete checkpoint left (checkpoints/ is damaged); "
+                        "refusing to " + ("resume" if resume else "start over in it") + "; pick another --out")
+    if resume and is_main_process():
+        print(f"seqmodel: {run_dir} was stopped before its first checkpoint: starting it over", file=sys.stderr)
+    return start_run(rec, run_dir, path), False
+
+
 def run(recipe: str | Path | Recipe, overrides: list[str] = (), out: str | Path | None = None,
         resume: bool = False, progress: bool = True, force: bool = False) -> Run:
     """Train a recipe (a path or a parsed `Recipe`); returns the finished `Run`.
@@ -167,29 +244,40 @@ def run(recipe: str | Path | Recipe, overrides: list[str] = (), out: str | Path 
         recipe: recipe path or parsed recipe.
         overrides: ``section.key=value`` strings.
         out: run directory (default runs/<recipe name>, numbered when taken).
-        resume: continue `out` from its newest checkpoint (exactly: same data order, same RNG).
-        force: resume even if the recipe, a plugin version or the data changed.
+        resume: continue `out` from its newest checkpoint (exactly: same data order, same RNG),
+            with the new values of the `RESUMABLE` keys.
+        force: resume even if other recipe keys, a plugin version or the data changed, with
+            every new value.
+
+    Raises:
+        UserError: a bad recipe or run directory, a second run on the same directory, divergence.
+        Interrupted: Ctrl-C or SIGTERM; says which checkpoint holds the run.
     """
     from .report import finish_run
-    from .train import Trainer
+    from .train import Interrupted, Trainer
 
     if isinstance(recipe, Recipe):
         rec, path = recipe, recipe.path
     else:
         path = str(recipe)
         rec = load_recipe(recipe, overrides)
+    budget.preflight(rec, int(os.environ.get("WORLD_SIZE", "1")), warn=is_main_process())
     run_dir = Path(out) if out else default_run_dir(path, resume)
-    if resume and checkpoint.latest(run_dir) is not None:
-        pipe = check_resumable(run_dir, None if force else rec)
-        if force:
-            pipe.recipe.train.steps = rec.train.steps
-    else:
-        if not resume and checkpoint.latest(run_dir) is not None:
-            raise UserError(f"{run_dir}: already holds a run; continue it with --resume or pick another --out")
-        resume = False  # killed before its first checkpoint: start over
-        pipe = start_run(rec, run_dir, path)
-    trainer = Trainer(pipe, run_dir, resume=resume, progress=progress)
-    trainer.run()
-    if trainer.acc.is_main_process:
-        finish_run(pipe, run_dir, trainer.history)
+    if resume:
+        check_resume_target(run_dir)
+    with run_lock(run_dir):
+        trainer = None
+        try:
+            pipe, resume = _prepare(rec, run_dir, path, resume, force)
+            trainer = Trainer(pipe, run_dir, resume=resume, progress=progress)
+            start = trainer.setup()
+            if resume:
+                _record_resumed(pipe, run_dir)
+            trainer.train(start)
+        except KeyboardInterrupt as stop:
+            if isinstance(stop, Interrupted):
+                raise
+            raise Interrupted(trainer and trainer.done, checkpoint.latest(run_dir), run_dir) from None
+        if trainer.acc.is_main_process:
+            finish_run(pipe, run_dir, trainer.history)
     return Run(pipe, run_dir)

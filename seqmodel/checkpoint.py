@@ -2,24 +2,30 @@
 
 Layout: ``RUN/checkpoints/step_0000500/{model.safetensors, optimizer.pt, state.json}`` and
 ``RUN/checkpoints/latest`` naming the newest complete one. A checkpoint directory without its
-``state.json`` (written last) is never used. Weights are safetensors; the optimizer state holds
-only tensors and numbers and is read back with ``torch.load(weights_only=True)``.
+``state.json`` (written last) is never used; one with non-finite weights is never written.
+Weights are safetensors; the optimizer state holds only tensors and numbers, is read back with
+``torch.load(weights_only=True)`` and checked against the model before the optimizer sees it
+(a state tensor of the wrong shape would corrupt memory inside the fused AdamW kernel).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_file, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, cut
 
 KEEP = 2
+NAME = re.compile(r"step_(\d{7,})")
+MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # AdamW's per-parameter tensors
 
 
 def _fsync_dir(path: Path) -> None:
@@ -33,13 +39,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a fsynced temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding a NaN or an infinity, or None."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 def save(run_dir: Path, step: int, model: nn.Module, optimizer_state: dict, state: dict,
@@ -47,8 +66,12 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer_state: dict, stat
     """Write checkpoint `step` atomically and point ``latest`` at it; keep the newest few.
 
     `weights` is a gathered full state dict (FSDP); by default the model's own tensors are saved
-    (tied weights stored once).
+    (tied weights stored once). Non-finite weights and a failed write (a full disk) are one-line
+    errors, and the partial checkpoint is removed.
     """
+    bad = first_nonfinite(weights if weights is not None else model.state_dict())
+    if bad is not None:
+        raise UserError(f"step {step}: weight {bad} is not finite; no checkpoint written")
     root = run_dir / "checkpoints"
     final = root / f"step_{step:07d}"
     tmp = root / f".step_{step:07d}.tmp{os.getpid()}"
@@ -61,7 +84,7 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer_state: dict, stat
         else:
             save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         torch.save(optimizer_state, tmp / "optimizer.pt")
-        _write_text(tmp / "state.json", json.dumps({**state, "step": step}, indent=1))
+        write_atomic(tmp / "state.json", json.dumps({**state, "step": step}, indent=1))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -69,47 +92,183 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer_state: dict, stat
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
-        _write_text(root / "latest", final.name)
-    except OSError as err:
+        write_atomic(root / "latest", final.name)
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save and safetensors report I/O as these
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{root}: cannot write checkpoint for step {step}: {err.strerror or err}") from None
-    for old in sorted(root.glob("step_*"))[:-KEEP]:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else cut(str(err).splitlines()[0] if str(err) else err, 160)
+        raise UserError(f"{root}: cannot write the checkpoint of step {step}: {why} ({_free(root)}; "
+                        "the partial checkpoint was removed)") from None
+    except BaseException:  # a second Ctrl-C
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted(p for p in root.glob("step_*") if NAME.fullmatch(p.name))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
+def _free(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:,.1f} MiB free on its disk"
+    except OSError:
+        return "free space unknown"
+
+
+def collect_temporary(run_dir: Path) -> None:
+    """Remove what killed runs left half-written (call it holding the run's lock)."""
     root = run_dir / "checkpoints"
-    pointer = root / "latest"
-    if pointer.is_file():
-        cand = root / pointer.read_text().strip()
-        if (cand / "state.json").is_file():
-            return cand
-    complete = [p for p in sorted(root.glob("step_*")) if (p / "state.json").is_file()]
+    for leftover in (*root.glob(".step_*.tmp*"), *root.glob(".latest.tmp*")):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def discard(run_dir: Path, step: int) -> None:
+    """Set checkpoint `step` aside as ``step_N.diverged`` (its weights gave a non-finite loss), so
+    `latest` falls back to the one before it."""
+    root = run_dir / "checkpoints"
+    bad = root / f"step_{step:07d}"
+    if not bad.is_dir():
+        return
+    aside = bad.with_name(bad.name + ".diverged")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(bad, aside)
+    before = latest(run_dir)
+    if before is not None:
+        write_atomic(root / "latest", before.name)
+    else:
+        (root / "latest").unlink(missing_ok=True)
+
+
+def step_of(ckpt: Path) -> int:
+    return int(NAME.fullmatch(ckpt.name).group(1))
+
+
+def _pointed(root: Path) -> Path | None:
+    """The checkpoint ``latest`` names, if it is a well-formed name of a complete checkpoint."""
+    try:
+        with open(root / "latest", "rb") as f:
+            name = f.read(64).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    cand = root / name
+    return cand if NAME.fullmatch(name) and (cand / "state.json").is_file() else None
+
+
+def latest(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None. A damaged ``latest`` pointer is
+    ignored: the newest complete ``step_*`` directory is used instead."""
+    root = run_dir / "checkpoints"
+    pointed = _pointed(root)
+    if pointed is not None:
+        return pointed
+    complete = [p for p in sorted(root.glob("step_*")) if NAME.fullmatch(p.name) and (p / "state.json").is_file()]
     return complete[-1] if complete else None
 
 
+def any_started(run_dir: Path) -> bool:
+    """Whether the run ever finished writing a checkpoint directory (complete or since damaged)."""
+    root = run_dir / "checkpoints"
+    return (root / "latest").exists() or any(NAME.fullmatch(p.name) for p in root.glob("step_*"))
+
+
+def _check_state(state, path: Path, step: int) -> dict:
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    problem = None
+    if not isinstance(state, dict):
+        problem = f"expected a JSON object, got {type(state).__name__}"
+    elif state.get("step") != step or not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):
+        problem = f"'step' must be {step} (the checkpoint's step), got {cut(repr(state.get('step')))}"
+    elif not isinstance(state.get("history", []), list) or not all(
+            isinstance(r, dict) and isinstance(r.get("step"), int) and all(number(v) for v in r.values())
+            for r in state.get("history", [])):
+        problem = "'history' must be a list of records with an integer 'step' and numbers"
+    elif not isinstance(state.get("window", []), list) or not all(number(x) for x in state.get("window", [])):
+        problem = "'window' must be a list of numbers"
+    elif "pending" in state and not (isinstance(state["pending"], dict) and state["pending"].get("step") == step
+                                     and all(number(v) for v in state["pending"].values())):
+        problem = f"'pending' must be a record of step {step}"
+    if problem:
+        raise UserError(f"{path}: damaged checkpoint state: {problem}")
+    return state
+
+
 def read_state(ckpt: Path) -> dict:
+    path = ckpt / "state.json"
     try:
-        return json.loads((ckpt / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{ckpt / 'state.json'}: unreadable checkpoint state: {err}") from None
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise UserError(f"{path}: unreadable checkpoint state: {cut(err, 160)}") from None
+    return _check_state(state, path, step_of(ckpt))
 
 
 def load_weights(model: nn.Module, ckpt: Path) -> None:
+    """Load a checkpoint's weights, refusing any tensor whose name, shape or dtype differs from
+    the model's (never a silent cast) and non-finite weights."""
     path = ckpt / "model.safetensors"
     try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except Exception as err:
-        raise UserError(f"{path}: cannot load weights: {err}") from None
+        saved = load_file(str(path))
+    except Exception as err:  # safetensors raises several kinds for a damaged file
+        raise UserError(f"{path}: cannot load weights: {cut(err, 160)}") from None
+    own = model.state_dict()
+    unexpected = [k for k in saved if k not in own]
+    storage = {own[k].data_ptr(): k for k in saved if k in own}
+    missing = [k for k, t in own.items() if k not in saved and t.data_ptr() not in storage]  # tied tensors: stored once
     if unexpected or missing:
-        raise UserError(f"{path}: weights do not match the model (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+        raise UserError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for k, t in saved.items():
+        if t.dtype != own[k].dtype or t.shape != own[k].shape:
+            raise UserError(f"{path}: {k} is {str(t.dtype).removeprefix('torch.')} {list(t.shape)}, the model's is "
+                            f"{str(own[k].dtype).removeprefix('torch.')} {list(own[k].shape)}")
+    bad = first_nonfinite(saved)
+    if bad is not None:
+        raise UserError(f"{path}: weight {bad} is not finite (the run diverged before this checkpoint)")
+    model.load_state_dict(saved, strict=False)
 
 
-def load_optimizer(ckpt: Path) -> dict:
+def _check_optimizer(sd, params: dict[str, torch.Tensor], groups: int, path: Path) -> None:
+    """Every state tensor of `sd` against its parameter: one-line error naming the first bad one."""
+    def fail(problem: str):
+        raise UserError(f"{path}: damaged optimizer state: {problem}")
+
+    if not isinstance(sd, dict) or not isinstance(sd.get("state"), dict) or not isinstance(sd.get("param_groups"), list):
+        fail(f"expected a dict with 'state' and 'param_groups', got {type(sd).__name__}")
+    listed = []
+    for g in sd["param_groups"]:
+        if not isinstance(g, dict) or not isinstance(g.get("params"), list):
+            fail("each of 'param_groups' must be a dict with a list of 'params'")
+        listed += g["params"]
+    if len(sd["param_groups"]) != groups or sorted(map(str, listed)) != sorted(params):
+        fail("its parameter groups do not list the model's parameters")
+    if not sd["state"]:
+        fail("it holds no AdamW moments (resuming would silently restart them)")
+    for name, entry in sd["state"].items():
+        if name not in params or not isinstance(entry, dict):
+            fail(f"state for unknown parameter {cut(repr(name))}")
+        p = params[name]
+        for key, value in entry.items():
+            if key == "step":
+                ok = isinstance(value, (int, float)) or isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
+                if not ok or not float(value) >= 0:
+                    fail(f"{name}: 'step' must be a non-negative number")
+            elif key in MOMENTS:
+                if not isinstance(value, torch.Tensor) or value.shape != p.shape or value.dtype != p.dtype:
+                    got = f"{str(value.dtype).removeprefix('torch.')} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+                    fail(f"{name}: {key} is {got}, the parameter is {str(p.dtype).removeprefix('torch.')} {list(p.shape)}")
+            else:
+                fail(f"{name}: unexpected entry {cut(repr(key))}")
+
+
+def load_optimizer(ckpt: Path, module: nn.Module, groups: int) -> dict:
+    """The optimizer state of a checkpoint (FQN-keyed, as `get_optimizer_state_dict` writes it),
+    checked against `module`'s trainable parameters and the optimizer's number of groups."""
     path = ckpt / "optimizer.pt"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"{path}: cannot load optimizer state: {err}") from None
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refuses code and damaged files with many kinds of error
+        raise UserError(f"{path}: cannot load optimizer state: {cut(err, 160)}") from None
+    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    _check_optimizer(sd, params, groups, path)
+    return sd

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, cut
+
+LONGEST_MASK = 4096  # tokens `mask show` draws (a dense length x length picture)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {cut(repr(text))}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _add_run(sub):
@@ -57,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run on a split")
     p.add_argument("run")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--limit", type=int, help="evaluate on at most this many batches/windows")
+    p.add_argument("--limit", type=positive_int, help="evaluate on at most this many batches/windows")
     p.add_argument("--json", action="store_true")
     p.add_argument("--episodes", type=int, help="(decision tasks) episodes to run in the environment")
     p.add_argument("--target-return", type=float, help="(decision tasks) return to condition on")
@@ -90,43 +105,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def launch(args) -> int:
-    """Re-run this command on `--num-processes` workers through torch.distributed.run."""
-    import os
-    import subprocess
+    """Re-run this command on `--num-processes` workers (see seqmodel.launcher)."""
+    from .launcher import launch as launch_workers
 
-    from .api import default_run_dir
-    from .recipe import load_recipe
-
-    if args.num_processes < 1:
-        raise UserError(f"--num-processes: expected at least 1, got {args.num_processes}")
-    load_recipe(args.recipe, args.overrides)  # fail fast, before any worker starts
-    out = args.out or str(default_run_dir(args.recipe, args.resume))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.num_processes}",
-           "-m", "seqmodel", "run", args.recipe, "--out", out]
-    cmd += [f"--set={o}" for o in args.overrides] + ["--resume"] * args.resume + ["--force"] * args.force
-    cmd += ["--no-progress"] * args.no_progress
-    print(f"seqmodel: {args.num_processes} processes, run directory {out}", file=sys.stderr)
-    code = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}).returncode
-    if code not in (0, 2, 130):
-        print(f"error: a worker process failed (exit code {code}); the whole run stopped. "
-              f"Continue with: seqmodel run {args.recipe} --out {out} --resume --num-processes {args.num_processes}",
-              file=sys.stderr)
-    return code
+    return launch_workers(args)
 
 
 def cmd_run(args) -> int:
-    import os
-
     from .api import run
+    from .launcher import WORKER_ERRORS, stopped_message
+    from .train import Interrupted
 
     if args.num_processes != 1 and "LOCAL_RANK" not in os.environ:
         return launch(args)
     try:
         run(args.recipe, args.overrides, out=args.out, resume=args.resume, progress=not args.no_progress, force=args.force)
-    except KeyboardInterrupt as stop:
-        step = stop.args[0] if stop.args else "?"
-        print(f"\nseqmodel: interrupted at step {step}; checkpoint saved. Continue with: "
-              f"seqmodel run {args.recipe} --resume" + (f" --out {args.out}" if args.out else ""), file=sys.stderr)
+    except Interrupted as stop:
+        if not os.environ.get(WORKER_ERRORS):  # a launched worker: the launcher says it once
+            print(f"\n{stopped_message(args, stop.run_dir, stop.step, stop.checkpoint)}", file=sys.stderr)
         return 130
     return 0
 
@@ -168,12 +164,15 @@ def cmd_eval(args) -> int:
 
 
 def cmd_check(args) -> int:
+    from . import budget
     from .pipeline import Pipeline
     from .recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    budget.preflight(recipe)  # what `run` checks before and after fitting, before the model is allocated
     pipe = Pipeline(recipe)
     pipe.fit()
+    budget.check_fits(recipe, *budget.pipeline_specs(pipe))
     n = pipe.module.core.num_parameters()
     print(f"{args.recipe}: ok ({recipe.model.arch}, {recipe.model.layers} layers, d_model {recipe.model.d_model}, "
           f"{n / 1e6:.2f} M parameters; tokenizers: "
@@ -184,8 +183,16 @@ def cmd_check(args) -> int:
 def cmd_mask(args) -> int:
     from .maskviz import show
 
-    if args.length is not None and args.length < 1:
-        raise UserError(f"--length: expected a positive number, got {args.length}")
+    if args.length is not None and not 1 <= args.length <= LONGEST_MASK:
+        raise UserError(f"--length: expected a number from 1 to {LONGEST_MASK}, got {args.length}")
+    if args.out:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        kinds = FigureCanvasAgg.get_supported_filetypes()
+        if not Path(args.out).parent.is_dir():
+            raise UserError(f"--out {cut(args.out)}: no such folder {cut(str(Path(args.out).parent))}")
+        if Path(args.out).suffix and Path(args.out).suffix[1:].lower() not in kinds:
+            raise UserError(f"--out {cut(args.out)}: unknown picture type (use .png, or one of {', '.join(kinds)})")
     length = args.length if args.length is not None or args.target.endswith(".toml") else 32
     print(show(args.target, length, args.out, args.overrides))
     if args.out:
@@ -267,12 +274,43 @@ COMMANDS = {"run": cmd_run, "sample": cmd_sample, "score": cmd_score, "eval": cm
             "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "plugins": cmd_plugins}
 
 
+def not_utf8(argv: list[str]) -> str | None:
+    """A one-line complaint about the first argument that is not valid UTF-8 text, or None.
+    Python hands undecodable bytes over as lone surrogates, which no command can print or encode."""
+    for i, arg in enumerate(argv, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return (f"argument {i} is not valid UTF-8 text (at character {err.start}: "
+                    f"{cut(ascii(arg), 60)}); seqmodel reads its command line as UTF-8")
+    return None
+
+
+def report(err: UserError) -> None:
+    """Print a user error; a launched worker leaves it for the launcher, which prints it once."""
+    from .launcher import WORKER_ERRORS
+
+    folder = os.environ.get(WORKER_ERRORS)
+    if folder and os.path.isdir(folder):
+        try:
+            Path(folder, f"rank{os.environ.get('RANK', '0')}").write_text(str(err), encoding="utf-8")
+            return
+        except OSError:
+            pass
+    print(f"error: {err}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    problem = not_utf8(argv)
+    if problem:
+        print(f"error: seqmodel: {problem}", file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        report(err)
         return err.exit_code
     except BrokenPipeError:
         return 1

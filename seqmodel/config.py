@@ -14,7 +14,9 @@ import types
 import typing
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, cut, shown
+
+DEEPEST = 32  # nesting of tables and lists a recipe may have
 
 
 def _type_name(tp) -> str:
@@ -79,11 +81,11 @@ def build(cls, table: Any, where: str):
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f" (known keys: {', '.join(known)})"
-            raise UserError(f"{where} {key}: unknown key{hint}")
+            raise UserError(f"{where} {cut(key)}: unknown key{hint}")
         try:
             values[key] = coerce(value, hints[key])
         except TypeError:
-            raise UserError(f"{where} {key}: expected {_type_name(hints[key])}, got {value!r}") from None
+            raise UserError(f"{where} {key}: expected {_type_name(hints[key])}, got {shown(value)}") from None
     try:
         obj = cls(**values)
     except (TypeError, ValueError) as err:
@@ -105,9 +107,35 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     path, sep, raw = text.partition("=")
     parts = path.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
-        raise UserError(f"--set {text!r}: expected section.key=value, e.g. train.steps=100")
+        raise UserError(f"--set {shown(text)}: expected section.key=value, e.g. train.steps=100")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except RecursionError:
+        raise UserError(f"--set {shown(text)}: the value nests too deeply") from None
+    check_plain(value, f"--set {path.strip()}")
     return ".".join(parts[:-1]), parts[-1], value
+
+
+def check_plain(data: Any, where: str, tables: bool = False) -> None:
+    """Refuse what a recipe cannot hold: tables or lists nested deeper than `DEEPEST`, and TOML
+    dates and times (recipes are saved as JSON). Walks without recursion; `tables`: `data` is a
+    whole recipe, whose top-level keys are named as ``[table]``."""
+    import datetime
+
+    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
+    while stack:
+        node, path = stack.pop()
+        if len(path) > DEEPEST or isinstance(node, (datetime.date, datetime.time)):
+            key = ".".join(path[1:] if tables else path).replace(".[", "[")
+            name = f"[{path[0]}] {key}".rstrip() if tables and path else key
+            here = cut(f"{where} {name}".rstrip(), 200)
+            if len(path) > DEEPEST:
+                raise UserError(f"{here}: nested more than {DEEPEST} levels deep")
+            raise UserError(f"{here}: TOML dates and times are not recipe values, got {node.isoformat()!r} "
+                            "(quote it to pass a string)")
+        if isinstance(node, dict):
+            stack += [(v, (*path, str(k))) for k, v in node.items()]
+        elif isinstance(node, (list, tuple)):
+            stack += [(v, (*path, f"[{i}]")) for i, v in enumerate(node)]

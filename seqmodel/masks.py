@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .errors import UserError
+from .errors import UserError, shown
 
 
 class TokenView(NamedTuple):
@@ -182,7 +182,7 @@ def _modality_rule(arg: str | None) -> ModalityRule:
         query, sep, keys = part.partition(">")
         names = [query, *keys.split("+")]
         if not sep or not all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names):
-            raise ValueError(f"bad modality rule {part!r}: expected QUERY>KEY+KEY")
+            raise ValueError(f"bad modality rule {shown(part)}: expected QUERY>KEY+KEY")
         rules.append((query, tuple(keys.split("+"))))
     return ModalityRule(tuple(rules))
 
@@ -199,9 +199,11 @@ _ATOMS = {
 
 
 class _Parser:
+    DEEPEST = 64  # nested parentheses; deeper would overflow Python's stack
+
     def __init__(self, text: str):
         self.tokens = re.findall(r"\(|\)|&|\||[^()&|]+", text.replace(" ", ""))
-        self.i = 0
+        self.i = self.depth = 0
 
     def peek(self):
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -228,15 +230,19 @@ class _Parser:
     def atom(self) -> Mask:
         tok = self.take()
         if tok == "(":
+            self.depth += 1
+            if self.depth > self.DEEPEST:
+                raise ValueError(f"parentheses nest more than {self.DEEPEST} deep")
             inner = self.expr()
+            self.depth -= 1
             if self.take() != ")":
                 raise ValueError("missing ')'")
             return inner
         if tok is None or tok in ")&|":
-            raise ValueError(f"expected a pattern name, got {tok or 'end of text'!r}")
+            raise ValueError(f"expected a pattern name, got {shown(tok or 'end of text')}")
         name, _, arg = tok.partition(":")
         if name not in _ATOMS:
-            raise ValueError(f"unknown pattern {name!r} (known: {', '.join(_ATOMS)})")
+            raise ValueError(f"unknown pattern {shown(name)} (known: {', '.join(_ATOMS)})")
         return _ATOMS[name](arg or None)
 
 
@@ -244,15 +250,15 @@ def parse_mask(text: str, where: str = "mask") -> Mask:
     """Parse a recipe mask string; a bad one raises a one-line `UserError` naming `where`."""
     prefix = f"{where}: " if where else ""
     if not isinstance(text, str) or not text.strip():
-        raise UserError(f"{prefix}expected a mask pattern such as 'causal', got {text!r}")
+        raise UserError(f"{prefix}expected a mask pattern such as 'causal', got {shown(text)}")
     try:
         parser = _Parser(text)
         mask = parser.expr()
         if parser.peek() is not None:
-            raise ValueError(f"unexpected {parser.peek()!r}")
+            raise ValueError(f"unexpected {shown(parser.peek())}")
         return mask
     except ValueError as err:
-        raise UserError(f"{prefix}bad mask pattern {text!r}: {err}") from None
+        raise UserError(f"{prefix}bad mask pattern {shown(text)}: {err}") from None
 
 
 def is_plain_causal(mask: Mask) -> bool:

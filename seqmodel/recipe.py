@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
-from .config import build, parse_override
-from .errors import UserError
+from .config import build, check_plain, parse_override
+from .errors import UserError, cut, shown
 from .generate import SampleConfig
 from .model import ModelConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+MOST_THREADS = 1024  # torch.set_num_threads(10**6) crashes the process
 TABLES = ("model", "train", "data", "tokenizer", "tokenizers", "task", "sample")
 
 
@@ -92,6 +93,13 @@ class TrainConfig:
         for key in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup", "threads"):
             if getattr(self, key) < 0:
                 bad.append((key, f"must not be negative, got {getattr(self, key)}"))
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                bad.append((key, f"must be in [0, 1), got {getattr(self, key)}"))
+        if not -2**63 <= self.seed < 2**64:
+            bad.append(("seed", f"must fit in 64 bits (from -2**63 to 2**64 - 1), got {self.seed}"))
+        if self.threads > MOST_THREADS:
+            bad.append(("threads", f"must be at most {MOST_THREADS}, got {self.threads}"))
         if self.precision not in PRECISIONS:
             bad.append(("precision", f"expected one of {', '.join(PRECISIONS)}, got {self.precision!r}"))
         if self.distributed not in ("ddp", "fsdp"):
@@ -157,17 +165,20 @@ def _tokenizer(table: Any, where: str, modality: str | None, default_field: str)
     mod = rest.pop("modality", modality or fld)
     for key, value in (("field", fld), ("modality", mod)):
         if not isinstance(value, str) or not value:
-            raise UserError(f"{where} {key}: expected a non-empty string, got {value!r}")
+            raise UserError(f"{where} {key}: expected a non-empty string, got {shown(value)}")
     return TokenizerBinding(name, cls, build(cls.Config, rest, where), fld, mod)
 
 
 def parse_recipe(raw: dict, where: str = "<recipe>") -> Recipe:
     """Validate a recipe's tables (already parsed from TOML) into a `Recipe`."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a table of recipe tables, got {type(raw).__name__}")
+    check_plain(raw, f"{where}:", tables=True)
     for key in raw:
         if key not in TABLES:
             close = difflib.get_close_matches(key, TABLES, n=1)
             hint = f" (did you mean [{close[0]}]?)" if close else f" (known tables: {', '.join(TABLES)})"
-            raise UserError(f"{where}: [{key}]: unknown table{hint}")
+            raise UserError(f"{where}: [{cut(key)}]: unknown table{hint}")
     for key in ("data", "task"):
         if key not in raw:
             raise UserError(f"{where}: [{key}]: missing table")
@@ -206,7 +217,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         for part in section.split("."):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise UserError(f"--set {text!r}: {section} is not a table")
+                raise UserError(f"--set {shown(text)}: {section} is not a table")
         node[key] = value
     return out
 
@@ -216,11 +227,15 @@ def read_toml(path: str | Path) -> dict:
     if not p.is_file():
         raise UserError(f"{path}: no such recipe file")
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: not valid TOML: {err}") from None
+    except RecursionError:
+        raise UserError(f"{path}: not a recipe: arrays or inline tables nest too deeply") from None
     except (UnicodeDecodeError, OSError) as err:
         raise UserError(f"{path}: cannot read the recipe: {err}") from None
+    check_plain(raw, f"{path}:", tables=True)
+    return raw
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

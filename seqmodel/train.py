@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import budget, checkpoint
 from .cpu_memory import keep_freed_memory
 from .errors import UserError
 from .pipeline import Pipeline
@@ -101,15 +101,9 @@ def emulated_bf16_warning(precision: str, cpu: bool) -> str | None:
 
 def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     """Accelerator for the recipe: device, precision, accumulation, DDP/FSDP, trackers."""
-    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("[train] device: 'cuda' requested but no GPU is available")
-    if cfg.precision == "fp16" and cpu:
-        raise UserError("[train] precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
+    cpu = budget.check_machine(cfg)
     kwargs = {}
     if cfg.distributed == "fsdp":
-        if cpu:
-            raise UserError("[train] distributed: fsdp needs CUDA GPUs (accelerate shards only on GPUs); use ddp on CPU")
         from accelerate import FullyShardedDataParallelPlugin
 
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True)
@@ -129,8 +123,26 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     return acc
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM after `step` (None: before or outside a step);
+    `checkpoint` is the newest complete checkpoint of `run_dir` (None: there is none)."""
+
+    def __init__(self, step: int | None, checkpoint: Path | None, run_dir: Path | None = None) -> None:
+        super().__init__(step)
+        self.step, self.checkpoint, self.run_dir = step, checkpoint, run_dir
+
+
+def last_good(run_dir: Path) -> str:
+    ckpt = checkpoint.latest(run_dir)
+    if ckpt is None:
+        return "no checkpoint was written before it"
+    return (f"the last good checkpoint is step {checkpoint.step_of(ckpt)} (continue from it with --resume "
+            "and a lower --set train.lr=...)")
+
+
 class Interrupt:
-    """Turns SIGINT/SIGTERM into a flag checked between steps (then a checkpoint, then exit)."""
+    """Turns SIGINT/SIGTERM into a flag checked between steps and evaluation batches (then a
+    checkpoint, then exit); a second signal stops at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)  # SIGTERM: what torch.distributed.run sends workers
 
@@ -162,30 +174,41 @@ class Trainer:
     history: list[dict] = field(default_factory=list)
     window: list[float] = field(default_factory=list)  # train losses since the last log line
     fingerprints: object = None  # open batches.log when [train] fingerprint_batches
+    pending: dict | None = None  # a log record whose evaluation a signal cut short (done on resume)
+    done: int | None = None  # the last step completed in this process
 
     def log(self, record: dict) -> None:
         self.history.append(record)
         if self.acc.trackers:
             self.acc.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
         if self.acc.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as err:
+                raise UserError(f"{self.run_dir / 'metrics.jsonl'}: cannot write: {err.strerror or err}") from None
 
     @torch.no_grad()
-    def val_loss(self, model, stream) -> float:
-        cfg, world, rank = self.cfg, self.acc.num_processes, self.acc.process_index
+    def val_loss(self, model, stream, interrupt: Interrupt) -> float | None:
+        """Mean validation loss, or None when a signal cut the evaluation short (on any process)."""
+        cfg, rank, device = self.cfg, self.acc.process_index, self.acc.device
         model.eval()
-        total = torch.zeros(2, device=self.acc.device)
+        total = torch.zeros(3, device=device)  # loss sum, batches, interrupted
         for k in range(cfg.eval_batches):
-            batch = stream.batch(Slice(k, 0, rank, self.per_rank, cfg.batch_size)).to(self.acc.device)
+            if interrupt.hit:
+                total[2] = 1
+                break
+            batch = stream.batch(Slice(k, 0, rank, self.per_rank, cfg.batch_size)).to(device)
             with self.acc.autocast():
                 loss, _ = model(batch)
-            total += torch.stack([loss.float().detach(), torch.ones((), device=self.acc.device)])
+            total[:2] += torch.stack([loss.float().detach(), torch.ones((), device=device)])
         model.train()
         total = self.acc.reduce(total, reduction="sum")
-        return float(total[0] / total[1])
+        return None if total[2] > 0 else float(total[0] / total[1])
 
     def setup(self) -> int:
+        """Accelerator, model, optimizer, and the newest checkpoint when resuming: the step to start at.
+        Nothing in the run directory changes before the checkpoint has loaded."""
         cfg = self.cfg = self.pipeline.recipe.train
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -193,8 +216,8 @@ class Trainer:
         if cfg.cpu_memory_cache and self.acc.device.type == "cpu":
             keep_freed_memory()
         world = self.acc.num_processes
-        if cfg.batch_size % world:
-            raise UserError(f"[train] batch_size: {cfg.batch_size} does not split over {world} processes")
+        budget.check_split(cfg, world)
+        budget.check_fits(self.pipeline.recipe, *budget.pipeline_specs(self.pipeline), world=world)
         self.per_rank = cfg.batch_size // world
         torch.manual_seed(cfg.seed)
         module = self.pipeline.module
@@ -204,16 +227,21 @@ class Trainer:
         if self.resume and ckpt is None:
             raise UserError(f"{self.run_dir}: nothing to resume (no complete checkpoint)")
         if ckpt is not None:
-            checkpoint.load_weights(module, ckpt)
-            set_optimizer_state_dict(module, optimizer, checkpoint.load_optimizer(ckpt), options=FULL_STATE)
             state = checkpoint.read_state(ckpt)
+            checkpoint.load_weights(module, ckpt)
+            saved = checkpoint.load_optimizer(ckpt, module, len(optimizer.param_groups))
+            set_optimizer_state_dict(module, optimizer, saved, options=FULL_STATE)
+            for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):  # the recipe's, which may have changed
+                group.update(weight_decay=decay, betas=(cfg.beta1, cfg.beta2))
             start = state["step"]
             self.history = [r for r in state.get("history", []) if r["step"] <= start]
             self.window = list(state.get("window", []))
-            if self.acc.is_main_process:
-                (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        elif self.acc.is_main_process:
-            (self.run_dir / "metrics.jsonl").write_text("")
+            self.pending = state.get("pending")
+        if self.acc.is_main_process:
+            try:
+                checkpoint.write_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+            except OSError as err:
+                raise UserError(f"{self.run_dir}: cannot write metrics.jsonl: {err.strerror or err}") from None
         if cfg.fingerprint_batches:
             self.fingerprints = open(self.run_dir / f"batches.rank{self.acc.process_index}.log", "a", buffering=1)
         if cfg.compile:
@@ -221,15 +249,32 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(module, optimizer)
         return start
 
-    def save(self, step: int, window: list[float]) -> None:
+    def diverged(self, step: int) -> str | None:
+        """The first non-finite weight's name on any process (agreed: one collective), or None."""
+        module = self.acc.unwrap_model(self.model)
+        bad = checkpoint.first_nonfinite(dict(module.named_parameters()))
+        flag = torch.tensor(float(bad is not None), device=self.acc.device)
+        if self.acc.num_processes > 1:
+            flag = self.acc.reduce(flag, reduction="sum")
+        return (bad or "on another process") if flag > 0 else None
+
+    def save(self, step: int, window: list[float], pending: dict | None = None) -> Path:
+        """Checkpoint `step` on every process; refuse (and stop) when the weights are not finite."""
+        bad = self.diverged(step)
+        if bad is not None:
+            raise UserError(f"step {step}: weight {bad} is not finite (training diverged); stopped, "
+                            f"{last_good(self.run_dir)}; try a lower [train] lr, or grad_clip")
         self.acc.wait_for_everyone()
         module = self.acc.unwrap_model(self.model)
         weights = self.acc.get_state_dict(self.model) if self.cfg.distributed == "fsdp" else None
         optimizer = get_optimizer_state_dict(module, self.optimizer.optimizer, options=FULL_STATE)
         if self.acc.is_main_process:
             state = {"history": self.history, "window": window, "seed": self.cfg.seed}
+            if pending is not None:
+                state["pending"] = pending
             checkpoint.save(self.run_dir, step, module, optimizer, state, weights)
         self.acc.wait_for_everyone()
+        return self.run_dir / "checkpoints" / f"step_{step:07d}"
 
     def train_step(self, step: int, stream) -> tuple[torch.Tensor, int]:
         """One optimizer step; returns this process's mean loss (a tensor) and its token count."""
@@ -263,12 +308,28 @@ class Trainer:
             flags[0] /= self.acc.num_processes
         value = float(flags[0])
         if not math.isfinite(value):
-            raise UserError(f"step {step + 1}: training loss is {value}; stopped, the last good checkpoint is kept "
-                            "(try a lower [train] lr, or grad_clip)")
+            if self.acc.is_main_process:  # the weights after `step` steps gave this loss: no longer "good"
+                checkpoint.discard(self.run_dir, step)
+            self.acc.wait_for_everyone()
+            raise UserError(f"step {step + 1}: training loss is {value}; stopped, {last_good(self.run_dir)}; "
+                            "try a lower [train] lr, or grad_clip")
         return value, int(flags[1]), bool(flags[2] > 0)
 
     def run(self) -> dict:
-        start = self.setup()
+        """Set up, then train to `steps`; returns the last metrics record."""
+        return self.train(self.setup())
+
+    def evaluate_pending(self, val, interrupt: Interrupt) -> None:
+        """Finish the log record whose evaluation a signal cut short before the checkpoint."""
+        record, self.pending = self.pending, None
+        loss = self.val_loss(self.model, val, interrupt)
+        if loss is None:
+            raise Interrupted(record["step"], checkpoint.latest(self.run_dir), self.run_dir)
+        self.log({**record, "val_loss": loss})
+
+    def train(self, start: int) -> dict:
+        """Steps `start` .. `steps`, with logging, evaluation and checkpoints; a signal stops after
+        the current step (or evaluation batch) with a checkpoint, raising `Interrupted`."""
         cfg, acc, task = self.cfg, self.acc, self.pipeline.task
         train, val = task.batches("train", True), task.batches("val", False)
         bar = tqdm(total=cfg.steps, initial=start, disable=not (self.progress and acc.is_main_process),
@@ -277,28 +338,33 @@ class Trainer:
         elapsed0 = self.history[-1].get("elapsed_s", 0.0) if self.history else 0.0
         self.model.train()
         with Interrupt() as interrupt:
+            if self.pending is not None:
+                self.evaluate_pending(val, interrupt)
             for step in range(start, cfg.steps):
                 loss, tokens, stopping = self.agree(step, *self.train_step(step, train), interrupt)
                 window.append(loss)
                 win_tokens += tokens
-                done = step + 1
+                done = self.done = step + 1
                 bar.update(1)
                 evaluate = done % cfg.eval_every == 0 or done == cfg.steps
+                pending = None
                 if evaluate or done % cfg.log_every == 0:
                     now = time.perf_counter()
                     tps = win_tokens / max(now - win_t, 1e-9)
                     rec = {"step": done, "train_loss": sum(window) / len(window), "lr": lr_at(step, cfg),
                            "tokens_per_s": round(tps, 1), "elapsed_s": round(elapsed0 + now - t0, 2)}
-                    if evaluate:
-                        rec["val_loss"] = self.val_loss(self.model, val)
-                    self.log(rec)
-                    bar.set_postfix(loss=f"{rec['train_loss']:.4f}", tok_s=f"{tps:,.0f}")
+                    loss = self.val_loss(self.model, val, interrupt) if evaluate else None
+                    if evaluate and loss is None:
+                        pending, stopping = rec, True  # evaluated on resume, before the next step
+                    else:
+                        self.log(rec if loss is None else {**rec, "val_loss": loss})
+                        bar.set_postfix(loss=f"{rec['train_loss']:.4f}", tok_s=f"{tps:,.0f}")
                     window, win_tokens, win_t = [], 0, time.perf_counter()
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
-                    self.save(done, window)
+                    saved = self.save(done, window, pending)
                 if stopping:
                     bar.close()
-                    raise KeyboardInterrupt(done)
+                    raise Interrupted(done, saved, self.run_dir)
         bar.close()
         self.acc.end_training()
         return self.history[-1] if self.history else {}

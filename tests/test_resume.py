@@ -1,22 +1,26 @@
-"""Runs you can trust: SIGKILL at random moments, exact resume and data order, refusal to resume
-a changed run, NaN detection, and crash-safe checkpoint files."""
+"""Runs you can trust: kills at chosen moments (mid-step, mid-checkpoint, mid-evaluation) then an
+exact resume, what `--resume` may change and what `--force` does, resumes that must not start
+over, and crash-safe checkpoint files."""
 
 import json
-import random
+import math
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SEQMODEL, cli, tiny_char_recipe
+from conftest import cli, tiny_char_recipe
+from processes import finish, kill, start, wait_stopped
 
 from seqmodel import checkpoint
 
 
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def final(run: Path) -> dict:
-    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    return metrics(run)[-1]
 
 
 def fingerprints(run: Path) -> dict[tuple[int, int], set[str]]:
@@ -27,37 +31,48 @@ def fingerprints(run: Path) -> dict[tuple[int, int], set[str]]:
     return seen
 
 
+def leftovers(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").glob(".*tmp*"))
+
+
+def cosine_lr(step: int, lr: float, min_lr: float, warmup: int, steps: int) -> float:
+    """The schedule the README promises, written out independently of seqmodel.train."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, corpus):
     tmp = tmp_path_factory.mktemp("ref")
-    recipe = tiny_char_recipe(tmp, corpus, steps=80, checkpoint_every=4, eval_every=40, grad_accum=2,
+    recipe = tiny_char_recipe(tmp, corpus, steps=40, checkpoint_every=4, eval_every=20, log_every=2, grad_accum=2,
                               fingerprint_batches=True)
     cli("run", recipe, "--out", tmp / "run", "--no-progress")
     return recipe, tmp / "run"
 
 
-@pytest.mark.parametrize("trial", range(3))
-def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, reference, trial):
+KILLS = {
+    "mid-step, mid-write, before the pointer": ["step:6", "save:12:weights", "save:20:latest", "step:33"],
+    "before the first checkpoint, mid-state, mid-evaluation": ["step:2", "save:8:state", "eval:20:1", "save:40:weights"],
+}
+
+
+@pytest.mark.parametrize("plan", KILLS, ids=list(KILLS))
+def test_sigkill_at_chosen_moments_then_resume_is_exact(tmp_path, reference, plan):
     recipe, ref = reference
     out = tmp_path / "run"
-    rng = random.Random(trial)
-    kills = 0
-    for attempt in range(6):
-        args = [*SEQMODEL, "run", str(recipe), "--out", str(out), "--no-progress"] + ["--resume"] * (attempt > 0)
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(2.0, 4.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.communicate()
-        if proc.returncode == 0:
-            break
-    else:
-        cli("run", recipe, "--out", out, "--resume", "--no-progress")
-    assert kills >= 1
-    assert final(out)["step"] == 80
-    for key in ("val_loss", "train_loss"):
-        assert final(out)[key] == final(ref)[key]
+    for attempt, point in enumerate(KILLS[plan]):
+        proc = start([point], "run", recipe, "--out", out, "--no-progress", *["--resume"] * (attempt > 0))
+        wait_stopped(proc)
+        kill(proc)
+        if point.startswith("save:") and not point.endswith(":latest"):
+            assert leftovers(out), "the kill landed inside the checkpoint write"
+    cli("run", recipe, "--out", out, "--resume", "--no-progress")
+    assert leftovers(out) == []  # temporary directories of the killed writes were collected
+    timing = ("tokens_per_s", "elapsed_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in metrics(out)] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in metrics(ref)]
     got, want = fingerprints(out), fingerprints(ref)
     assert set(got) == set(want)
     assert all(got[k] == want[k] and len(want[k]) == 1 for k in want)  # replayed steps saw the same data
@@ -73,6 +88,9 @@ def test_incomplete_checkpoints_are_ignored(tmp_path):
     assert checkpoint.latest(tmp_path) == good
     (tmp_path / "checkpoints" / "latest").write_text("step_0000020")  # pointer to an incomplete one
     assert checkpoint.latest(tmp_path) == good
+    for garbage in (b"\xff\xfe\x00", b"step_0000010" * 10_000, b"../../etc"):  # damaged pointers fall back to the scan
+        (tmp_path / "checkpoints" / "latest").write_bytes(garbage)
+        assert checkpoint.latest(tmp_path) == good
 
 
 def test_unwritable_run_directory_is_a_clear_error(tmp_path, corpus):
@@ -84,19 +102,40 @@ def test_unwritable_run_directory_is_a_clear_error(tmp_path, corpus):
     assert str(blocker / "run") in done.stderr
 
 
-def test_resume_refuses_a_changed_recipe_unless_forced(tmp_path, corpus):
-    recipe = tiny_char_recipe(tmp_path, corpus, steps=10)
-    cli("run", recipe, "--out", tmp_path / "run", "--no-progress")
-    done = cli("run", recipe, "--out", tmp_path / "run", "--resume", "--set", "train.lr=0.02", check=False)
-    assert done.returncode == 2 and "refusing to resume: recipe changed: train.lr 0.01 -> 0.02" in done.stderr
-    cli("run", recipe, "--out", tmp_path / "run", "--resume", "--set", "train.steps=12", "--no-progress")
-    assert final(tmp_path / "run")["step"] == 12
-    cli("run", recipe, "--out", tmp_path / "run", "--resume", "--force", "--set", "train.lr=0.02",
-        "--set", "train.steps=14", "--no-progress")
-    assert final(tmp_path / "run")["step"] == 14
+def test_resume_applies_the_resumable_keys(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=10, checkpoint_every=5, log_every=1, warmup=2)
+    run = tmp_path / "run"
+    cli("run", recipe, "--out", run, "--no-progress")
+    cli("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.steps=16", "--set", "train.lr=0.02",
+        "--set", "train.min_lr=0.002", "--set", "train.eval_every=4", "--set", "sample.max_new_tokens=7")
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == list(range(1, 17))
+    for r in rows[10:]:
+        assert r["lr"] == pytest.approx(cosine_lr(r["step"] - 1, 0.02, 0.002, 2, 16), rel=1e-12)
+    assert [r["step"] for r in rows[10:] if "val_loss" in r] == [12, 16]
+    saved = json.loads((run / "recipe.json").read_text())
+    assert (saved["train"]["lr"], saved["train"]["steps"], saved["sample"]["max_new_tokens"]) == (0.02, 16, 7)
 
 
-def test_resume_refuses_a_changed_plugin_version_or_data(tmp_path, corpus):
+def test_resume_refuses_other_changes_and_force_applies_them(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=10, log_every=1)
+    run = tmp_path / "run"
+    cli("run", recipe, "--out", run, "--no-progress")
+    before = (run / "metrics.jsonl").read_text()
+    done = cli("run", recipe, "--out", run, "--resume", "--set", "train.seed=7", "--set", "train.lr=0.5", check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "refusing to resume: recipe changed: train.seed 1337 -> 7" in done.stderr and "--force" in done.stderr
+    assert (run / "metrics.jsonl").read_text() == before
+    cli("run", recipe, "--out", run, "--resume", "--force", "--no-progress", "--set", "train.seed=7",
+        "--set", "train.lr=0.5", "--set", "train.steps=14")
+    rows = metrics(run)
+    assert [r["step"] for r in rows][-4:] == [11, 12, 13, 14]
+    for r in rows[10:]:
+        assert r["lr"] == pytest.approx(cosine_lr(r["step"] - 1, 0.5, 0.001, 5, 14), rel=1e-12)
+    assert json.loads((run / "recipe.json").read_text())["train"]["seed"] == 7
+
+
+def test_resume_refuses_a_changed_plugin_version_or_data_unless_forced(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=10)
     run = tmp_path / "run"
     cli("run", recipe, "--out", run, "--no-progress")
@@ -110,10 +149,143 @@ def test_resume_refuses_a_changed_plugin_version_or_data(tmp_path, corpus):
     (run / "run.json").write_text(json.dumps(record))
     done = cli("run", recipe, "--out", run, "--resume", check=False)
     assert done.returncode == 2 and "data fingerprint changed" in done.stderr
+    done = cli("run", recipe, "--out", run, "--resume", "--force", "--set", "train.steps=12", "--no-progress")
+    assert "resuming despite: data fingerprint changed" in done.stderr and final(run)["step"] == 12
+    assert json.loads((run / "run.json").read_text())["data_fingerprint"] != "0" * 64  # the record says what the run now is
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, corpus):
+def test_resume_of_a_missing_or_damaged_run_never_starts_over(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=6, checkpoint_every=3)
+    run = tmp_path / "run"
+    done = cli("run", recipe, "--out", tmp_path / "typo", "--resume", check=False)
+    assert done.returncode == 2 and "no such run directory to resume" in done.stderr and not (tmp_path / "typo").exists()
+    cli("run", recipe, "--out", run, "--no-progress")
+    before = (run / "metrics.jsonl").read_text()
+    for step in ("step_0000003", "step_0000006"):
+        (run / "checkpoints" / step / "state.json").unlink()  # no complete checkpoint left
+    done = cli("run", recipe, "--out", run, "--resume", check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no complete checkpoint" in done.stderr
+    assert (run / "metrics.jsonl").read_text() == before  # a failed resume truncates nothing
+
+
+def test_resume_before_the_first_checkpoint_starts_over_and_says_so(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=6, checkpoint_every=100)
+    run = tmp_path / "run"
+    proc = start(["step:3"], "run", recipe, "--out", run, "--no-progress")
+    wait_stopped(proc)
+    kill(proc)
+    done = cli("run", recipe, "--out", run, "--resume", "--no-progress")
+    assert "stopped before its first checkpoint: starting it over" in done.stderr and final(run)["step"] == 6
+
+
+@pytest.mark.parametrize("writer, error", [
+    ("torch.save", RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 662")),
+    ("save_model", __import__("safetensors").SafetensorError(
+        "Error while serializing: I/O error: No space left on device (os error 28)")),
+    ("torch.save", OSError(28, "No space left on device")),
+])
+def test_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpoint(tmp_path, corpus, monkeypatch,
+                                                                                    capsys, writer, error):
+    """The errors are what torch.save and safetensors 0.8 raise on a full tmpfs (test_full_tmpfs below)."""
+    from seqmodel import cli as seqmodel_cli
+
+    def full(*args, **kw):
+        raise error
+
+    if writer == "torch.save":
+        monkeypatch.setattr(checkpoint.torch, "save", full)
+    else:
+        monkeypatch.setattr(checkpoint, "save_model", full)
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=4, checkpoint_every=2)
+    code = seqmodel_cli.main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot write the checkpoint of step 2" in err[0], err
+    assert leftovers(tmp_path / "run") == [] and checkpoint.latest(tmp_path / "run") is None
+
+
+def test_divergence_keeps_no_nonfinite_checkpoint_and_names_the_last_good_one(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=4, checkpoint_every=2, warmup=0, grad_clip=0.0)
+    run = tmp_path / "run"
+    cli("run", recipe, "--out", run, "--no-progress")
+    done = cli("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.steps=12", "--set", "train.checkpoint_every=1",
+               "--set", "train.lr=1e38", "--set", "train.min_lr=1e38", check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "the last good checkpoint is step 4" in done.stderr  # step 5's weights gave the first non-finite loss
+    assert checkpoint.step_of(checkpoint.latest(run)) == 4
+    assert not (run / "checkpoints" / "step_0000005").exists()
+    cli("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.steps=8")  # on from the good one
+    assert final(run)["step"] == 8 and math.isfinite(final(run)["train_loss"])
+
+
+def test_divergence_before_any_checkpoint_claims_none(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=50, checkpoint_every=1, lr=1e38, min_lr=1e38, warmup=0, grad_clip=0.0)
+    done = cli("run", recipe, "--out", tmp_path / "run", "--no-progress", check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "no checkpoint was written before it" in done.stderr and "last good checkpoint is" not in done.stderr
+    assert checkpoint.latest(tmp_path / "run") is None
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=200, checkpoint_every=5, lr=1e6, min_lr=1e6, grad_clip=0.0, warmup=0)
     done = cli("run", recipe, "--out", tmp_path / "run", "--no-progress", check=False)
-    assert done.returncode == 2 and "training loss is nan" in done.stderr.lower() or "training loss is inf" in done.stderr
-    assert "last good checkpoint is kept" in done.stderr
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "training loss is nan" in done.stderr.lower() or "training loss is inf" in done.stderr or "not finite" in done.stderr
+    ckpt = checkpoint.latest(tmp_path / "run")
+    if ckpt is None:
+        assert "no checkpoint was written before it" in done.stderr
+    else:
+        assert f"the last good checkpoint is step {checkpoint.step_of(ckpt)}" in done.stderr
+
+
+def test_ctrl_c_during_a_long_evaluation_stops_it_and_resume_completes_it(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=8, eval_every=4, log_every=2, eval_batches=2)
+    cli("run", recipe, "--out", tmp_path / "ref", "--no-progress")
+    run = tmp_path / "run"
+    proc = start(["eval:4:1"], "run", recipe, "--out", run, "--no-progress", "--set", "train.eval_batches=100000000")
+    wait_stopped(proc)  # inside the evaluation after step 4, which would take hours
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
+    code, err = finish(proc, timeout=60)
+    assert code == 130 and "interrupted at step 4; checkpoint saved" in err, err
+    assert [r["step"] for r in metrics(run)] == [2]  # step 4's record waits for its evaluation
+    cli("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.eval_batches=2")
+    assert metrics(run) == [{**r, "tokens_per_s": m["tokens_per_s"], "elapsed_s": m["elapsed_s"]}
+                            for r, m in zip(metrics(tmp_path / "ref"), metrics(run), strict=True)]
+
+
+def test_second_ctrl_c_during_the_checkpoint_does_not_claim_it(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=20, checkpoint_every=2)
+    run = tmp_path / "run"
+    proc = start(["step:4", "save:5:weights"], "run", recipe, "--out", run, "--no-progress")
+    wait_stopped(proc)  # before step 5: the first Ctrl-C asks for a checkpoint after it
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
+    wait_stopped(proc)  # writing that checkpoint: the second Ctrl-C stops at once
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
+    code, err = finish(proc)
+    assert code == 130 and "checkpoint saved" not in err, err
+    assert "interrupted at step 5, before its checkpoint was written; the newest is step 4" in err
+    assert f"--out {run} --resume" in err
+    assert checkpoint.step_of(checkpoint.latest(run)) == 4
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 160 kB tmpfs: room for a run directory's records, not for a checkpoint (root only)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_tmpfs_while_checkpointing(tmp_path, corpus, tiny_tmpfs):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=4, checkpoint_every=2)
+    done = cli("run", recipe, "--out", tiny_tmpfs / "run", "--no-progress", check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "cannot write the checkpoint of step 2" in done.stderr and "MiB free on its disk" in done.stderr
+    assert leftovers(tiny_tmpfs / "run") == []

@@ -1,0 +1,59 @@
+"""Reading a run directory's own records defensively: a damaged or hand-edited file is a one-line
+error naming it, never a traceback from deep inside the code that uses it.
+
+`saved_recipe` checks the shape of ``recipe.json`` before `Pipeline.from_run` reads it (the
+values themselves are validated by `parse_recipe`); `saved_environment` reads ``run.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UserError, cut
+
+LARGEST = 16 * 2**20  # bytes: a run's JSON records are a few kB
+
+
+def read_json(path: Path, what: str):
+    """The JSON value in `path`; a missing, huge, non-UTF-8 or malformed file is a `UserError`."""
+    try:
+        if path.stat().st_size > LARGEST:
+            raise UserError(f"{path}: damaged {what}: larger than {LARGEST // 2**20} MiB")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UserError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise UserError(f"{path}: damaged {what}: {cut(err, 160)}") from None
+
+
+def saved_recipe(run_dir: Path) -> dict:
+    """The resolved recipe of a run, checked to be a table of tables (``tokenizers``: one table
+    per modality), as `Pipeline.from_run` expects."""
+    path = Path(run_dir) / "recipe.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a seqmodel run directory (no recipe.json)")
+    raw = read_json(path, "run recipe")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: damaged run recipe: expected a JSON object of tables, got {type(raw).__name__}")
+    for key, table in raw.items():
+        if not isinstance(table, dict):
+            raise UserError(f"{path}: damaged run recipe: [{cut(key)}] must be a table, got {type(table).__name__}")
+    for mod, table in raw.get("tokenizers", {}).items():
+        if not isinstance(table, dict):
+            raise UserError(f"{path}: damaged run recipe: [tokenizers.{cut(mod)}] must be a table, got {type(table).__name__}")
+    return raw
+
+
+def saved_environment(run_dir: Path) -> dict | None:
+    """``run.json`` (versions, plugins, data fingerprint), or None for a run without one."""
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        return None
+    env = read_json(path, "run record")
+    plugins = env.get("plugins", []) if isinstance(env, dict) else None
+    if not isinstance(plugins, list) or not all(isinstance(p, dict) for p in plugins):
+        raise UserError(f"{path}: damaged run record: expected an object with a list of 'plugins'")
+    if not isinstance(env.get("data_fingerprint", ""), (str, type(None))):
+        raise UserError(f"{path}: damaged run record: 'data_fingerprint' must be a string")
+    return env
