@@ -8,6 +8,8 @@ import time
 import psutil
 import pytest
 from conftest import SEQMODEL, cli, tiny_char_recipe
+from inprocess import seqmodel
+from processes import ENV, finish
 
 
 def metrics(run):
@@ -69,3 +71,59 @@ def test_fsdp_on_cpu_is_a_clear_error(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, distributed="fsdp")
     done = cli("run", recipe, "--out", tmp_path / "run", check=False)
     assert done.returncode == 2 and "fsdp needs CUDA GPUs" in done.stderr and done.stderr.count("\n") == 1
+
+
+def descendants(proc: subprocess.Popen) -> list[psutil.Process]:
+    return psutil.Process(proc.pid).children(recursive=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_launcher_stops_every_worker_after_a_checkpoint(tmp_path, corpus, sig):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=100000, log_every=5, eval_every=1000, checkpoint_every=10)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*SEQMODEL, "run", str(recipe), "--out", str(out), "--no-progress", "--num-processes", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    started = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "checkpoints" / "latest").is_file():
+            time.sleep(0.1)
+        started = descendants(proc)
+        assert len(started) >= 2, [p.cmdline() for p in started]
+        proc.send_signal(sig)  # what timeout(1), a scheduler or `kill PID` sends
+        code, err = finish(proc, timeout=90)
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert alive == [], [p.cmdline() for p in alive]  # no orphan keeps training and writing the run directory
+    finally:
+        for p in started:
+            if p.is_running():
+                p.kill()
+    assert code == 128 + sig, err
+    assert "interrupted; the newest checkpoint is step" in err and "Traceback" not in err, err
+    assert f"--out {out} --resume" in err and "--num-processes=2" in err
+    step = int((out / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
+    seqmodel("run", recipe, "--out", out, "--resume", "--no-progress", "--set", f"train.steps={step + 2}")
+    assert metrics(out)[-1]["step"] == step + 2
+
+
+def test_a_batch_that_does_not_split_is_refused_before_any_worker_starts(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, batch_size=8)
+    done = seqmodel("run", recipe, "--out", tmp_path / "run", "--num-processes", "3", check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "[train] batch_size: 8 does not split over 3 processes" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_worker_error_is_printed_once_without_the_agent_traceback(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=4)
+    run = tmp_path / "run"
+    seqmodel("run", recipe, "--out", run, "--no-progress")
+    record = json.loads((run / "run.json").read_text())
+    record["plugins"][0]["version"] = "0.0.1"
+    (run / "run.json").write_text(json.dumps(record))  # each worker refuses to resume
+    done = cli("run", recipe, "--out", run, "--resume", "--no-progress", "--num-processes", "2", check=False)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "refusing to resume" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and "worker process failed" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 2  # "N processes, run directory ..." and the error

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli, tiny_char_recipe
+from conftest import tiny_char_recipe
+from inprocess import seqmodel
 from processes import finish, kill, start, wait_stopped
 
 from seqmodel import checkpoint
@@ -48,7 +49,7 @@ def reference(tmp_path_factory, corpus):
     tmp = tmp_path_factory.mktemp("ref")
     recipe = tiny_char_recipe(tmp, corpus, steps=40, checkpoint_every=4, eval_every=20, log_every=2, grad_accum=2,
                               fingerprint_batches=True)
-    cli("run", recipe, "--out", tmp / "run", "--no-progress")
+    seqmodel("run", recipe, "--out", tmp / "run", "--no-progress")
     return recipe, tmp / "run"
 
 
@@ -68,7 +69,7 @@ def test_sigkill_at_chosen_moments_then_resume_is_exact(tmp_path, reference, pla
         kill(proc)
         if point.startswith("save:") and not point.endswith(":latest"):
             assert leftovers(out), "the kill landed inside the checkpoint write"
-    cli("run", recipe, "--out", out, "--resume", "--no-progress")
+    seqmodel("run", recipe, "--out", out, "--resume", "--no-progress")
     assert leftovers(out) == []  # temporary directories of the killed writes were collected
     timing = ("tokens_per_s", "elapsed_s")
     assert [{k: v for k, v in r.items() if k not in timing} for r in metrics(out)] == \
@@ -97,7 +98,7 @@ def test_unwritable_run_directory_is_a_clear_error(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus)
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    done = cli("run", recipe, "--out", blocker / "run", check=False)
+    done = seqmodel("run", recipe, "--out", blocker / "run", check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1
     assert str(blocker / "run") in done.stderr
 
@@ -105,8 +106,8 @@ def test_unwritable_run_directory_is_a_clear_error(tmp_path, corpus):
 def test_resume_applies_the_resumable_keys(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=10, checkpoint_every=5, log_every=1, warmup=2)
     run = tmp_path / "run"
-    cli("run", recipe, "--out", run, "--no-progress")
-    cli("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.steps=16", "--set", "train.lr=0.02",
+    seqmodel("run", recipe, "--out", run, "--no-progress")
+    seqmodel("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.steps=16", "--set", "train.lr=0.02",
         "--set", "train.min_lr=0.002", "--set", "train.eval_every=4", "--set", "sample.max_new_tokens=7")
     rows = metrics(run)
     assert [r["step"] for r in rows] == list(range(1, 17))
@@ -120,13 +121,13 @@ def test_resume_applies_the_resumable_keys(tmp_path, corpus):
 def test_resume_refuses_other_changes_and_force_applies_them(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=10, log_every=1)
     run = tmp_path / "run"
-    cli("run", recipe, "--out", run, "--no-progress")
+    seqmodel("run", recipe, "--out", run, "--no-progress")
     before = (run / "metrics.jsonl").read_text()
-    done = cli("run", recipe, "--out", run, "--resume", "--set", "train.seed=7", "--set", "train.lr=0.5", check=False)
+    done = seqmodel("run", recipe, "--out", run, "--resume", "--set", "train.seed=7", "--set", "train.lr=0.5", check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "refusing to resume: recipe changed: train.seed 1337 -> 7" in done.stderr and "--force" in done.stderr
     assert (run / "metrics.jsonl").read_text() == before
-    cli("run", recipe, "--out", run, "--resume", "--force", "--no-progress", "--set", "train.seed=7",
+    seqmodel("run", recipe, "--out", run, "--resume", "--force", "--no-progress", "--set", "train.seed=7",
         "--set", "train.lr=0.5", "--set", "train.steps=14")
     rows = metrics(run)
     assert [r["step"] for r in rows][-4:] == [11, 12, 13, 14]
@@ -138,18 +139,18 @@ def test_resume_refuses_other_changes_and_force_applies_them(tmp_path, corpus):
 def test_resume_refuses_a_changed_plugin_version_or_data_unless_forced(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=10)
     run = tmp_path / "run"
-    cli("run", recipe, "--out", run, "--no-progress")
+    seqmodel("run", recipe, "--out", run, "--no-progress")
     record = json.loads((run / "run.json").read_text())
     record["plugins"][0]["version"] = "0.0.1"
     (run / "run.json").write_text(json.dumps(record))
-    done = cli("run", recipe, "--out", run, "--resume", check=False)
+    done = seqmodel("run", recipe, "--out", run, "--resume", check=False)
     assert done.returncode == 2 and "version changed: 0.0.1 -> " in done.stderr
-    record["plugins"][0]["version"] = json.loads(cli("plugins", "--json").stdout)[0]["version"]
+    record["plugins"][0]["version"] = json.loads(seqmodel("plugins", "--json").stdout)[0]["version"]
     record["data_fingerprint"] = "0" * 64
     (run / "run.json").write_text(json.dumps(record))
-    done = cli("run", recipe, "--out", run, "--resume", check=False)
+    done = seqmodel("run", recipe, "--out", run, "--resume", check=False)
     assert done.returncode == 2 and "data fingerprint changed" in done.stderr
-    done = cli("run", recipe, "--out", run, "--resume", "--force", "--set", "train.steps=12", "--no-progress")
+    done = seqmodel("run", recipe, "--out", run, "--resume", "--force", "--set", "train.steps=12", "--no-progress")
     assert "resuming despite: data fingerprint changed" in done.stderr and final(run)["step"] == 12
     assert json.loads((run / "run.json").read_text())["data_fingerprint"] != "0" * 64  # the record says what the run now is
 
@@ -157,13 +158,13 @@ def test_resume_refuses_a_changed_plugin_version_or_data_unless_forced(tmp_path,
 def test_resume_of_a_missing_or_damaged_run_never_starts_over(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=6, checkpoint_every=3)
     run = tmp_path / "run"
-    done = cli("run", recipe, "--out", tmp_path / "typo", "--resume", check=False)
+    done = seqmodel("run", recipe, "--out", tmp_path / "typo", "--resume", check=False)
     assert done.returncode == 2 and "no such run directory to resume" in done.stderr and not (tmp_path / "typo").exists()
-    cli("run", recipe, "--out", run, "--no-progress")
+    seqmodel("run", recipe, "--out", run, "--no-progress")
     before = (run / "metrics.jsonl").read_text()
     for step in ("step_0000003", "step_0000006"):
         (run / "checkpoints" / step / "state.json").unlink()  # no complete checkpoint left
-    done = cli("run", recipe, "--out", run, "--resume", check=False)
+    done = seqmodel("run", recipe, "--out", run, "--resume", check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no complete checkpoint" in done.stderr
     assert (run / "metrics.jsonl").read_text() == before  # a failed resume truncates nothing
 
@@ -174,7 +175,7 @@ def test_resume_before_the_first_checkpoint_starts_over_and_says_so(tmp_path, co
     proc = start(["step:3"], "run", recipe, "--out", run, "--no-progress")
     wait_stopped(proc)
     kill(proc)
-    done = cli("run", recipe, "--out", run, "--resume", "--no-progress")
+    done = seqmodel("run", recipe, "--out", run, "--resume", "--no-progress")
     assert "stopped before its first checkpoint: starting it over" in done.stderr and final(run)["step"] == 6
 
 
@@ -185,10 +186,8 @@ def test_resume_before_the_first_checkpoint_starts_over_and_says_so(tmp_path, co
     ("torch.save", OSError(28, "No space left on device")),
 ])
 def test_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpoint(tmp_path, corpus, monkeypatch,
-                                                                                    capsys, writer, error):
+                                                                                    writer, error):
     """The errors are what torch.save and safetensors 0.8 raise on a full tmpfs (test_full_tmpfs below)."""
-    from seqmodel import cli as seqmodel_cli
-
     def full(*args, **kw):
         raise error
 
@@ -197,29 +196,29 @@ def test_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpo
     else:
         monkeypatch.setattr(checkpoint, "save_model", full)
     recipe = tiny_char_recipe(tmp_path, corpus, steps=4, checkpoint_every=2)
-    code = seqmodel_cli.main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "cannot write the checkpoint of step 2" in err[0], err
+    done = seqmodel("run", recipe, "--out", tmp_path / "run", "--no-progress", check=False)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and "cannot write the checkpoint of step 2" in err[0], err
     assert leftovers(tmp_path / "run") == [] and checkpoint.latest(tmp_path / "run") is None
 
 
 def test_divergence_keeps_no_nonfinite_checkpoint_and_names_the_last_good_one(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=4, checkpoint_every=2, warmup=0, grad_clip=0.0)
     run = tmp_path / "run"
-    cli("run", recipe, "--out", run, "--no-progress")
-    done = cli("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.steps=12", "--set", "train.checkpoint_every=1",
+    seqmodel("run", recipe, "--out", run, "--no-progress")
+    done = seqmodel("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.steps=12", "--set", "train.checkpoint_every=1",
                "--set", "train.lr=1e38", "--set", "train.min_lr=1e38", check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "the last good checkpoint is step 4" in done.stderr  # step 5's weights gave the first non-finite loss
     assert checkpoint.step_of(checkpoint.latest(run)) == 4
     assert not (run / "checkpoints" / "step_0000005").exists()
-    cli("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.steps=8")  # on from the good one
+    seqmodel("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.steps=8")  # on from the good one
     assert final(run)["step"] == 8 and math.isfinite(final(run)["train_loss"])
 
 
 def test_divergence_before_any_checkpoint_claims_none(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=50, checkpoint_every=1, lr=1e38, min_lr=1e38, warmup=0, grad_clip=0.0)
-    done = cli("run", recipe, "--out", tmp_path / "run", "--no-progress", check=False)
+    done = seqmodel("run", recipe, "--out", tmp_path / "run", "--no-progress", check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "no checkpoint was written before it" in done.stderr and "last good checkpoint is" not in done.stderr
     assert checkpoint.latest(tmp_path / "run") is None
@@ -227,7 +226,7 @@ def test_divergence_before_any_checkpoint_claims_none(tmp_path, corpus):
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=200, checkpoint_every=5, lr=1e6, min_lr=1e6, grad_clip=0.0, warmup=0)
-    done = cli("run", recipe, "--out", tmp_path / "run", "--no-progress", check=False)
+    done = seqmodel("run", recipe, "--out", tmp_path / "run", "--no-progress", check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "training loss is nan" in done.stderr.lower() or "training loss is inf" in done.stderr or "not finite" in done.stderr
     ckpt = checkpoint.latest(tmp_path / "run")
@@ -239,7 +238,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, corpus):
 
 def test_ctrl_c_during_a_long_evaluation_stops_it_and_resume_completes_it(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=8, eval_every=4, log_every=2, eval_batches=2)
-    cli("run", recipe, "--out", tmp_path / "ref", "--no-progress")
+    seqmodel("run", recipe, "--out", tmp_path / "ref", "--no-progress")
     run = tmp_path / "run"
     proc = start(["eval:4:1"], "run", recipe, "--out", run, "--no-progress", "--set", "train.eval_batches=100000000")
     wait_stopped(proc)  # inside the evaluation after step 4, which would take hours
@@ -248,7 +247,7 @@ def test_ctrl_c_during_a_long_evaluation_stops_it_and_resume_completes_it(tmp_pa
     code, err = finish(proc, timeout=60)
     assert code == 130 and "interrupted at step 4; checkpoint saved" in err, err
     assert [r["step"] for r in metrics(run)] == [2]  # step 4's record waits for its evaluation
-    cli("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.eval_batches=2")
+    seqmodel("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.eval_batches=2")
     assert metrics(run) == [{**r, "tokens_per_s": m["tokens_per_s"], "elapsed_s": m["elapsed_s"]}
                             for r, m in zip(metrics(tmp_path / "ref"), metrics(run), strict=True)]
 
@@ -280,12 +279,12 @@ def tiny_tmpfs(tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    subprocess.run(["umount", "-l", str(mount)], check=True)  # lazily: a file left open must not keep it
 
 
 def test_full_tmpfs_while_checkpointing(tmp_path, corpus, tiny_tmpfs):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=4, checkpoint_every=2)
-    done = cli("run", recipe, "--out", tiny_tmpfs / "run", "--no-progress", check=False)
+    done = seqmodel("run", recipe, "--out", tiny_tmpfs / "run", "--no-progress", check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "cannot write the checkpoint of step 2" in done.stderr and "MiB free on its disk" in done.stderr
     assert leftovers(tiny_tmpfs / "run") == []

@@ -18,7 +18,7 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 
-from seqmodel.errors import UserError
+from seqmodel.errors import UserError, shown
 
 from seqmodel_plugins import gym_data
 from seqmodel_plugins.sources.text import cache_root
@@ -102,7 +102,12 @@ class GymEpisodesSource:
         """Every episode, collected (or read from the cache or `path`) once."""
         c = self.config
         if c.path:
-            return gym_data.load_episodes(Path(c.path).expanduser())
+            path = Path(c.path).expanduser()
+            if path.is_dir():
+                raise UserError(f"path: {shown(c.path)} is a folder; expected a .npz episode file")
+            if path.is_file() and path.stat().st_size == 0:
+                raise UserError(f"path: {shown(c.path)} is an empty file; expected a .npz episode file")
+            return gym_data.load_episodes(path)
         gym_data.make_env(c.env_id).close()  # an unknown id is named as such, before the policy is checked
         return gym_data.cached_collect(cache_root(c.cache_dir) / "episodes", c.env_id, c.n_episodes, c.epsilons,
                                        c.seed, c.policy, progress=True, max_steps=c.max_steps or None)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from seqmodel.errors import UserError
+from seqmodel.errors import UserError, shown
 
 SPLITS = ("train", "val", "test")
 RESERVED = ("path", "name", "split", "data_files", "data_dir", "revision", "cache_dir", "streaming")
@@ -144,6 +144,25 @@ class Stream:
                 yield convert(row, self.columns)
 
 
+def check_local_files(data_files) -> None:
+    """A local `data_files` entry that is a folder or an empty file is an error naming it (datasets
+    would report "Unable to find" or a generation error that names neither)."""
+    import glob
+    import os
+
+    entries = data_files.values() if isinstance(data_files, dict) else [data_files]
+    for entry in entries:
+        for pattern in entry if isinstance(entry, list) else [entry]:
+            if not isinstance(pattern, str) or "://" in pattern:
+                continue
+            hits = [h for h in glob.glob(os.path.expanduser(pattern), recursive=True)]
+            if hits and all(os.path.isdir(h) for h in hits):
+                raise UserError(f"data_files: {shown(pattern)} names only folders; name the files, "
+                                f"e.g. {shown(os.path.join(pattern, '*'))}")
+            if hits and all(os.path.isfile(h) and os.path.getsize(h) == 0 for h in hits):
+                raise UserError(f"data_files: {shown(pattern)} names only empty files")
+
+
 class HFSource:
     """A HuggingFace `datasets` dataset; see the module docstring."""
 
@@ -158,6 +177,7 @@ class HFSource:
         import datasets
 
         c = self.config
+        check_local_files(c.data_files)
         kwargs = {"data_files": c.data_files, "data_dir": c.data_dir or None, "revision": c.revision or None,
                   "cache_dir": c.cache_dir or None, "streaming": c.streaming, **c.options}
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
-from seqmodel.errors import UserError
+from seqmodel.errors import UserError, cut, shown
 
 SHAKESPEARE_SHA256 = "a74b54d1ef1dc44be145d3c93068267ab7beba0c7045a7b6a844b83ed5d7054f"
 SPLITS = ("train", "val", "test")
@@ -135,20 +135,29 @@ class TextSource:
 
     def documents(self) -> list[tuple[str, str]]:
         if self._docs is None:
-            files = []
-            for pattern in self.config.paths:
-                hits = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-                if not hits:
-                    raise UserError(f"paths: {pattern!r} matches no file")
-                files += [h for h in hits if os.path.isfile(h)]
-            docs = []
-            for f in files:
-                try:
-                    docs.append((f, Path(f).read_text(encoding="utf-8").replace("\r\n", "\n")))
-                except (OSError, UnicodeDecodeError) as err:
-                    raise UserError(f"{f}: cannot read as UTF-8 text: {err}") from None
-            self._docs = docs
+            self._docs = [doc for pattern in self.config.paths for doc in self._read(pattern)]
         return self._docs
+
+    @staticmethod
+    def _read(pattern: str) -> list[tuple[str, str]]:
+        """The (file, text) documents a pattern names; a pattern naming no file, only folders or
+        only empty files is an error naming it."""
+        hits = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        if not hits:
+            raise UserError(f"paths: {shown(pattern)} matches no file")
+        files = [h for h in hits if os.path.isfile(h)]
+        if not files:
+            raise UserError(f"paths: {shown(pattern)} matches only folders ({cut(hits[0])}); name the text files, "
+                            f"e.g. {shown(os.path.join(pattern, '*.txt'))}")
+        docs = []
+        for f in files:
+            try:
+                docs.append((f, Path(f).read_text(encoding="utf-8").replace("\r\n", "\n")))
+            except (OSError, UnicodeDecodeError) as err:
+                raise UserError(f"{f}: cannot read as UTF-8 text: {err}") from None
+        if not any(text for _, text in docs):
+            raise UserError(f"paths: {shown(pattern)} matches only empty files ({cut(files[0])})")
+        return docs
 
     def split(self, name: str) -> list[dict]:
         return [ex for _, text in self.documents() for ex in split_text(text, self.config.val_fraction, name) if ex["text"]]
