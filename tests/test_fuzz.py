@@ -81,3 +81,99 @@ def test_random_command_lines(tmp_path, argv):
             code = stop.code
     assert code == 2, (argv, err.getvalue())
     assert err.getvalue().count("\n") == 1 and err.getvalue().startswith("error: "), (argv, err.getvalue())
+
+
+# -- the whole command line, in process: recipes, damaged run directories, predict files, flags --
+# (tests/fuzzing.py; `python benchmarks/fuzz_report.py` prints the counts for many more cases)
+
+import random  # noqa: E402
+
+import pytest  # noqa: E402
+from conftest import tiny_char_recipe  # noqa: E402
+from inprocess import seqmodel  # noqa: E402
+
+import fuzzing  # noqa: E402
+
+
+def digits_recipe(folder) -> str:
+    path = folder / "tiny_digits.toml"
+    path.write_text('[model]\narch = "encoder"\nlayers = 1\nd_model = 16\nheads = 2\nmask = "full"\ncontext = 16\n'
+                    '[train]\nsteps = 2\nbatch_size = 8\neval_every = 2\neval_batches = 1\nthreads = 1\n'
+                    '[data]\nsource = "digits"\n[tokenizer]\nkind = "patches"\nfield = "image"\nmodality = "image"\n'
+                    '[task]\nkind = "classify"\n')
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    recipe = tiny_char_recipe(tmp, corpus, steps=4, checkpoint_every=2, eval_every=2)
+    seqmodel("run", recipe, "--out", tmp / "run", "--no-progress")
+    return recipe, tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz_digits")
+    seqmodel("run", digits_recipe(tmp), "--out", tmp / "run", "--no-progress")
+    return tmp / "run"
+
+
+def assert_clean(results) -> None:
+    print("\n" + fuzzing.table(results))
+    bad = [r for r in results if r.outcome not in fuzzing.GOOD]
+    assert not bad, "\n\n".join(f"{r.case.name}: {r.outcome}\n{r.detail}" for r in bad[:5])
+
+
+def base_tables(recipe) -> dict:
+    import tomllib
+
+    return tomllib.loads(recipe.read_text())
+
+
+@pytest.mark.parametrize("n, runs", [pytest.param(40, 12, id="fast"), pytest.param(400, 100, id="more", marks=pytest.mark.slow)])
+def test_mutated_recipes(tmp_path, trained, monkeypatch, n, runs):
+    monkeypatch.chdir(tmp_path)  # a run without --out writes runs/ here
+    cases = fuzzing.recipe_cases(random.Random(0), base_tables(trained[0]), tmp_path, n, runs)
+    results = [fuzzing.run_case(c) for c in cases]
+    assert_clean(results)
+    assert fuzzing.check_passes_run_fails(results) == []
+
+
+@pytest.mark.parametrize("n", [pytest.param(40, id="fast"), pytest.param(500, id="more", marks=pytest.mark.slow)])
+def test_damaged_run_directories(tmp_path, trained, monkeypatch, n):
+    monkeypatch.chdir(tmp_path)
+    recipe, run = trained
+    keep = lambda rel, command: not fuzzing.known_gap(rel, command)  # noqa: E731
+    assert_clean([fuzzing.run_case(c) for c in fuzzing.rundir_cases(random.Random(1), run, recipe, tmp_path, n, keep)])
+
+
+@pytest.mark.xfail(strict=True, reason="Pipeline.from_run reads recipe.json before seqmodel.rundir.saved_recipe checks it, "
+                                       "and tokenizer plugins' load() lets a damaged state file raise (not this branch)")
+def test_damaged_run_directories_known_gaps(tmp_path, trained, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe, run = trained
+    cases = fuzzing.rundir_cases(random.Random(4), run, recipe, tmp_path, 40, fuzzing.known_gap)
+    assert_clean([fuzzing.run_case(c) for c in cases])
+
+
+@pytest.mark.parametrize("n", [pytest.param(15, id="fast"), pytest.param(150, id="more", marks=pytest.mark.slow)])
+def test_files_for_predict(tmp_path, classifier, n):
+    assert_clean([fuzzing.run_case(c) for c in fuzzing.predict_cases(random.Random(2), classifier, tmp_path / "in", n)])
+
+
+@pytest.mark.parametrize("n", [pytest.param(60, id="fast"), pytest.param(800, id="more", marks=pytest.mark.slow)])
+def test_command_line_flags(tmp_path, trained, monkeypatch, n):
+    monkeypatch.chdir(tmp_path)
+    recipe, run = trained
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nstepz = 1\n")
+    cases = [c for c in fuzzing.flag_cases(random.Random(3), run, recipe, bad, tmp_path, n) if not c.gap]
+    assert_clean([fuzzing.run_case(c) for c in cases])
+
+
+@pytest.mark.parametrize("flag", ["--top-k=-5", "--top-p=-1", "--temperature=nan", "--seed=18446744073709551616"])
+@pytest.mark.xfail(strict=True, reason="sampling values are validated by the [sample] work of issue 19 item 17 (not this branch)")
+def test_sampling_flags_known_gaps(trained, flag):
+    assert_clean([fuzzing.run_case(fuzzing.Case("command-line flags", flag, ["sample", str(trained[1]), flag,
+                                                                            "--max-new-tokens", "3"]))])

@@ -1,0 +1,87 @@
+"""Fuzz the whole command line and print how each case ended (tests/fuzzing.py).
+
+    python benchmarks/fuzz_report.py [--recipes N] [--run-dirs N] [--predict N] [--flags N] [--seed S] [--json OUT]
+
+Trains a tiny character LM and a tiny digit classifier in a temporary folder, then runs the cases
+in this process, each with a time limit: mutated recipes (`check`, and `run` for the first ones),
+copies of the trained run with one file damaged (`run --resume`, `eval`, `sample`, `score`,
+`tokenize`), files handed to `predict`, and random command lines. Prints a table of outcomes per
+family (exit 0 / exit 2 with one line / other exit / traceback / hang) and every case that ended
+otherwise than the first two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+import fuzzing  # noqa: E402
+from conftest import make_text, tiny_char_recipe  # noqa: E402
+from inprocess import seqmodel  # noqa: E402
+
+DIGITS = ('[model]\narch = "encoder"\nlayers = 1\nd_model = 16\nheads = 2\nmask = "full"\ncontext = 16\n'
+          '[train]\nsteps = 2\nbatch_size = 8\neval_every = 2\neval_batches = 1\nthreads = 1\n'
+          '[data]\nsource = "digits"\n[tokenizer]\nkind = "patches"\nfield = "image"\nmodality = "image"\n'
+          '[task]\nkind = "classify"\n')
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipes", type=int, default=300)
+    ap.add_argument("--recipe-runs", type=int, default=40, help="of the recipes, how many also `run`")
+    ap.add_argument("--run-dirs", type=int, default=400)
+    ap.add_argument("--predict", type=int, default=100)
+    ap.add_argument("--flags", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=60, help="seconds before a case counts as a hang")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="seqmodel-fuzz-") as tmp:
+        tmp = Path(tmp)
+        os.chdir(tmp)  # runs without --out land in tmp/runs
+        corpus = tmp / "corpus.txt"
+        corpus.write_text(make_text(1500))
+        recipe = tiny_char_recipe(tmp, corpus, steps=4, checkpoint_every=2, eval_every=2)
+        seqmodel("run", recipe, "--out", tmp / "run", "--no-progress")
+        (tmp / "digits.toml").write_text(DIGITS)
+        seqmodel("run", tmp / "digits.toml", "--out", tmp / "digits_run", "--no-progress")
+        bad = tmp / "bad.toml"
+        bad.write_text("[train]\nstepz = 1\n")
+        rng = random.Random(args.seed)
+        families = [
+            fuzzing.recipe_cases(rng, tomllib.loads(recipe.read_text()), tmp, args.recipes, args.recipe_runs),
+            fuzzing.rundir_cases(rng, tmp / "run", recipe, tmp, args.run_dirs),
+            fuzzing.predict_cases(rng, tmp / "digits_run", tmp / "inputs", args.predict),
+            fuzzing.flag_cases(rng, tmp / "run", recipe, bad, tmp, args.flags),
+        ]
+        t0 = time.perf_counter()
+        results = [fuzzing.run_case(case, args.timeout) for cases in families for case in cases]
+        seconds = time.perf_counter() - t0
+    print(fuzzing.table(results))
+    print(f"\n{len(results)} cases in {seconds:.0f} s (seed {args.seed}; one process, machine shared with other work)")
+    ran = sum(r.case.name.startswith("run ") for r in results if r.case.family == "recipes")
+    print(f"recipes `check` accepted and `run` refused: {len(fuzzing.check_passes_run_fails(results))} (of {ran} runs)")
+    gaps = [r for r in results if r.case.gap]
+    print(f"of which {len(gaps)} in known gaps (fuzzing.known_gap): " + ", ".join(
+        f"{n} {o}" for o in fuzzing.OUTCOMES if (n := sum(r.outcome == o for r in gaps))))
+    for r in results:
+        if r.outcome not in fuzzing.GOOD:
+            print(f"\n[{r.case.family}]{' (known gap)' * r.case.gap} {r.case.name}: {r.outcome}\n{r.detail}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([{"family": r.case.family, "case": r.case.name, "outcome": r.outcome,
+                                                "detail": r.detail} for r in results], indent=1))
+
+
+if __name__ == "__main__":
+    main()
