@@ -176,17 +176,26 @@ class Trainer:
     fingerprints: object = None  # open batches.log when [train] fingerprint_batches
     pending: dict | None = None  # a log record whose evaluation a signal cut short (done on resume)
     done: int | None = None  # the last step completed in this process
+    logged: bool = False  # whether this process has written metrics.jsonl yet
 
     def log(self, record: dict) -> None:
+        """Append a record to metrics.jsonl; the first one of a process first rewrites the file with
+        the history it started from (so a run that fails before logging leaves the file alone)."""
         self.history.append(record)
         if self.acc.trackers:
             self.acc.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
-        if self.acc.is_main_process:
-            try:
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
+        if not self.acc.is_main_process:
+            return
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            if not self.logged:
+                checkpoint.write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.history))
+                self.logged = True
+            else:
+                with open(path, "a") as f:
                     f.write(json.dumps(record) + "\n")
-            except OSError as err:
-                raise UserError(f"{self.run_dir / 'metrics.jsonl'}: cannot write: {err.strerror or err}") from None
+        except OSError as err:
+            raise UserError(f"{path}: cannot write: {err.strerror or err}") from None
 
     @torch.no_grad()
     def val_loss(self, model, stream, interrupt: Interrupt) -> float | None:
@@ -208,7 +217,7 @@ class Trainer:
 
     def setup(self) -> int:
         """Accelerator, model, optimizer, and the newest checkpoint when resuming: the step to start at.
-        Nothing in the run directory changes before the checkpoint has loaded."""
+        Nothing in the run directory changes here."""
         cfg = self.cfg = self.pipeline.recipe.train
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -237,11 +246,6 @@ class Trainer:
             self.history = [r for r in state.get("history", []) if r["step"] <= start]
             self.window = list(state.get("window", []))
             self.pending = state.get("pending")
-        if self.acc.is_main_process:
-            try:
-                checkpoint.write_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-            except OSError as err:
-                raise UserError(f"{self.run_dir}: cannot write metrics.jsonl: {err.strerror or err}") from None
         if cfg.fingerprint_batches:
             self.fingerprints = open(self.run_dir / f"batches.rank{self.acc.process_index}.log", "a", buffering=1)
         if cfg.compile:

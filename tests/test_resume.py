@@ -4,6 +4,7 @@ over, and crash-safe checkpoint files."""
 
 import json
 import math
+import shutil
 import signal
 from pathlib import Path
 
@@ -288,3 +289,16 @@ def test_full_tmpfs_while_checkpointing(tmp_path, corpus, tiny_tmpfs):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "cannot write the checkpoint of step 2" in done.stderr and "MiB free on its disk" in done.stderr
     assert leftovers(tiny_tmpfs / "run") == []
+
+
+def test_a_resume_that_fails_after_loading_leaves_metrics_alone(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=10, checkpoint_every=4, log_every=1)
+    run = tmp_path / "run"
+    seqmodel("run", recipe, "--out", run, "--no-progress")
+    shutil.rmtree(run / "checkpoints" / "step_0000010")  # the newest left is step 8; metrics run to step 10
+    before = (run / "metrics.jsonl").read_text()
+    short = tmp_path / "short.txt"
+    short.write_text(corpus.read_text()[:20])
+    done = seqmodel("run", recipe, "--out", run, "--resume", "--force", "--set", f'data.paths=["{short}"]', check=False)
+    assert done.returncode == 2 and "tokens" in done.stderr, done.stderr  # the split is shorter than one window
+    assert (run / "metrics.jsonl").read_text() == before
