@@ -30,8 +30,10 @@ def _add_run(sub):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe value (repeatable), e.g. --set train.steps=100")
     p.add_argument("--out", help="run directory (default: runs/<recipe name>, numbered if taken)")
-    p.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
-    p.add_argument("--force", action="store_true", help="resume even if the recipe, a plugin version or the data changed")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run from its newest checkpoint (schedule, logging and [sample] keys may change)")
+    p.add_argument("--force", action="store_true",
+                   help="resume even if other recipe keys, a plugin version or the data changed, with every new value")
     p.add_argument("--num-processes", type=int, default=1, metavar="N",
                    help="train on N processes (torch.distributed; gloo on CPU, NCCL on GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
