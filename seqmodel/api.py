@@ -16,8 +16,8 @@ import torch
 
 from . import __version__, budget, checkpoint, registry, rundir
 from .errors import UserError
-from .lock import run_lock
 from .generate import SampleConfig
+from .lock import HELD_BY, run_lock
 from .pipeline import Pipeline
 from .recipe import Recipe, load_recipe
 
@@ -136,16 +136,17 @@ def _differences(old, new, path=""):
         yield path, old, new
 
 
-def _environment_changes(run_dir: Path, pipe: Pipeline) -> tuple[list[str], dict | None]:
+def _environment_changes(run_dir: Path, pipe: Pipeline) -> list[str]:
+    """What changed since run.json was written: plugin versions, the data fingerprint."""
     before = rundir.saved_environment(run_dir)
     if before is None:
-        return [], None
+        return []
     after = environment(pipe)
     problems = [f"{p.get('kind')} plugin {p.get('name')!r} version changed: {p.get('version')} -> {q['version']}"
                 for p, q in zip(before.get("plugins", []), after["plugins"]) if p != q]
     if before.get("data_fingerprint") not in (None, after["data_fingerprint"]):
         problems.append("data fingerprint changed (the source's data or the tokenizer state differ)")
-    return problems, after
+    return problems
 
 
 def _with_saved_state(recipe: Recipe, run_dir: Path) -> Pipeline:
@@ -170,7 +171,7 @@ def check_resumable(run_dir: Path, recipe: Recipe | None, force: bool = False) -
     pipe = Pipeline.from_run(run_dir)
     changed = list(_differences(pipe.recipe.resolved(), recipe.resolved())) if recipe is not None else []
     problems = [f"recipe changed: {k} {old!r} -> {new!r}" for k, old, new in changed if not resumable(k)]
-    problems += _environment_changes(run_dir, pipe)[0]
+    problems += _environment_changes(run_dir, pipe)
     if problems and not force:
         raise UserError(f"{run_dir}: refusing to resume: {problems[0]}"
                         + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
@@ -261,7 +262,8 @@ def run(recipe: str | Path | Recipe, overrides: list[str] = (), out: str | Path 
     else:
         path = str(recipe)
         rec = load_recipe(recipe, overrides)
-    budget.preflight(rec, int(os.environ.get("WORLD_SIZE", "1")), warn=is_main_process())
+    launched = HELD_BY in os.environ  # by `--num-processes`, which has checked and warned already
+    budget.preflight(rec, int(os.environ.get("WORLD_SIZE", "1")), warn=is_main_process() and not launched)
     run_dir = Path(out) if out else default_run_dir(path, resume)
     if resume:
         check_resume_target(run_dir)

@@ -72,9 +72,8 @@ def memory_limit(train) -> tuple[int, str]:
     """(bytes, what) a training process may use: the GPU's memory or the machine's RAM."""
     import torch
 
-    if train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available()):
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_properties(0).total_memory, f"the GPU ({torch.cuda.get_device_name(0)})"
+    if train.device in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory, f"the GPU ({torch.cuda.get_device_name(0)})"
     import psutil
 
     return psutil.virtual_memory().total, "this machine's RAM"

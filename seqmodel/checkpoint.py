@@ -95,7 +95,7 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer_state: dict, stat
         write_atomic(root / "latest", final.name)
     except (OSError, RuntimeError, SafetensorError) as err:  # torch.save and safetensors report I/O as these
         shutil.rmtree(tmp, ignore_errors=True)
-        why = err.strerror if isinstance(err, OSError) and err.strerror else cut(str(err).splitlines()[0] if str(err) else err, 160)
+        why = err.strerror if isinstance(err, OSError) and err.strerror else cut((str(err) or repr(err)).splitlines()[0], 160)
         raise UserError(f"{root}: cannot write the checkpoint of step {step}: {why} ({_free(root)}; "
                         "the partial checkpoint was removed)") from None
     except BaseException:  # a second Ctrl-C
@@ -116,7 +116,7 @@ def _free(path: Path) -> str:
 def collect_temporary(run_dir: Path) -> None:
     """Remove what killed runs left half-written (call it holding the run's lock)."""
     root = run_dir / "checkpoints"
-    for leftover in (*root.glob(".step_*.tmp*"), *root.glob(".latest.tmp*")):
+    for leftover in (*root.glob(".step_*.tmp*"), *root.glob(".latest.tmp*"), *run_dir.glob(".*.tmp[0-9]*")):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
@@ -220,12 +220,15 @@ def load_weights(model: nn.Module, ckpt: Path) -> None:
         raise UserError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     for k, t in saved.items():
         if t.dtype != own[k].dtype or t.shape != own[k].shape:
-            raise UserError(f"{path}: {k} is {str(t.dtype).removeprefix('torch.')} {list(t.shape)}, the model's is "
-                            f"{str(own[k].dtype).removeprefix('torch.')} {list(own[k].shape)}")
+            raise UserError(f"{path}: {k} is {_described(t)}, the model's is {_described(own[k])}")
     bad = first_nonfinite(saved)
     if bad is not None:
         raise UserError(f"{path}: weight {bad} is not finite (the run diverged before this checkpoint)")
     model.load_state_dict(saved, strict=False)
+
+
+def _described(t: torch.Tensor) -> str:
+    return f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}"
 
 
 def _check_optimizer(sd, params: dict[str, torch.Tensor], groups: int, path: Path) -> None:
@@ -249,14 +252,15 @@ def _check_optimizer(sd, params: dict[str, torch.Tensor], groups: int, path: Pat
             fail(f"state for unknown parameter {cut(repr(name))}")
         p = params[name]
         for key, value in entry.items():
+            tensor = isinstance(value, torch.Tensor)
             if key == "step":
-                ok = isinstance(value, (int, float)) or isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
-                if not ok or not float(value) >= 0:
+                number = isinstance(value, (int, float)) or tensor and value.numel() == 1 and value.is_floating_point()
+                if not number or not float(value) >= 0:
                     fail(f"{name}: 'step' must be a non-negative number")
             elif key in MOMENTS:
-                if not isinstance(value, torch.Tensor) or value.shape != p.shape or value.dtype != p.dtype:
-                    got = f"{str(value.dtype).removeprefix('torch.')} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-                    fail(f"{name}: {key} is {got}, the parameter is {str(p.dtype).removeprefix('torch.')} {list(p.shape)}")
+                if not tensor or value.shape != p.shape or value.dtype != p.dtype:
+                    got = _described(value) if tensor else type(value).__name__
+                    fail(f"{name}: {key} is {got}, the parameter is {_described(p)}")
             else:
                 fail(f"{name}: unexpected entry {cut(repr(key))}")
 

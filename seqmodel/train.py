@@ -253,7 +253,7 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(module, optimizer)
         return start
 
-    def diverged(self, step: int) -> str | None:
+    def diverged(self) -> str | None:
         """The first non-finite weight's name on any process (agreed: one collective), or None."""
         module = self.acc.unwrap_model(self.model)
         bad = checkpoint.first_nonfinite(dict(module.named_parameters()))
@@ -264,7 +264,7 @@ class Trainer:
 
     def save(self, step: int, window: list[float], pending: dict | None = None) -> Path:
         """Checkpoint `step` on every process; refuse (and stop) when the weights are not finite."""
-        bad = self.diverged(step)
+        bad = self.diverged()
         if bad is not None:
             raise UserError(f"step {step}: weight {bad} is not finite (training diverged); stopped, "
                             f"{last_good(self.run_dir)}; try a lower [train] lr, or grad_clip")

@@ -87,20 +87,19 @@ def run_case(case: Case, timeout: float = 60) -> Result:
 
 
 def table(results: list[Result]) -> str:
-    """Counts of outcomes per family, as a text table."""
+    """Counts of outcomes per family, as a Markdown table."""
     families = sorted({r.case.family for r in results})
-    counts = {f: Counter(r.outcome for r in results if r.case.family == f) for f in families}
-    width = max(len(f) for f in families + ["family"])
-    lines = [f"{'family':<{width}}  {'cases':>5}  " + "  ".join(f"{o:>16}" for o in OUTCOMES)]
+    lines = ["| family | cases | " + " | ".join(OUTCOMES) + " |", "| --- | ---: |" + " ---: |" * len(OUTCOMES)]
     for f in families + ["all"]:
-        c = Counter(r.outcome for r in results) if f == "all" else counts[f]
-        lines.append(f"{f:<{width}}  {sum(c.values()):>5}  " + "  ".join(f"{c[o]:>16}" for o in OUTCOMES))
+        c = Counter(r.outcome for r in results if f in ("all", r.case.family))
+        lines.append(f"| {f} | {sum(c.values())} | " + " | ".join(str(c[o]) for o in OUTCOMES) + " |")
     return "\n".join(lines)
 
 
 # -- recipes -----------------------------------------------------------------------------------
 
-NASTY = [-1, 0, 1, 2, 3, 4, 7, 16, 10**9, 0.1, 1e-3, "decoder", "encoder", "encoder_decoder", "sdpa", "bf16", 2**63, 2**64, -(2**63) - 1, 0.5, -0.5, 1e308, math.nan, math.inf, -math.inf,
+NASTY = [-1, 0, 1, 2, 3, 4, 7, 16, 10**9, 0.1, 1e-3, "decoder", "encoder", "encoder_decoder", "sdpa", "bf16",
+         2**63, 2**64, -(2**63) - 1, 0.5, -0.5, 1e308, math.nan, math.inf, -math.inf,
          True, "", "x" * 5000, "ü\u202e", "causal", "full", "(((", "local:-3", "modality:text>nope", "none",
          [], [1, "a"], {}, {"a": {"b": 1}}, "DATE", "DEEP"]
 KEYS = {

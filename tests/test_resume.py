@@ -207,8 +207,8 @@ def test_divergence_keeps_no_nonfinite_checkpoint_and_names_the_last_good_one(tm
     recipe = tiny_char_recipe(tmp_path, corpus, steps=4, checkpoint_every=2, warmup=0, grad_clip=0.0)
     run = tmp_path / "run"
     seqmodel("run", recipe, "--out", run, "--no-progress")
-    done = seqmodel("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.steps=12", "--set", "train.checkpoint_every=1",
-               "--set", "train.lr=1e38", "--set", "train.min_lr=1e38", check=False)
+    done = seqmodel("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.steps=12",
+                    "--set", "train.checkpoint_every=1", "--set", "train.lr=1e38", "--set", "train.min_lr=1e38", check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "the last good checkpoint is step 4" in done.stderr  # step 5's weights gave the first non-finite loss
     assert checkpoint.step_of(checkpoint.latest(run)) == 4
@@ -277,7 +277,8 @@ def tiny_tmpfs(tmp_path):
 
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True).returncode:
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True, check=False)
+    if mounted.returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=True)  # lazily: a file left open must not keep it
