@@ -8,16 +8,19 @@ import json
 import os
 import platform
 import tempfile
-from dataclasses import fields, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from . import __version__, checkpoint, registry
+from .config import build
 from .errors import UserError
 from .generate import SampleConfig
 from .pipeline import Pipeline
+from .plugin import declared
 from .recipe import Recipe, load_recipe
+from .task import can
 
 
 class Run:
@@ -30,29 +33,38 @@ class Run:
     def task(self):
         return self.pipeline.task
 
-    def _need(self, method: str):
-        fn = getattr(self.task, method, None)
-        if fn is None:
-            raise UserError(f"task {self.pipeline.recipe.task.name!r} does not support {method}")
-        return fn
+    @property
+    def model(self):
+        """The core model and the task's head, in eval mode."""
+        return self.pipeline.module.eval()
+
+    def _need(self, capability: str, what: str) -> None:
+        if not can(self.task, capability):
+            raise UserError(f"{self.dir}: the {self.pipeline.recipe.task.name!r} task cannot {what} "
+                            f"(it declares: {', '.join(sorted(declared(self.task))) or 'nothing optional'})")
 
     def sample_config(self, **overrides) -> SampleConfig:
-        known = {f.name for f in fields(SampleConfig)}
-        return replace(self.pipeline.recipe.sample, **{k: v for k, v in overrides.items() if k in known and v is not None})
+        """The run's `[sample]` settings with `overrides` (None leaves a value), validated like a recipe."""
+        values = asdict(self.pipeline.recipe.sample) | {k: v for k, v in overrides.items() if v is not None}
+        return build(SampleConfig, values, "[sample]")
 
     def generate(self, prompt: str | None = None, use_cache: bool = True, **overrides) -> str:
+        """One output for `prompt` (default: the run's `[sample] prompt`); `overrides` are `[sample]` keys."""
+        self._need("generate", "generate")
         cfg = self.sample_config(prompt=prompt, **overrides)
-        return self._need("generate")(self.pipeline, cfg.prompt, cfg, use_cache)
+        return self.task.generate(self.model, cfg.prompt, cfg, use_cache)
 
     def score(self, text: str) -> dict:
-        return self._need("score")(self.pipeline, text)
+        self._need("score", "score a text")
+        return self.task.score(self.model, text)
 
     def evaluate(self, split: str = "val", limit: int | None = None, **options) -> dict:
-        """Task metrics on a split; `options` are task-specific (episodes, target_return ...)."""
-        return self.task.evaluate(self.pipeline, split, limit, **options)
+        """Task metrics on a split; `options` are the task's evaluation options (`EvalOptions`)."""
+        return self.pipeline.evaluate(split, limit, **options)
 
-    def predict(self, inputs: list[str], **kw) -> list[dict]:
-        return self._need("predict")(self.pipeline, inputs, **kw)
+    def predict(self, inputs: list[str]) -> list[dict]:
+        self._need("predict", "predict on files")
+        return self.task.predict(self.model, [str(p) for p in inputs])
 
 
 def load(run_dir: str | Path, device: str | None = None) -> Run:

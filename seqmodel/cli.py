@@ -23,23 +23,58 @@ def _add_run(sub):
 
 
 def _add_sample(sub):
-    p = sub.add_parser("sample", help="generate from a trained run")
+    p = sub.add_parser("sample", help="generate from a trained run",
+                       description="Generate from a trained run. Unset flags take the run's [sample] values.")
     p.add_argument("run", help="run directory")
-    p.add_argument("--prompt")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--prompt", help="text to continue (a file path for tasks that read files)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="tokens to generate")
+    p.add_argument("--temperature", type=float, metavar="T", help="softmax temperature (lower: more conservative)")
+    p.add_argument("--top-k", type=int, metavar="K", help="keep the K most likely tokens (0 keeps all)")
+    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: keep this much probability (1 keeps all)")
+    p.add_argument("--seed", type=int, help="seed of the sampler")
     p.add_argument("--greedy", action="store_true", default=None, help="take the most likely token each step")
     p.add_argument("--no-cache", action="store_true", help="recompute the context each step (no KV cache)")
 
 
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="evaluate a run on a split", epilog=_eval_options_help,
+                       description="Task metrics of a trained run on a split.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate on at most N batches")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a task evaluation option (repeatable), e.g. --set episodes=20; listed below")
+    p.add_argument("--json", action="store_true")
+
+
+def _eval_options_help() -> str:
+    """The evaluation options of every installed task (computed only when --help asks)."""
+    from .docs import describe_fields
+    from .registry import available, load
+    from .task import can
+
+    lines = ["task evaluation options (--set KEY=VALUE):"]
+    for info in available("task"):
+        cls = None if info.error else load("task", info.name)
+        if cls is None or not can(cls, "eval_options"):
+            lines.append(f"  {info.name}: none")
+            continue
+        for row in describe_fields(cls.EvalOptions):
+            lines.append(f"  {info.name}: {row['name']} ({row['type']}) {row['doc']}")
+    return "\n".join(lines)
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """Argument mistakes are one line (no usage dump), exit code 2."""
+    """Argument mistakes are one line (no usage dump), exit code 2. An `epilog` may be a function,
+    called only when the help is shown (it may need to load plugins)."""
 
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,18 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     _add_run(sub)
     _add_sample(sub)
-    p = sub.add_parser("score", help="per-token log-probabilities and bits per character of a text")
+    p = sub.add_parser("score", help="per-token log-probabilities of a text, and the task's summary")
     p.add_argument("run")
     p.add_argument("--text", required=True)
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("eval", help="evaluate a run on a split")
-    p.add_argument("run")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--limit", type=int, help="evaluate on at most this many batches/windows")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--episodes", type=int, help="(decision tasks) episodes to run in the environment")
-    p.add_argument("--target-return", type=float, help="(decision tasks) return to condition on")
-    p.add_argument("--greedy", action="store_true", default=None, help="most likely action/token instead of sampling")
+    _add_eval(sub)
     p = sub.add_parser("predict", help="run a trained model on input files (images, audio ...)")
     p.add_argument("run")
     p.add_argument("inputs", nargs="+", help="input files")
@@ -146,24 +174,34 @@ def cmd_score(args) -> int:
     out = load(args.run).score(args.text)
     if args.json:
         print(json.dumps(out))
-    else:
-        for t in out["tokens"]:
-            lp = "     -" if t["logprob"] is None else f"{t['logprob']:8.4f}"
-            print(f"{lp}  {t['token']!r}")
-        print(f"bits per character: {out['bits_per_char']}")
+        return 0
+    for t in out.get("tokens", []):
+        lp = "     -" if t["logprob"] is None else f"{t['logprob']:8.4f}"
+        print(f"{lp}  {t['token']!r}")
+    _print_metrics({k: v for k, v in out.items() if k != "tokens"})
     return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    for k, v in metrics.items():
+        print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
 
 
 def cmd_eval(args) -> int:
     from .api import load
+    from .config import parse_value
 
-    options = {k: v for k in ("episodes", "target_return", "greedy") if (v := getattr(args, k)) is not None}
+    options = {}
+    for text in args.options:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set episodes=20")
+        options[key.strip()] = parse_value(value)
     metrics = load(args.run).evaluate(args.split, args.limit, **options)
     if args.json:
         print(json.dumps(metrics))
     else:
-        for k, v in metrics.items():
-            print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+        _print_metrics(metrics)
     return 0
 
 
@@ -209,6 +247,7 @@ def cmd_tokenize(args) -> int:
     import torch
 
     from .api import load
+    from .plugin import declared
     from .segments import Segment
 
     pipe = load(args.run).pipeline
@@ -233,7 +272,7 @@ def cmd_tokenize(args) -> int:
         print(json.dumps({"text": text}) if args.json else text)
         return 0
     ids = tok.encode(args.text).ids.tolist()
-    piece = getattr(tok, "piece", None) or (lambda i: tok.decode(Segment(mod, ids=torch.tensor([i]))))
+    piece = tok.piece if "pieces" in declared(tok) else (lambda i: tok.decode(Segment(mod, ids=torch.tensor([i]))))
     pieces = [piece(i) for i in ids]
     if args.json:
         print(json.dumps({"ids": ids, "pieces": pieces}))

@@ -100,14 +100,18 @@ def to_dict(obj) -> dict:
 
 def parse_override(text: str) -> tuple[str, str, Any]:
     """``section.key=value`` -> (section, key, value); the value is read as TOML, else a string."""
-    import tomllib
-
     path, sep, raw = text.partition("=")
     parts = path.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
         raise UserError(f"--set {text!r}: expected section.key=value, e.g. train.steps=100")
+    return ".".join(parts[:-1]), parts[-1], parse_value(raw)
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value read as TOML (``3``, ``true``, ``[1, 2]``, ``"x"``), else the string itself."""
+    import tomllib
+
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        return tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return ".".join(parts[:-1]), parts[-1], value
+        return raw.strip()

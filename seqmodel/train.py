@@ -17,7 +17,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
+from accelerate.state import AcceleratorState
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from tqdm.auto import tqdm
 
 from . import checkpoint
@@ -26,7 +31,6 @@ from .errors import UserError
 from .pipeline import Pipeline
 from .recipe import TrainConfig
 from .task import Slice, random_generator
-
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FQN-keyed, gathered (FSDP) or plain
 
@@ -116,6 +120,7 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     trackers = [cfg.log_with] if isinstance(cfg.log_with, str) else list(cfg.log_with)
     trackers = [t for t in trackers if t]
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
+    AcceleratorState._reset_state()  # another run earlier in this process (Python API, tests) may differ in precision
     try:
         acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum,
                           log_with=trackers or None, project_dir=str(run_dir), **kwargs)

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from seqmodel.errors import UserError
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 FILE = "tokenizer.json"
 BYTES = 256
@@ -126,6 +126,9 @@ class BPETokenizer:
 
     Config = BPEConfig
     FILE = FILE
+    capabilities = ("pieces", "separator", "examples")
+    eot_id: int | None = None
+    """The end-of-text id (None without one), set by `fit`/`load`."""
 
     def __init__(self, config: BPEConfig, modality: str = "text") -> None:
         self.config, self.modality = config, modality

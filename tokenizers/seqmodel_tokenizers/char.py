@@ -37,8 +37,8 @@ class CharTokenizer:
     """Maps each character to an id; the vocabulary is the sorted set of training characters."""
 
     Config = CharConfig
-    eot_id = None
     FILE = "chars.json"
+    capabilities = ("pieces", "examples")
 
     def __init__(self, config: CharConfig, modality: str = "text") -> None:
         self.config, self.modality = config, modality

@@ -84,6 +84,7 @@ class MelTokenizer:
 
     Config = MelTokenizerConfig
     FILE = "mel.json"
+    capabilities = ("augment", "read_file", "examples", "compare")
     STATE_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames")
 
     def __init__(self, config: MelTokenizerConfig, modality: str = "audio") -> None:
