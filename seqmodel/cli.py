@@ -38,12 +38,13 @@ def _add_sample(sub):
 
 def _add_eval(sub):
     p = sub.add_parser("eval", help="evaluate a run on a split", epilog=_eval_options_help,
-                       description="Task metrics of a trained run on a split.")
+                       description="Task metrics of a trained run on a split.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--limit", type=int, metavar="N", help="evaluate on at most N batches")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                   help="a task evaluation option (repeatable), e.g. --set episodes=20; listed below")
+                   help="an evaluation option the run's task declares (repeatable); listed below")
     p.add_argument("--json", action="store_true")
 
 
@@ -90,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True)
     p.add_argument("--json", action="store_true")
     _add_eval(sub)
-    p = sub.add_parser("predict", help="run a trained model on input files (images, audio ...)")
+    p = sub.add_parser("predict", help="run a trained model on input files")
     p.add_argument("run")
     p.add_argument("inputs", nargs="+", help="input files")
     p.add_argument("--json", action="store_true")
@@ -195,7 +196,7 @@ def cmd_eval(args) -> int:
     for text in args.options:
         key, sep, value = text.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set episodes=20")
+            raise UserError(f"--set {text!r}: expected KEY=VALUE (the options of each task are listed by seqmodel eval --help)")
         options[key.strip()] = parse_value(value)
     metrics = load(args.run).evaluate(args.split, args.limit, **options)
     if args.json:
@@ -255,7 +256,7 @@ def cmd_tokenize(args) -> int:
     if not discrete:
         kinds = ", ".join(f"{m}={type(t).__name__}" for m, t in pipe.tokenizers.items())
         raise UserError(f"{args.run}: no tokenizer of this run turns text into ids ({kinds}); "
-                        "`seqmodel tokenize` shows char and BPE tokenizers")
+                        "`seqmodel tokenize` shows tokenizers of discrete ids")
     mod = args.modality or discrete[0]
     if mod not in discrete:
         raise UserError(f"--modality: expected one of the run's discrete tokenizers ({', '.join(discrete)}), got {mod!r}")
@@ -282,8 +283,12 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+PLUGIN_IMPORT_SECONDS = 60.0
+"""A plugin whose import takes longer is listed as broken (its import hangs) instead of hanging the listing."""
+
+
 def cmd_plugins(args) -> int:
-    from .registry import available
+    from .registry import iter_available
 
     if args.action == "check":
         from .conformance import check_tokenizer
@@ -292,13 +297,13 @@ def cmd_plugins(args) -> int:
             raise UserError("plugins check: name the tokenizer plugin to check, e.g. seqmodel plugins check char")
         return 0 if check_tokenizer(args.name) else 1
 
-    rows = available()
+    rows = iter_available(time_limit=PLUGIN_IMPORT_SECONDS)
     if args.json:
         print(json.dumps([r.__dict__ | {"group": r.group} for r in rows], indent=1))
         return 0
-    for r in rows:
+    for r in rows:  # each row as its plugin loads: a slow one is seen by name
         status = "ok" if r.error is None else f"BROKEN: {r.error}"
-        print(f"{r.group:20} {r.name:14} {r.distribution:18} {r.version:8} {status}")
+        print(f"{r.group:20} {r.name:14} {r.distribution:18} {r.version:8} {status}", flush=True)
     return 0
 
 

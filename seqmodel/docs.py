@@ -38,7 +38,7 @@ def type_name(tp) -> str:
     """A short human name of a field's type ("integer", "list of strings" ...)."""
     from .config import _type_name
 
-    return _type_name(tp).removeprefix("an ").removeprefix("a ")
+    return _type_name(tp).replace(" or nothing", "").removeprefix("an ").removeprefix("a ")
 
 
 def describe_fields(cls: type) -> list[dict]:

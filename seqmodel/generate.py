@@ -3,7 +3,8 @@
 Both paths share one windowing rule, so they compute the same thing: when the set would outgrow
 the model's context, the oldest half of the generated segment is dropped and its positions are
 renumbered from 0 (the cached path then re-fills its cache from the cropped window). Greedy
-decoding is therefore token-for-token identical with and without the cache.
+decoding is therefore token-for-token identical with and without the cache. That needs a decoder
+mask under which no generated token sees a later one; `generate` refuses any other (`check_exact`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from .errors import UserError
+from .masks import future_leak, layout_view
 from .model import DecodeCache, Transformer
 from .segments import Segment, TokenSet, collate
 
@@ -86,6 +89,18 @@ def _append(seg: Segment, token: int) -> Segment:
                    targets=None, loss_mask=None, doc=None)
 
 
+def check_exact(model: Transformer, prefix: list[Segment]) -> None:
+    """Refuse a decoder mask under which a generated token would see later ones: next-token
+    sampling never has them, and the KV cache could not reproduce the attention it implies."""
+    layout = [(s.modality, max(len(s), 1)) for s in prefix[:-1]] + [(prefix[-1].modality, model.cfg.context)]
+    view = layout_view(layout)
+    leak = future_leak(model.decoder.schedule, view, view.segment == len(prefix) - 1)
+    if leak is not None:
+        raise UserError(f"generate: the decoder's mask {str(leak)!r} lets a generated token see later ones, which "
+                        "token-by-token generation cannot give it (with or without the KV cache); train with a "
+                        "mask that is causal over the generated segment")
+
+
 @torch.no_grad()
 def generate(
     model: Transformer,
@@ -108,6 +123,7 @@ def generate(
         stop: returns True for an id that ends generation (it is included in the output).
         on_logits: called with each step's logits (tests compare the two paths with it).
     """
+    check_exact(model, prefix)
     device = next(model.parameters()).device
     name = prefix[-1].modality
     memory = model.encode(collate([context]).to(device)) if context else None

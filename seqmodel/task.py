@@ -185,6 +185,18 @@ class TaskContext:
             raise UserError(f"{who}: encode gave a segment that does not fit: {problem}")
         return seg
 
+    def stream(self, modality: str, split: str) -> Tensor:
+        """A split's values of `modality` as one id stream (int64), in document order, with the
+        tokenizer's separator id between documents when it declares "separator"."""
+        tok = self.tokenizers[modality]
+        eot = tok.eot_id if can(tok, "separator") else None
+        parts = []
+        for value in self.values(modality, split):
+            if parts and eot is not None:
+                parts.append(torch.tensor([eot]))
+            parts.append(self.encode(modality, value, stream=True).ids)
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
     def read_input(self, modality: str, path: str) -> Any:
         """An input file as `modality`'s tokenizer reads it (its `read_file`), else as UTF-8 text."""
         tok = self.tokenizers[modality]

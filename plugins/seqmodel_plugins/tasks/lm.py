@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass, replace
 from functools import partial
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -77,12 +76,7 @@ class LMTask:
     @per_split
     def ids(self, split: str) -> torch.Tensor:
         """The split as one id stream, encoded once (end-of-text ids between documents)."""
-        parts = []
-        for value in self.ctx.values(self.modality, split):
-            if parts and self.eot is not None:
-                parts.append(np.array([self.eot], dtype=np.int64))
-            parts.append(np.asarray(self.ctx.encode(self.modality, value, stream=True).ids, dtype=np.int64))
-        return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+        return self.ctx.stream(self.modality, split)
 
     def batches(self, split: str, train: bool) -> RandomBatches:
         ids = self.ids(split)
