@@ -49,8 +49,8 @@ class SampleConfig:
         if self.max_new_tokens < 1:
             bad.append(("max_new_tokens", f"must be at least 1, got {self.max_new_tokens}"))
         if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < math.inf):
-            bad.append(("temperature", f"must be 0 (greedy) or a finite number of at least {MIN_TEMPERATURE:g}, "
-                                       f"got {self.temperature}"))
+            problem = f"must be 0 (greedy) or a finite number of at least {MIN_TEMPERATURE:g}, got {self.temperature}"
+            bad.append(("temperature", problem))
         if self.top_k < 0:
             bad.append(("top_k", f"must be 0 (keep all) or positive, got {self.top_k}"))
         if not 0 <= self.top_p <= 1:
@@ -59,8 +59,9 @@ class SampleConfig:
             bad.append(("num_samples", f"must not be negative, got {self.num_samples}"))
         top = SEED_MAX - max(self.num_samples - 1, 0)
         if not 0 <= self.seed <= top:
-            bad.append(("seed", f"must be between 0 and {top} (torch's generator takes seeds up to 2**64 - 1, "
-                                f"and sample k uses seed + k), got {self.seed}"))
+            problem = (f"must be between 0 and {top} (torch's generator takes seeds up to 2**64 - 1, and sample k "
+                       f"uses seed + k), got {self.seed}")
+            bad.append(("seed", problem))
         return bad
 
 

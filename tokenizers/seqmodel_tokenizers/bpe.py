@@ -10,7 +10,8 @@ brought with ``path = "tokenizer.json"`` (then `fit` does not train).
 A special token's string typed in the text (a document that mentions ``<|endoftext|>``) is by
 default encoded as ordinary text, its bytes, so it never silently cuts a document in two; the
 library's ``Tokenizer.encode_special_tokens`` does this. `specials_in_text` chooses instead to read
-it as the special token, or to refuse the text (as tiktoken's ``disallowed_special``). Training
+it as the special token, or to refuse the text (as tiktoken's ``disallowed_special``); added
+tokens that are not special (a pretrained file's extra vocabulary) still match. Training
 never learns a merge across such a string: the training texts are cut at every one (and, when
 they are special tokens, the string itself is left out). Training streams the split's texts
 (`fit_text.TextStream`), at most `fit_max_chars` characters of them, and reports what it read.
@@ -30,7 +31,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
