@@ -82,7 +82,7 @@ def test_long_text_fast_path_matches_single_encode(varied):
 
 
 def test_vocabulary_size_specials_and_eot():
-    tok = fitted(make_text(500), vocab_size=320, special_tokens=["<|pad|>", "<|sep x|>"])
+    tok = fitted(make_text(500), vocab_size=320, special_tokens=["<|pad|>", "<|sep x|>"], specials_in_text="special")
     assert tok.spec().vocab_size == 320 and tok.spec().discrete
     assert tok.eot_id == tok.tok.token_to_id("<|endoftext|>")
     ids = tok.encode_ids("a<|sep x|>b<|endoftext|>").tolist()
