@@ -213,10 +213,12 @@ def cmd_check(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     pipe = Pipeline(recipe)
     pipe.fit()
+    losses = pipe.dry_run()
     n = pipe.module.core.num_parameters()
     print(f"{args.recipe}: ok ({recipe.model.arch}, {recipe.model.layers} layers, d_model {recipe.model.d_model}, "
           f"{n / 1e6:.2f} M parameters; tokenizers: "
-          + ", ".join(f"{m}={b.name}" for m, b in recipe.tokenizers.items()) + f"; task {recipe.task.name})")
+          + ", ".join(f"{m}={b.name}" for m, b in recipe.tokenizers.items()) + f"; task {recipe.task.name}; "
+          + ", ".join(f"first {split} batch loss {loss:.3f}" for split, loss in losses.items()) + ")")
     return 0
 
 

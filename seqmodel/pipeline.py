@@ -96,6 +96,21 @@ class Pipeline:
     def module(self) -> TrainModule:
         return self.build_model()
 
+    def dry_run(self, examples: int = 2) -> dict[str, float]:
+        """The loss of a first small batch of the train and val splits, without training: what
+        `seqmodel check` runs so that data and tokenizer problems surface before a run."""
+        import torch
+
+        from .task import Slice
+
+        module, losses = self.module.eval(), {}
+        for split, train in (("train", True), ("val", False)):
+            batch = self.task.batches(split, train).batch(Slice(0, 0, 0, examples, examples))
+            with torch.no_grad():
+                loss, _ = module(batch.to(module.device))
+            losses[split] = float(loss)
+        return losses
+
     def eval_options(self, options: dict):
         """The task's `EvalOptions` from ``{key: value}`` (one-line errors naming the key)."""
         if can(self.task, "eval_options"):
