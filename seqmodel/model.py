@@ -6,10 +6,10 @@ and whether blocks cross-attend to an encoder's output. Every token is
 table (discrete modalities) or a linear projection (continuous ones).
 
 References: Vaswani et al. 2017 (Transformer); Radford et al. 2019 and karpathy/nanoGPT (pre-norm
-GPT, init); Dosovitskiy et al. 2020 (ViT patches); Su et al. 2021 (rotary positions); Zhang &
-Sennrich 2019 (RMSNorm); Shazeer 2020 (SwiGLU); So et al. 2021 (squared ReLU, Primer); Ainslie et
+GPT, init); Dosovitskiy et al. 2020 (ViT patches); Su et al. 2021 (rotary positions); Ainslie et
 al. 2023 (grouped-query attention); Dehghani et al. 2023 and OLMo 2 (query-key normalisation);
-Chen et al. 2021 (Decision Transformer's embedding LayerNorm).
+Chen et al. 2021 (Decision Transformer's embedding LayerNorm). The norms and MLPs to choose
+from are in seqmodel.layers, the KV cache in seqmodel.kv_cache.
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ from torch import Tensor, nn
 from .dropout import Dropout, attention_with_dropout
 from .errors import UserError
 from .flex import block_mask, flex_attention, works_on as flex_works_on
+from .kv_cache import DecodeCache
+from .layers import ACTIVATIONS, MLP, NORMS, make_norm
 from .masks import MaskSchedule, TokenView, dense_mask, is_full, is_plain_causal, parse_mask
 from .plugin import ModalitySpec
 from .segments import ModalityInputs, TokenSet
 
 ARCHS = ("decoder", "encoder", "encoder_decoder")
 ATTENTION = ("auto", "sdpa", "flex")
-NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "gelu_tanh", "swiglu", "relu2")
+MLPS = tuple(ACTIVATIONS)
 
 
 @dataclass
@@ -138,54 +139,6 @@ class Plan(NamedTuple):
     block_mask: object = None  # a FlexAttention BlockMask, used instead of `mask`
 
 
-class LayerCache:
-    """Keys and values of one attention layer, preallocated for `capacity` tokens."""
-
-    def __init__(self) -> None:
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-
-    def append(self, k: Tensor, v: Tensor, start: int, capacity: int) -> tuple[Tensor, Tensor]:
-        n = k.shape[2]
-        if self.k is None:
-            self.k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
-            self.v = torch.empty_like(self.k)
-        self.k[:, :, start : start + n] = k
-        self.v[:, :, start : start + n] = v
-        return self.k[:, :, : start + n], self.v[:, :, : start + n]
-
-
-class DecodeCache:
-    """Everything incremental decoding keeps between steps: per-layer K/V, cross K/V (computed
-    once), and the metadata of the tokens seen so far (the masks read it)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.length = 0
-        self.self_kv: dict[int, LayerCache] = {}
-        self.cross_kv: dict[int, tuple[Tensor, Tensor]] = {}
-        self.meta: list[Tensor] | None = None  # index, segment, doc, time, modality, valid (B, length)
-        self.codes: dict | None = None
-        self.memory: tuple[Tensor, Tensor] | None = None  # encoder output and its valid mask
-
-    def layer(self, i: int) -> LayerCache:
-        return self.self_kv.setdefault(i, LayerCache())
-
-    def nbytes(self) -> int:
-        """Bytes of the cached keys and values: self-attention (allocated for `capacity` tokens)
-        and cross-attention (the encoder's length)."""
-        kv = [t for c in self.self_kv.values() for t in (c.k, c.v) if t is not None]
-        kv += [t for pair in self.cross_kv.values() for t in pair]
-        return sum(t.numel() * t.element_size() for t in kv)
-
-
-def make_norm(cfg: ModelConfig, width: int) -> nn.Module:
-    """The configured normalisation layer (`[model] norm`, `norm_eps`) over `width` features."""
-    if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(width, eps=cfg.norm_eps)
-    return nn.LayerNorm(width, eps=cfg.norm_eps, bias=cfg.bias)
-
-
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs (x[..., :d/2], x[..., d/2:]) by the per-token angles; x (B, H, L, Dh)."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -251,42 +204,6 @@ class Attention(nn.Module):
             return attention_with_dropout(q, k, v, plan.mask, plan.is_causal, self.dropout)
         p = self.dropout if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, dropout_p=p, is_causal=plan.is_causal, enable_gqa=gqa)
-
-
-def swiglu(h: Tensor) -> Tensor:
-    """silu(gate) * up, with h = [gate | up] along the last dimension."""
-    gate, up = h.chunk(2, dim=-1)
-    return F.silu(gate) * up
-
-
-ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"),
-    "relu2": lambda h: F.relu(h).square(),
-    "swiglu": swiglu,
-}
-
-
-def mlp_hidden(cfg: ModelConfig) -> int:
-    """The MLP's hidden width: mlp_ratio * d_model, or 2/3 of it to a multiple of 8 for SwiGLU."""
-    hidden = int(cfg.mlp_ratio * cfg.d_model)
-    return max(8, 8 * round(hidden * 2 / 3 / 8)) if cfg.mlp == "swiglu" else hidden
-
-
-class MLP(nn.Module):
-    """x -> proj(activation(fc(x))); for SwiGLU `fc` holds the gate and up matrices stacked."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        hidden = mlp_hidden(cfg)
-        self.activation = ACTIVATIONS[cfg.mlp]
-        self.fc = nn.Linear(cfg.d_model, 2 * hidden if cfg.mlp == "swiglu" else hidden, bias=cfg.bias)
-        self.proj = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
-        self.proj.is_residual = True
-        self.drop = Dropout(cfg.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.proj(self.activation(self.fc(x))))
 
 
 class Block(nn.Module):

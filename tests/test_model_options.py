@@ -10,8 +10,10 @@ import torch
 from seqmodel import cli
 from seqmodel.errors import UserError
 from seqmodel.generate import generate
+from seqmodel.kv_cache import DecodeCache
+from seqmodel.layers import MLP, make_norm
 from seqmodel.masks import dense_mask, parse_mask
-from seqmodel.model import MLP, Attention, DecodeCache, ModelConfig, Plan, Transformer, make_norm, make_plan
+from seqmodel.model import Attention, ModelConfig, Plan, Transformer, make_plan
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment, collate
 
