@@ -5,11 +5,13 @@ with each option alone and then with the best combination, over several seeds, t
 in-process API, and reports per option: validation loss at equal steps (the end of the run) and
 at equal wall time (interpolated in metrics.jsonl's elapsed_s at the end time of the fastest run),
 the difference from the baseline paired by seed, training tokens/s, parameters and the KV cache
-of one sequence at full context (fp32, measured from a `DecodeCache`).
+of one sequence at full context (fp32, measured from a `DecodeCache`). On a shared machine the
+elapsed time of a run mostly measures its neighbours, so equal time is also given from each run's
+median seconds per step (over its 10-step logging windows), which bursts of contention barely move.
 
 The best combination takes, from each group of alternatives (the MLP, the K/V heads), the option
-with the lowest mean loss at equal steps (`--criterion time`: at equal wall time) when it beats
-the baseline's; `--best a,b` names it instead. Seeds are the outer loop, so contention on a
+with the lowest mean loss at equal steps (`--criterion time`: at equal wall time, `steady`: at
+equal time from the median step time) when it beats the baseline's; `--best a,b` names it instead. Seeds are the outer loop, so contention on a
 shared machine spreads over all options alike.
 
     python benchmarks/ablate.py --shape baby --seeds 3 --json benchmarks/results/ablate_baby.json
@@ -68,8 +70,10 @@ def train_one(recipe: Path, overrides: list[str], out: Path) -> dict:
     wall = time.perf_counter() - start
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["elapsed_s"], r["step"], r["val_loss"]) for r in history if "val_loss" in r]
+    windows = [(b["elapsed_s"] - a["elapsed_s"]) / (b["step"] - a["step"]) for a, b in zip(history, history[1:])]
     core = run.pipeline.module.core
     return {"overrides": overrides, "evals": evals, "val_loss": evals[-1][2], "steps": evals[-1][1],
+            "s_per_step": statistics.median(windows) if windows else history[-1]["elapsed_s"] / history[-1]["step"],
             "train_s": history[-1]["elapsed_s"], "wall_s": round(wall, 1),
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in history if "tokens_per_s" in r),
             "params": core.num_parameters(), "kv_cache_bytes": kv_cache_bytes(core)}
@@ -87,29 +91,37 @@ def mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def steady_evals(run: dict) -> list[tuple[float, int, float]]:
+    """The validation curve against step x median seconds per step."""
+    return [(step * run["s_per_step"], step, loss) for _, step, loss in run["evals"]]
+
+
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
     """Per option: means over seeds, and differences from the baseline paired by seed."""
     budget = min(r["train_s"] for rs in runs.values() for r in rs)
-    base = runs.get("baseline")
+    steady = min(r["steps"] * r["s_per_step"] for rs in runs.values() for r in rs)
+    curves = {name: [[r["val_loss"] for r in rs], [loss_at(r["evals"], budget) for r in rs],
+                     [loss_at(steady_evals(r), steady) for r in rs]] for name, rs in runs.items()}
     rows = {}
     for name, rs in runs.items():
-        steps = [r["val_loss"] for r in rs]
-        timed = [loss_at(r["evals"], budget) for r in rs]
+        steps, timed, steadied = curves[name]
         row = {"val_loss": mean_sd(steps), "val_loss_at_time": mean_sd(timed), "time_budget_s": budget,
+               "val_loss_at_steady_time": mean_sd(steadied), "steady_budget_s": steady,
                "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+               "ms_per_step": 1000 * statistics.median(r["s_per_step"] for r in rs),
                "train_s": statistics.median(r["train_s"] for r in rs),
                "params": rs[0]["params"], "kv_cache_bytes": rs[0]["kv_cache_bytes"], "seeds": len(rs)}
-        if base and name != "baseline":
-            n = min(len(rs), len(base))
-            row["delta"] = mean_sd([steps[i] - base[i]["val_loss"] for i in range(n)])
-            row["delta_at_time"] = mean_sd([timed[i] - loss_at(base[i]["evals"], budget) for i in range(n)])
+        if "baseline" in runs and name != "baseline":
+            n = min(len(rs), len(runs["baseline"]))
+            for key, mine, base in zip(("delta", "delta_at_time", "delta_at_steady_time"), curves[name], curves["baseline"]):
+                row[key] = mean_sd([mine[i] - base[i] for i in range(n)])
         rows[name] = row
     return rows
 
 
 def choose_best(rows: dict[str, dict], criterion: str) -> list[str]:
     """From each group of alternatives, the option that beats the baseline by the most."""
-    key = "delta" if criterion == "steps" else "delta_at_time"
+    key = {"steps": "delta", "time": "delta_at_time", "steady": "delta_at_steady_time"}[criterion]
     best: dict[str, tuple[float, str]] = {}
     for name, row in rows.items():
         group = OPTIONS.get(name, ("", []))[0]
@@ -118,18 +130,22 @@ def choose_best(rows: dict[str, dict], criterion: str) -> list[str]:
     return sorted(name for _, name in best.values())
 
 
+def fmt(value: tuple[float, float] | None, signed: bool = False) -> str:
+    return "-" if value is None else f"{value[0]:{'+' if signed else ''}.4f} ± {value[1]:.4f}"
+
+
 def table(rows: dict[str, dict], overrides: dict[str, list[str]]) -> str:
-    lines = ["| option | overrides | params | KV cache / seq | val loss (equal steps) | vs baseline | "
-             f"val loss at {next(iter(rows.values()))['time_budget_s']:.0f} s | vs baseline | tokens/s | train s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    first = next(iter(rows.values()))
+    lines = ["| option | overrides | params | KV cache / seq | val loss, equal steps | vs baseline | "
+             f"at {first['time_budget_s']:.0f} s elapsed | vs baseline | at {first['steady_budget_s']:.0f} s of median steps | "
+             "vs baseline | ms/step (median) | tokens/s | train s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in rows.items():
-        d = r.get("delta")
-        dt = r.get("delta_at_time")
         lines.append(
             f"| {name} | {' '.join(o.removeprefix('model.') for o in overrides[name]) or '-'} | {r['params'] / 1e6:.3f} M | "
-            f"{r['kv_cache_bytes'] / 1024:.0f} KiB | {r['val_loss'][0]:.4f} ± {r['val_loss'][1]:.4f} | "
-            f"{f'{d[0]:+.4f} ± {d[1]:.4f}' if d else '-'} | {r['val_loss_at_time'][0]:.4f} ± {r['val_loss_at_time'][1]:.4f} | "
-            f"{f'{dt[0]:+.4f} ± {dt[1]:.4f}' if dt else '-'} | {r['tokens_per_s']:,.0f} | {r['train_s']:.0f} |")
+            f"{r['kv_cache_bytes'] / 1024:.0f} KiB | {fmt(r['val_loss'])} | {fmt(r.get('delta'), True)} | "
+            f"{fmt(r['val_loss_at_time'])} | {fmt(r.get('delta_at_time'), True)} | {fmt(r['val_loss_at_steady_time'])} | "
+            f"{fmt(r.get('delta_at_steady_time'), True)} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | {r['train_s']:.0f} |")
     return "\n".join(lines)
 
 
@@ -159,7 +175,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--eval-every", type=int, help="override the recipe's train.eval_every")
     ap.add_argument("--options", default=DEFAULT_OPTIONS, help=f"comma-separated, of: {', '.join(OPTIONS)}")
     ap.add_argument("--best", help="the combination to run, comma-separated ('' skips it; default: chosen)")
-    ap.add_argument("--criterion", default="steps", choices=["steps", "time"], help="how the best combination is chosen")
+    ap.add_argument("--criterion", default="steps", choices=["steps", "time", "steady"], help="how the best combination is chosen")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 

@@ -21,9 +21,10 @@ def test_loss_at_interpolates_between_evaluations():
     assert ablate.loss_at(evals, 40.0) == 1.0 and ablate.loss_at(evals, 99.0) == 1.0
 
 
-def fake(val, train_s):
+def fake(val, train_s, s_per_step=None):
+    """A run of 10 steps evaluated at 0 and 10; its median step time defaults to train_s / 10."""
     return {"val_loss": val, "train_s": train_s, "evals": [(0.0, 0, 4.0), (train_s, 10, val)], "tokens_per_s": 1.0,
-            "params": 1, "kv_cache_bytes": 1}
+            "steps": 10, "s_per_step": train_s / 10 if s_per_step is None else s_per_step, "params": 1, "kv_cache_bytes": 1}
 
 
 def test_differences_are_paired_by_seed_and_the_best_takes_one_per_group():
@@ -53,3 +54,13 @@ def test_a_tiny_ablation_end_to_end(tmp_path, corpus, capsys):
     assert result["runs"]["best: swiglu+mqa"][0]["overrides"][-2:] == ["model.mlp=swiglu", "model.kv_heads=1"]
     assert result["rows"]["mqa"]["kv_cache_bytes"] * 2 == result["rows"]["baseline"]["kv_cache_bytes"]  # 2 heads -> 1
     assert "| best: swiglu+mqa |" in capsys.readouterr().out and (tmp_path / "out.json").is_file()
+
+
+def test_steady_time_discounts_a_run_slowed_by_its_neighbours():
+    """A run that took 4x as long because the machine was busy (same median step time) is
+    compared at equal elapsed time as if it were slow, at equal steady time as what it is."""
+    runs = {"baseline": [fake(2.0, 10)], "qk_norm": [fake(1.9, 40, s_per_step=1.0)], "mqa": [fake(2.0, 5)]}
+    rows = ablate.summarise(runs)
+    assert rows["qk_norm"]["delta_at_time"][0] > 0.5  # at 5 s elapsed it is an eighth of the way
+    assert rows["qk_norm"]["steady_budget_s"] == 5 and rows["qk_norm"]["delta_at_steady_time"][0] == pytest.approx(-0.05)
+    assert ablate.choose_best(rows, "steady") == ["mqa", "qk_norm"]  # mqa: at 5 s it is done, the others half way
