@@ -46,6 +46,7 @@ def _add_eval(sub):
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="an evaluation option the run's task declares (repeatable); listed below")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
 
 
 def _eval_options_help() -> str:
@@ -83,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     ap.add_argument("--version", action="version", version=f"seqmodel {__version__}")
+    ap.set_defaults(no_progress=False)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     _add_run(sub)
     _add_sample(sub)
@@ -379,7 +381,10 @@ COMMANDS = {"run": cmd_run, "sample": cmd_sample, "score": cmd_score, "eval": cm
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import progress
+
     args = _parser().parse_args(argv)
+    progress.ENABLED = not args.no_progress
     try:
         return COMMANDS[args.command](args)
     except UserError as err:

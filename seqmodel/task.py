@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .errors import UserError
 from .plugin import ModalitySpec, declared, segment_problem
+from .progress import progress
 from .segments import Segment, TokenSet
 
 if TYPE_CHECKING:
@@ -302,11 +303,12 @@ class RandomBatches:
 
 
 # -- evaluation scaffolding ------------------------------------------------------------------
-def chunks(items: Sequence[Any], size: int, limit: int | None = None) -> Iterator[Sequence[Any]]:
-    """`items` in consecutive chunks of `size` (the first `limit` chunks when given)."""
+def chunks(items: Sequence[Any], size: int, limit: int | None = None, desc: str = "") -> Iterator[Sequence[Any]]:
+    """`items` in consecutive chunks of `size` (the first `limit` chunks when given), with progress
+    reported as `desc` when given."""
     stop = len(items) if limit is None else min(len(items), limit * size)
-    for i in range(0, stop, size):
-        yield items[i : min(i + size, stop)]
+    parts = (items[i : min(i + size, stop)] for i in range(0, stop, size))
+    return progress(parts, desc, total=-(-stop // size), unit="batches") if desc else parts
 
 
 def per_split(build: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:

@@ -126,7 +126,7 @@ class MLMTask:
         ids = self.ids(split)
         g = random_generator(self.ctx.seed, SPLITS.index(split), 3)
         total = right = count = 0
-        for starts in chunks(torch.arange(len(ids) // self.T) * self.T, self.config.eval_batch_size, limit):
+        for starts in chunks(torch.arange(len(ids) // self.T) * self.T, self.config.eval_batch_size, limit, f"eval {split}"):
             batch = self.hide(dense_set(self.modality, ids=self.window(ids, starts)), g).to(model.device)
             logits, targets = self.logits(model.core, batch), batch.inputs[self.modality].targets
             keep = targets != -100
