@@ -9,6 +9,7 @@ pipeline builds for it.
 from __future__ import annotations
 
 import json
+import sys
 from functools import cached_property
 from pathlib import Path
 
@@ -62,11 +63,11 @@ class Pipeline:
     def context(self) -> TaskContext:
         """What the task sees of this recipe."""
         r = self.recipe
-        info = self.source.info() if "info" in declared(self.source) else {}
+        info = self.source.info if "info" in declared(self.source) else dict
         plugins = {m: registry.describe("tokenizer", b.name) for m, b in r.tokenizers.items()}
         return TaskContext(tokenizers=dict(self.tokenizers), fields=dict(self.fields), model=r.model, seed=r.train.seed,
                            batch_size=r.train.batch_size, sample=r.sample, examples=self.examples,
-                           source_fields=tuple(self.source.fields), source_info=info, where=r.path, plugins=plugins)
+                           source_fields=tuple(self.source.fields), info=info, where=r.path, plugins=plugins)
 
     def fit(self) -> None:
         """Fit every tokenizer on its field of the training split, then set up the task."""
@@ -127,6 +128,9 @@ class Pipeline:
             raise UserError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
         if limit is not None and limit < 1:
             raise UserError(f"--limit: expected at least 1 batch, got {limit}")
+        if split == "test" and self.context().source_info.get("test_is_val"):
+            print(f"seqmodel: note: the {self.recipe.data.name!r} source has no test split of its own; "
+                  "its test split is the validation split", file=sys.stderr)
         return self.task.evaluate(self.module.eval(), split, limit, self.eval_options(options))
 
     # -- persistence ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -126,7 +127,7 @@ class TaskContext:
         batch_size: `[train] batch_size` (examples per micro-step over all processes).
         sample: the `[sample]` settings.
         source_fields: the fields every example of the source has.
-        source_info: what the source says about its data ("label_names", "env_id" ...).
+        info: asks the source what it says about its data (`source_info`).
         examples: split name -> that split's raw examples (loaded once, lazily).
         where: the recipe's path, for error messages.
         plugins: modality -> "tokenizer plugin 'name' (distribution D V)", for error messages.
@@ -140,9 +141,15 @@ class TaskContext:
     sample: SampleConfig
     examples: Callable[[str], Sequence[dict]]
     source_fields: tuple[str, ...] = ()
-    source_info: Mapping[str, Any] = field(default_factory=dict)
+    info: Callable[[], Mapping[str, Any]] = dict
     where: str = "<recipe>"
     plugins: Mapping[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def source_info(self) -> Mapping[str, Any]:
+        """What the source says about its data ("label_names", "env_id" ...), asked on first use
+        (a run reloaded for sampling need not open its data)."""
+        return self.info()
 
     def split_seed(self, split: str) -> int:
         """The seed of a split's batch stream (distinct per split, fixed by `[train] seed`)."""

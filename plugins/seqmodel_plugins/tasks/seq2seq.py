@@ -363,9 +363,10 @@ def describe_value(value: Any) -> str:
 def features_png(shown: list[tuple[Any, str, str]], path: Path) -> Path:
     """One panel per example, "reference -> decoded" above it: a (time, features) array as a
     spectrogram (time across), an image (rows, columns[, channels]) as itself."""
-    with figure(path, grid=(len(shown), 1), size=(8, 1.9 * len(shown))) as (fig, axes):
+    images = shown[0][0].ndim == 3 or shown[0][0].dtype.kind in "ub"
+    with figure(path, grid=(len(shown), 1), size=(4.5, 2.6 * len(shown)) if images else (8, 1.9 * len(shown))) as (fig, axes):
         for ax, (picture, ref, hyp) in zip(axes[:, 0], shown):
-            if picture.ndim == 3 or picture.dtype.kind in "ub":  # an image
+            if images:
                 ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
                 ax.axis("off")
             else:  # (frames, features): time along x
