@@ -67,7 +67,8 @@ class Pipeline:
         plugins = {m: registry.describe("tokenizer", b.name) for m, b in r.tokenizers.items()}
         return TaskContext(tokenizers=dict(self.tokenizers), fields=dict(self.fields), model=r.model, seed=r.train.seed,
                            batch_size=r.train.batch_size, sample=r.sample, examples=self.examples,
-                           source_fields=tuple(self.source.fields), info=info, where=r.path, plugins=plugins)
+                           source_fields=tuple(self.source.fields), info=info, eval_batches=r.train.eval_batches,
+                           where=r.path, plugins=plugins)
 
     def fit(self) -> None:
         """Fit every tokenizer on its field of the training split, then set up the task."""

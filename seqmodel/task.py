@@ -85,6 +85,15 @@ class Reports(Protocol):
         """End-of-run pictures and tables written into the run directory."""
 
 
+class Measures(Protocol):
+    loss_label: str
+    """What the loss is, for plots and logs: "cross-entropy (nats/token)"."""
+
+    def metrics(self, model: TrainModule, split: str) -> dict[str, float]:
+        """A few numbers worth tracking at every evaluation during training (accuracy, exact
+        match, mean return ...); cheap: a few batches, `TaskContext.eval_batches` at most."""
+
+
 class KeepsState(Protocol):
     def save(self, directory: Path) -> None: ...
 
@@ -102,6 +111,7 @@ CAPABILITIES: dict[str, tuple[type, tuple[str, ...]]] = {
     "predict": (Predicts, ("predict",)),
     "sample": (Samples, ("sample",)),
     "report": (Reports, ("report",)),
+    "metrics": (Measures, ("metrics", "loss_label")),
     "state": (KeepsState, ("save", "load")),
     "modalities": (AddsModalities, ("model_specs",)),
     "eval_options": (object, ("EvalOptions",)),  # a dataclass of `seqmodel eval --set KEY=VALUE` options
@@ -125,6 +135,7 @@ class TaskContext:
         model: the `[model]` settings (arch, context, masks ...).
         seed: `[train] seed`; `split_seed` derives each split's.
         batch_size: `[train] batch_size` (examples per micro-step over all processes).
+        eval_batches: `[train] eval_batches`, the budget of an evaluation during training.
         sample: the `[sample]` settings.
         source_fields: the fields every example of the source has.
         info: asks the source what it says about its data (`source_info`).
@@ -142,6 +153,7 @@ class TaskContext:
     examples: Callable[[str], Sequence[dict]]
     source_fields: tuple[str, ...] = ()
     info: Callable[[], Mapping[str, Any]] = dict
+    eval_batches: int = 20
     where: str = "<recipe>"
     plugins: Mapping[str, str] = field(default_factory=dict)
 

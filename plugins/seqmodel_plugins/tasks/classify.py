@@ -68,7 +68,8 @@ class ClassifyTask:
     """See the module docstring."""
 
     Config = ClassifyConfig
-    capabilities = ("predict", "report", "state", "modalities")
+    capabilities = ("predict", "report", "state", "modalities", "metrics")
+    loss_label = "cross-entropy (nats/example)"
     FILE = "labels.json"
 
     def __init__(self, config: ClassifyConfig) -> None:
@@ -195,6 +196,10 @@ class ClassifyTask:
                      if bool((labels == k).any())}
         return {"accuracy": float(right.float().mean()), "loss": float(F.cross_entropy(logits, labels)),
                 "examples": len(labels), "per_class_accuracy": per_class}
+
+    def metrics(self, model, split: str) -> dict[str, float]:
+        """Accuracy on the split (its first `eval_batches` batches of `eval_batch_size` examples)."""
+        return {"accuracy": self.evaluate(model, split, self.ctx.eval_batches, None)["accuracy"]}
 
     def predict(self, model, paths: list[str]) -> list[dict]:
         """The most likely class of each input file: [{"file", "label", "prob"}, ...]."""

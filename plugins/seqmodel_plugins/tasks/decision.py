@@ -78,11 +78,13 @@ class DecisionConfig:
     """Target returns of the end-of-run achieved-vs-target plot (empty: no plot)."""
     report_episodes: int = 10
     """Episodes per target return in that plot."""
+    metric_episodes: int = 5
+    """Episodes played at `target_return` at every evaluation during training (mean_return in metrics.jsonl)."""
 
     def validate(self) -> list[tuple[str, str]]:
         """(key, problem) pairs; empty when valid."""
         bad = [(k, f"must be at least 1, got {getattr(self, k)}")
-               for k in ("context_steps", "episodes", "eval_windows", "eval_batch_size", "report_episodes")
+               for k in ("context_steps", "episodes", "eval_windows", "eval_batch_size", "report_episodes", "metric_episodes")
                if getattr(self, k) < 1]
         if self.max_episode_steps < 0:
             bad.append(("max_episode_steps", f"must not be negative, got {self.max_episode_steps}"))
@@ -194,7 +196,7 @@ class DecisionTask:
 
     Config = DecisionConfig
     EvalOptions = DecisionEvalOptions
-    capabilities = ("report", "modalities", "eval_options")
+    capabilities = ("report", "modalities", "eval_options", "metrics")
 
     def __init__(self, config: DecisionConfig) -> None:
         self.config = config
@@ -305,6 +307,15 @@ class DecisionTask:
                 "mean_length": float(np.mean(lengths)), "episodes": episodes, "target_return": float(target),
                 "greedy": bool(greedy), "env_steps_per_s": round(float(np.sum(lengths)) / seconds, 1),
                 "action_loss": self.action_loss(model, split, limit)}
+
+    @property
+    def loss_label(self) -> str:
+        return "cross-entropy (nats/action)" if self.tok.discrete_actions else "mean squared error (per action)"
+
+    def metrics(self, model, split: str) -> dict[str, float]:
+        """Mean return of `metric_episodes` episodes at the `[task] target_return`."""
+        returns, _ = self.rollout(model, self.config.target_return, self.config.metric_episodes, self.config.greedy)
+        return {"mean_return": float(np.mean(returns))}
 
     def _envs(self, n: int) -> list:
         envs = [gym_data.make_env(self.env_id) for _ in range(n)]

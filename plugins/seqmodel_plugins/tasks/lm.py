@@ -47,7 +47,8 @@ class LMTask:
 
     Config = LMConfig
     EvalOptions = LMEvalOptions
-    capabilities = ("generate", "score", "sample", "eval_options")
+    capabilities = ("generate", "score", "sample", "eval_options", "metrics")
+    loss_label = "cross-entropy (nats/token)"
 
     def __init__(self, config: LMConfig) -> None:
         self.config = config
@@ -117,6 +118,10 @@ class LMTask:
         chars = len(self.tok.decode(Segment(self.modality, ids=text_ids)))
         return {"loss": total / tokens, "bits_per_char": total / math.log(2) / max(chars, 1),
                 "tokens": tokens, "chars": chars}
+
+    def metrics(self, model, split: str) -> dict[str, float]:
+        """Bits per character over the split's first windows (`eval_batches` batches of them)."""
+        return {"bits_per_char": self.evaluate(model, split, self.ctx.eval_batches, LMEvalOptions())["bits_per_char"]}
 
     def encode_prompt(self, text: str) -> torch.Tensor:
         ids = self.ctx.encode(self.modality, text, stream=True).ids

@@ -57,7 +57,8 @@ class MLMTask:
     """See the module docstring."""
 
     Config = MLMConfig
-    capabilities = ("generate", "predict", "modalities")
+    capabilities = ("generate", "predict", "modalities", "metrics")
+    loss_label = "cross-entropy (nats/hidden token)"
 
     def __init__(self, config: MLMConfig) -> None:
         self.config = config
@@ -133,6 +134,10 @@ class MLMTask:
             total += float(F.cross_entropy(logits[keep], targets[keep], reduction="sum"))
             right, count = right + int((logits[keep].argmax(-1) == targets[keep]).sum()), count + int(keep.sum())
         return {"loss": total / count, "accuracy": right / count, "masked_tokens": count}
+
+    def metrics(self, model, split: str) -> dict[str, float]:
+        """Accuracy on hidden tokens of the split's first windows (`eval_batches` batches)."""
+        return {"accuracy": self.evaluate(model, split, self.ctx.eval_batches, None)["accuracy"]}
 
     # -- filling in blanks ---------------------------------------------------------------------
     @torch.no_grad()

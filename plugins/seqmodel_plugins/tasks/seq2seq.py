@@ -131,7 +131,8 @@ class Seq2SeqTask:
 
     Config = Seq2SeqConfig
     EvalOptions = Seq2SeqEvalOptions
-    capabilities = ("generate", "predict", "sample", "report", "modalities", "eval_options")
+    capabilities = ("generate", "predict", "sample", "report", "modalities", "eval_options", "metrics")
+    loss_label = "cross-entropy (nats/target token)"
 
     def __init__(self, config: Seq2SeqConfig) -> None:
         self.config = config
@@ -332,6 +333,11 @@ class Seq2SeqTask:
             edits, chars, exact = edits + edit_distance(ref, hyp), chars + len(ref), exact + (hyp == ref)
         return {"exact_match": exact / len(items), "cer": edits / max(chars, 1),
                 "loss": self.split_loss(model, items), "examples": len(items)}
+
+    def metrics(self, model, split: str) -> dict[str, float]:
+        """Greedy exact match and CER on the split's first `eval_batch_size` examples."""
+        m = self.evaluate(model, split, 1, Seq2SeqEvalOptions())
+        return {"exact_match": m["exact_match"], "cer": m["cer"]}
 
     # -- pictures ----------------------------------------------------------------------------
     @decoding_threads()
