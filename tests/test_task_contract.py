@@ -272,7 +272,7 @@ def test_misspelled_sample_settings_are_refused_by_the_python_api(lm_run):
 def test_a_capability_the_task_does_not_declare_is_a_one_line_error(lm_run):
     done = cli("predict", lm_run, "some.txt", check=False)
     error = one_line_error(done)
-    assert "the 'lm' task cannot predict on files" in error and "it declares: eval_options, generate, sample, score" in error
+    assert "the 'lm' task cannot predict on files" in error and "it declares: eval_options, generate, metrics, sample, score" in error
 
 
 def test_a_test_split_that_is_the_validation_split_is_not_silent(lm_run):
