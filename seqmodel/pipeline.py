@@ -9,6 +9,7 @@ pipeline builds for it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
@@ -68,9 +69,15 @@ class Pipeline:
                            batch_size=r.train.batch_size, sample=r.sample, examples=self.examples,
                            source_fields=tuple(self.source.fields), source_info=info, where=r.path, plugins=plugins)
 
-    def fit(self) -> None:
-        """Fit every tokenizer on its field of the training split, then set up the task."""
+    def fit(self, states: Mapping[str, Path] | None = None) -> None:
+        """Fit every tokenizer on its field of the training split (or load each one's saved state
+        from `states`, modality -> directory: a warm start), then set up the task."""
         self.check_fields()
+        if states is not None:
+            for m, tok in self.tokenizers.items():
+                tok.load(states[m])
+            self.task.setup(self.context())
+            return
         train = self.examples("train")
         for m, tok in self.tokenizers.items():
             try:
@@ -89,6 +96,10 @@ class Pipeline:
         specs = self.task.model_specs(specs) if can(self.task, "modalities") else list(specs.values())
         check_mask_modalities(self.recipe, [s.name for s in specs])
         core = Transformer(self.recipe.model, specs, outputs=self.task.outputs())
+        if self.recipe.train.lora.rank:
+            from .lora import wrap
+
+            wrap(core, self.recipe.train.lora)
         head = self.task.build_head(self.recipe.model.d_model)
         return TrainModule(core, head, self.task.loss)
 
