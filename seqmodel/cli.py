@@ -48,6 +48,17 @@ def _add_eval(sub):
     p.add_argument("--json", action="store_true")
 
 
+def _add_export(sub):
+    p = sub.add_parser("export", help="write a trained run as a HuggingFace GPT-2 directory or an ONNX graph",
+                       description="Write a trained run for other tools: --format hf (a GPT-2 directory that "
+                                   "transformers' AutoModelForCausalLM and AutoTokenizer load; decoder-only language "
+                                   "models of GPT-2's shape) or --format onnx (any model; see docs/export.md). "
+                                   "LoRA adapters are merged into the weights.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", required=True, choices=["hf", "onnx"])
+    p.add_argument("--out", help="output directory (default: RUN/export/FORMAT)")
+
+
 def _eval_options_help() -> str:
     """The evaluation options of every installed task (computed only when --help asks)."""
     from .docs import describe_fields
@@ -91,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True)
     p.add_argument("--json", action="store_true")
     _add_eval(sub)
+    _add_export(sub)
     p = sub.add_parser("predict", help="run a trained model on input files")
     p.add_argument("run")
     p.add_argument("inputs", nargs="+", help="input files")
@@ -206,6 +218,26 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    out = Path(args.out) if args.out else run_dir / "export" / args.format
+    if args.format == "hf":
+        from .hf_gpt2 import export_hf
+
+        check = export_hf(run_dir, out)
+    else:
+        from .onnx_export import export_onnx
+
+        check = export_onnx(run_dir, out)
+    print(f"wrote {out}; {check['checked_with']} reads it back: largest |output difference| "
+          f"{check['max_abs_difference']:.2e} on {check['probe']}")
+    return 0
+
+
 def cmd_check(args) -> int:
     from .pipeline import Pipeline
     from .recipe import load_recipe
@@ -308,7 +340,7 @@ def cmd_plugins(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "sample": cmd_sample, "score": cmd_score, "eval": cmd_eval, "predict": cmd_predict,
-            "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "plugins": cmd_plugins}
+            "export": cmd_export, "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "plugins": cmd_plugins}
 
 
 def main(argv: list[str] | None = None) -> int:

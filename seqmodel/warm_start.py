@@ -47,6 +47,7 @@ class Origin:
         tokenizers: modality -> (tokenizer plugin name, directory holding its saved state).
         load: the weights, named as this framework's `TrainModule` names them (``core.…``, ``head.…``).
         record: what ``run.json`` says about the source.
+        keep: whatever must live as long as the origin (a temporary directory of tokenizer state).
     """
 
     spec: str
@@ -54,6 +55,7 @@ class Origin:
     tokenizers: dict[str, tuple[str, Path]]
     load: Callable[[], dict[str, Tensor]]
     record: dict = field(default_factory=dict)
+    keep: object = None
 
 
 @lru_cache(maxsize=4)

@@ -50,7 +50,7 @@ class CharTokenizer:
 
     Config = CharConfig
     FILE = "chars.json"
-    capabilities = ("pieces", "examples")
+    capabilities = ("pieces", "examples", "hf_tokenizer")
 
     def __init__(self, config: CharConfig, modality: str = "text") -> None:
         self.config, self.modality = config, modality
@@ -115,6 +115,16 @@ class CharTokenizer:
         except (OSError, ValueError, KeyError, TypeError, AssertionError):
             raise UserError(f"{path}: missing or corrupt char vocabulary") from None
         self._set_vocab(chars)
+
+    def hf_tokenizer(self):
+        """The vocabulary as a HuggingFace `tokenizers.Tokenizer` (one word per character, joined
+        back without spaces): the same ids for every text this tokenizer encodes."""
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+        tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(self.chars)}, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        return tok
 
     def examples(self) -> list[str]:
         """Samples for the conformance check."""
