@@ -67,14 +67,15 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def wrap(core: nn.Module, cfg: LoRAConfig) -> nn.Module:
-    """Inject LoRA adapters into `core` (in place) and freeze its other parameters."""
+def wrap(core: nn.Module, cfg: LoRAConfig, where: str = "<recipe>") -> nn.Module:
+    """Inject LoRA adapters into `core` (in place) and freeze its other parameters; `where`
+    (the recipe's path) starts error messages."""
     peft = _peft()
     linear = [n for n, m in core.named_modules() if isinstance(m, nn.Linear)]
     for target in cfg.targets:
         if not any(_matches(n, target) for n in linear):
             kinds = sorted({n.rsplit(".", 1)[-1] for n in linear})
-            raise UserError(f"[train] lora targets: {target!r} matches no linear layer of the model "
+            raise UserError(f"{where}: [train] lora targets: {target!r} matches no linear layer of the model "
                             f"(their names end with: {', '.join(kinds)})")
     config = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets))
     return peft.inject_adapter_in_model(config, core)

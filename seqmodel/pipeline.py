@@ -99,7 +99,7 @@ class Pipeline:
         if self.recipe.train.lora.rank:
             from .lora import wrap
 
-            wrap(core, self.recipe.train.lora)
+            wrap(core, self.recipe.train.lora, self.recipe.path)
         head = self.task.build_head(self.recipe.model.d_model)
         return TrainModule(core, head, self.task.loss)
 
