@@ -242,9 +242,13 @@ def cmd_check(args) -> int:
     from .pipeline import Pipeline
     from .recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    from . import warm_start
+
+    recipe = warm_start.resolve(load_recipe(args.recipe, args.overrides))
     pipe = Pipeline(recipe)
-    pipe.fit()
+    pipe.fit(warm_start.tokenizer_states(recipe))
+    if recipe.train.init_from:
+        warm_start.load_weights(pipe.module, recipe)
     n = pipe.module.core.num_parameters()
     print(f"{args.recipe}: ok ({recipe.model.arch}, {recipe.model.layers} layers, d_model {recipe.model.d_model}, "
           f"{n / 1e6:.2f} M parameters; tokenizers: "

@@ -170,3 +170,11 @@ def test_another_tokenizer_kind_is_a_one_line_error(tmp_path, source, corpus):
     done = cli("run", recipe, "--out", tmp_path / "r", "--no-progress", "--set", f'train.init_from="{source}"',
                "--set", 'tokenizer.kind="bpe"', "--set", "tokenizer.vocab_size=300", check=False)
     one_line_error(done, "kind", "'bpe'", "'char'")
+
+
+def test_check_validates_a_warm_start_against_the_source_weights(tmp_path, source, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus)
+    done = cli("check", recipe, "--set", f'train.init_from="{source}"')
+    assert "tensors loaded" in done.stderr and ": ok (" in done.stdout
+    done = cli("check", recipe, "--set", f'train.init_from="{source}"', "--set", "model.layers=3", check=False)
+    assert done.returncode == 2 and "no parameter 'core.decoder.blocks.2" in done.stderr
