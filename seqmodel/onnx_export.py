@@ -149,6 +149,9 @@ def export_onnx(run_dir: Path, out: Path) -> dict:
             expected = graph(*feed.values())
         got = session.run(names, {k: v.numpy() for k, v in feed.items()})
         worst = max(worst, *(float((torch.from_numpy(g) - e.float()).abs().max()) for g, e in zip(got, expected)))
-    (out / "signature.json").write_text(json.dumps(signature(session) | {"run": str(run_dir)}, indent=1))
+    codes = {"modalities": list(batches[0].modalities)}
+    if batches[0].context is not None:
+        codes["context.modalities"] = list(batches[0].context.modalities)
+    (out / "signature.json").write_text(json.dumps(signature(session) | codes | {"run": str(run_dir)}, indent=1))
     return {"checked_with": "onnxruntime", "max_abs_difference": worst, "probe": "two validation batches (all outputs)"}
 

@@ -56,6 +56,7 @@ def test_onnx_decoder(tmp_path, corpus):
     sig = check(tmp_path / "lm", tmp_path / "onnx")
     assert [o["name"] for o in sig["outputs"]] == ["hidden", "text.logits"]
     assert sig["inputs"][0] == {"name": "text.ids", "dtype": "int64", "shape": ["batch", "text_tokens"]}
+    assert sig["modalities"] == ["text"]
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

@@ -33,6 +33,9 @@ class CharConfig:
     fit_max_chars: int = 0
     """Build the vocabulary from at most this many characters of the training split, in document
     order (0: all of it). Characters only found later are then unknown (see `unknown`)."""
+    include: str = ""
+    """Characters in the vocabulary whether or not the training split has them (e.g. those of a
+    corpus a later run fine-tunes on: a warm start keeps this vocabulary)."""
 
     def validate(self):
         bad = []
@@ -69,8 +72,8 @@ class CharTokenizer:
             seen.update(text)
         if not seen:
             raise UserError("char tokenizer: the training split has no text to build a vocabulary from")
-        self._set_vocab(sorted(seen))
-        stream.report(f"{len(seen):,} characters")
+        self._set_vocab(sorted(seen | set(self.config.include)))
+        stream.report(f"{len(self.chars):,} characters")
 
     def spec(self) -> ModalitySpec:
         return ModalitySpec(self.modality, vocab_size=len(self.chars), position=self.config.position)
