@@ -19,7 +19,8 @@ from .errors import UserError
 from .generate import SampleConfig
 from .pipeline import Pipeline
 from .plugin import declared
-from .recipe import Recipe, load_recipe
+from .presets import resolve
+from .recipe import Recipe, apply_overrides, load_recipe, parse_recipe
 from .task import can
 
 
@@ -171,12 +172,12 @@ def start_run(recipe: Recipe, run_dir: Path, recipe_path: str) -> Pipeline:
     return pipe
 
 
-def run(recipe: str | Path | Recipe, overrides: list[str] = (), out: str | Path | None = None,
+def run(recipe: str | Path | Recipe | dict, overrides: list[str] = (), out: str | Path | None = None,
         resume: bool = False, progress: bool = True, force: bool = False) -> Run:
     """Train a recipe (a path or a parsed `Recipe`); returns the finished `Run`.
 
     Args:
-        recipe: recipe path or parsed recipe.
+        recipe: a recipe path, the name of a shipped recipe, a parsed `Recipe`, or the tables as a dict.
         overrides: ``section.key=value`` strings.
         out: run directory (default runs/<recipe name>, numbered when taken).
         resume: continue `out` from its newest checkpoint (exactly: same data order, same RNG).
@@ -187,9 +188,11 @@ def run(recipe: str | Path | Recipe, overrides: list[str] = (), out: str | Path 
 
     if isinstance(recipe, Recipe):
         rec, path = recipe, recipe.path
+    elif isinstance(recipe, dict):
+        rec, path = parse_recipe(apply_overrides(recipe, list(overrides)), "<recipe dict>"), "run"
     else:
-        path = str(recipe)
-        rec = load_recipe(recipe, overrides)
+        path = str(resolve(recipe))
+        rec = load_recipe(path, overrides)
     run_dir = Path(out) if out else default_run_dir(path, resume)
     if resume and checkpoint.latest(run_dir) is not None:
         pipe = check_resumable(run_dir, None if force else warm_start.resolve(rec))

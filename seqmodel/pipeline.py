@@ -9,6 +9,7 @@ pipeline builds for it.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -63,11 +64,11 @@ class Pipeline:
     def context(self) -> TaskContext:
         """What the task sees of this recipe."""
         r = self.recipe
-        info = self.source.info() if "info" in declared(self.source) else {}
+        info = self.source.info if "info" in declared(self.source) else dict
         plugins = {m: registry.describe("tokenizer", b.name) for m, b in r.tokenizers.items()}
         return TaskContext(tokenizers=dict(self.tokenizers), fields=dict(self.fields), model=r.model, seed=r.train.seed,
                            batch_size=r.train.batch_size, sample=r.sample, examples=self.examples,
-                           source_fields=tuple(self.source.fields), source_info=info, where=r.path, plugins=plugins)
+                           source_fields=tuple(self.source.fields), info=info, where=r.path, plugins=plugins)
 
     def fit(self, states: Mapping[str, Path] | None = None) -> None:
         """Fit every tokenizer on its field of the training split (or load each one's saved state
@@ -107,6 +108,21 @@ class Pipeline:
     def module(self) -> TrainModule:
         return self.build_model()
 
+    def dry_run(self, examples: int = 2) -> dict[str, float]:
+        """The loss of a first small batch of the train and val splits, without training: what
+        `seqmodel check` runs so that data and tokenizer problems surface before a run."""
+        import torch
+
+        from .task import Slice
+
+        module, losses = self.module.eval(), {}
+        for split, train in (("train", True), ("val", False)):
+            batch = self.task.batches(split, train).batch(Slice(0, 0, 0, examples, examples))
+            with torch.no_grad():
+                loss, _ = module(batch.to(module.device))
+            losses[split] = float(loss)
+        return losses
+
     def eval_options(self, options: dict):
         """The task's `EvalOptions` from ``{key: value}`` (one-line errors naming the key)."""
         if can(self.task, "eval_options"):
@@ -123,6 +139,9 @@ class Pipeline:
             raise UserError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
         if limit is not None and limit < 1:
             raise UserError(f"--limit: expected at least 1 batch, got {limit}")
+        if split == "test" and self.context().source_info.get("test_is_val"):
+            print(f"seqmodel: note: the {self.recipe.data.name!r} source has no test split of its own; "
+                  "its test split is the validation split", file=sys.stderr)
         return self.task.evaluate(self.module.eval(), split, limit, self.eval_options(options))
 
     # -- persistence ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from .errors import UserError
 from .plugin import ModalitySpec, declared, segment_problem
+from .progress import progress
 from .segments import Segment, TokenSet
 
 if TYPE_CHECKING:
@@ -131,7 +133,7 @@ class TaskContext:
         batch_size: `[train] batch_size` (examples per micro-step over all processes).
         sample: the `[sample]` settings.
         source_fields: the fields every example of the source has.
-        source_info: what the source says about its data ("label_names", "env_id" ...).
+        info: asks the source what it says about its data (`source_info`).
         examples: split name -> that split's raw examples (loaded once, lazily).
         where: the recipe's path, for error messages.
         plugins: modality -> "tokenizer plugin 'name' (distribution D V)", for error messages.
@@ -145,9 +147,15 @@ class TaskContext:
     sample: SampleConfig
     examples: Callable[[str], Sequence[dict]]
     source_fields: tuple[str, ...] = ()
-    source_info: Mapping[str, Any] = field(default_factory=dict)
+    info: Callable[[], Mapping[str, Any]] = dict
     where: str = "<recipe>"
     plugins: Mapping[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def source_info(self) -> Mapping[str, Any]:
+        """What the source says about its data ("label_names", "env_id" ...), asked on first use
+        (a run reloaded for sampling need not open its data)."""
+        return self.info()
 
     def split_seed(self, split: str) -> int:
         """The seed of a split's batch stream (distinct per split, fixed by `[train] seed`)."""
@@ -308,11 +316,12 @@ class RandomBatches:
 
 
 # -- evaluation scaffolding ------------------------------------------------------------------
-def chunks(items: Sequence[Any], size: int, limit: int | None = None) -> Iterator[Sequence[Any]]:
-    """`items` in consecutive chunks of `size` (the first `limit` chunks when given)."""
+def chunks(items: Sequence[Any], size: int, limit: int | None = None, desc: str = "") -> Iterator[Sequence[Any]]:
+    """`items` in consecutive chunks of `size` (the first `limit` chunks when given), with progress
+    reported as `desc` when given."""
     stop = len(items) if limit is None else min(len(items), limit * size)
-    for i in range(0, stop, size):
-        yield items[i : min(i + size, stop)]
+    parts = (items[i : min(i + size, stop)] for i in range(0, stop, size))
+    return progress(parts, desc, total=-(-stop // size), unit="batches") if desc else parts
 
 
 def per_split(build: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:

@@ -1,6 +1,7 @@
 """benchmarks/ablate.py: equal-time interpolation, paired differences, the choice of the best
 combination, the KV-cache size, and a tiny ablation end to end."""
 
+import json
 import sys
 
 import pytest
@@ -48,19 +49,26 @@ def test_kv_cache_bytes_is_layers_times_kv_heads_times_context(kv_heads):
 
 def test_a_tiny_ablation_end_to_end(tmp_path, corpus, capsys):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=4, eval_every=2)
-    result = ablate.main(["--recipe", str(recipe), "--seeds", "1", "--options", "baseline,swiglu,mqa",
-                          "--best", "swiglu,mqa", "--json", str(tmp_path / "out.json")])
+    result = ablate.main(["--recipe", str(recipe), "--seeds", "1", "--options", "baseline,swiglu,mqa", "--best", "swiglu,mqa",
+                          "--speed-rounds", "1", "--speed-steps", "3", "--json", str(tmp_path / "out.json")])
     assert set(result["rows"]) == {"baseline", "swiglu", "mqa", "best: swiglu+mqa"}
     assert result["runs"]["best: swiglu+mqa"][0]["overrides"][-2:] == ["model.mlp=swiglu", "model.kv_heads=1"]
     assert result["rows"]["mqa"]["kv_cache_bytes"] * 2 == result["rows"]["baseline"]["kv_cache_bytes"]  # 2 heads -> 1
     assert "| best: swiglu+mqa |" in capsys.readouterr().out and (tmp_path / "out.json").is_file()
+    assert set(result["speed"]) == set(result["rows"]) and result["rows"]["mqa"]["paced_by"] == "side-by-side"
+    again = ablate.main(["--recipe", str(recipe), "--from-json", str(tmp_path / "out.json"), "--speed-rounds", "0"])
+    assert again["runs"] == json.loads(json.dumps(result["runs"])) and again["rows"]["best: swiglu+mqa"]["val_loss"] == result["rows"]["best: swiglu+mqa"]["val_loss"]
 
 
-def test_steady_time_discounts_a_run_slowed_by_its_neighbours():
-    """A run that took 4x as long because the machine was busy (same median step time) is
-    compared at equal elapsed time as if it were slow, at equal steady time as what it is."""
+def test_paced_time_discounts_a_run_slowed_by_its_neighbours():
+    """A run that took 4x as long because the machine was busy is compared at equal elapsed time
+    as if it were slow; paced by its own median step time or by a side-by-side speed measurement,
+    as what it is."""
     runs = {"baseline": [fake(2.0, 10)], "qk_norm": [fake(1.9, 40, s_per_step=1.0)], "mqa": [fake(2.0, 5)]}
     rows = ablate.summarise(runs)
     assert rows["qk_norm"]["delta_at_time"][0] > 0.5  # at 5 s elapsed it is an eighth of the way
-    assert rows["qk_norm"]["steady_budget_s"] == 5 and rows["qk_norm"]["delta_at_steady_time"][0] == pytest.approx(-0.05)
-    assert ablate.choose_best(rows, "steady") == ["mqa", "qk_norm"]  # mqa: at 5 s it is done, the others half way
+    assert rows["qk_norm"]["paced_budget_s"] == 5 and rows["qk_norm"]["delta_at_paced_time"][0] == pytest.approx(-0.05)
+    assert ablate.choose_best(rows, "speed") == ["mqa", "qk_norm"]  # mqa: at 5 s it is done, the others half way
+    side_by_side = ablate.summarise(runs, {"baseline": [1.0, 1.2, 0.9], "qk_norm": [2.0, 2.0, 2.0], "mqa": [1.0]})
+    assert side_by_side["qk_norm"]["ms_per_step"] == 2000 and side_by_side["qk_norm"]["paced_budget_s"] == 10
+    assert side_by_side["qk_norm"]["val_loss_at_paced_time"][0] == pytest.approx(2.95)  # half way at 10 s

@@ -130,6 +130,7 @@ class BibleSource:
 
     Config = BibleConfig
     fields = ("text",)
+    capabilities = ("info",)
 
     def __init__(self, config: BibleConfig) -> None:
         self.config = config
@@ -142,6 +143,9 @@ class BibleSource:
 
     def split(self, name: str) -> list[dict]:
         return [ex for text in self.texts().values() for ex in split_text(text, self.config.val_fraction, name)]
+
+    def info(self) -> dict:
+        return {"test_is_val": True}  # the tail of each translation is both
 
     def identity(self) -> dict:
         return {"source": "bible", "versions": list(self.config.versions), "package_version": PACKAGE_VERSION,

@@ -184,7 +184,7 @@ class ClassifyTask:
     def scores(self, model, values: list, limit: int | None = None) -> torch.Tensor:
         """(N, classes) logits of input values, `eval_batch_size` at a time (the first `limit` batches)."""
         out = [self.logits(model.core, model.head, collate([self.segments(v) for v in chunk]).to(model.device)).cpu()
-               for chunk in chunks(values, self.config.eval_batch_size, limit)]
+               for chunk in chunks(values, self.config.eval_batch_size, limit, desc="classifying")]
         return torch.cat(out) if out else torch.zeros(0, len(self.label_names))
 
     # -- evaluation, prediction, pictures ------------------------------------------------------

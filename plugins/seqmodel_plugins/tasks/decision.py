@@ -41,6 +41,7 @@ from seqmodel.errors import UserError
 from seqmodel.masks import TokenView, require_no_future
 from seqmodel.plots import figure
 from seqmodel.plugin import ModalitySpec, declared
+from seqmodel.progress import progress
 from seqmodel.segments import ModalityInputs, Segment, TokenSet
 from seqmodel.task import SPLITS, RandomBatches, TaskContext, chunks, per_split, random_generator
 
@@ -285,7 +286,7 @@ class DecisionTask:
         table = self.table(split)
         ends = torch.randperm(len(table), generator=random_generator(self.config.eval_seed, SPLITS.index(split)))
         total, count = 0.0, 0
-        for chunk in chunks(ends[: self.config.eval_windows], self.config.eval_batch_size, limit):
+        for chunk in chunks(ends[: self.config.eval_windows], self.config.eval_batch_size, limit, f"action loss {split}"):
             loss, _ = self.loss(model.core, model.head, self.build_batch(table, chunk).to(model.device))
             total, count = total + float(loss) * len(chunk), count + len(chunk)
         return total / count
@@ -329,7 +330,7 @@ class DecisionTask:
         rtg, total = np.full(n, float(target)), np.zeros(n)
         length, alive = np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
         cap = self.config.max_episode_steps or 100_000
-        for t in range(cap):
+        for t in progress(range(cap), f"playing {n} episodes", unit="steps"):
             win.push(t, rtg, state)
             live = np.flatnonzero(alive)
             ts = self.window_set(*win.tokens(tok, live), targets=False).to(model.device)
@@ -363,7 +364,7 @@ class DecisionTask:
         if not c.report_targets:
             return paths
         rows = []
-        for target in c.report_targets:
+        for target in progress(c.report_targets, "returns by target", total=len(c.report_targets), unit="targets"):
             returns, _ = self.rollout(model, target, c.report_episodes, c.greedy)
             rows.append({"target": target, "mean": float(np.mean(returns)), "std": float(np.std(returns)),
                          "returns": returns.tolist()})

@@ -105,7 +105,7 @@ class LMTask:
         if len(starts) < 1:
             raise UserError(f"the {split} split is shorter than one context window ({T + 1} tokens)")
         total, windows = 0.0, 0
-        for chunk in chunks(starts, options.batch_size, limit):
+        for chunk in chunks(starts, options.batch_size, limit, f"eval {split}"):
             batch = self.windows(ids, chunk).to(model.device)
             logits = model.core.output(self.modality, model.core(batch), batch).float()
             targets = batch.inputs[self.modality].targets

@@ -40,6 +40,7 @@ from seqmodel.generate import SampleConfig, choose_token, generate
 from seqmodel.masks import layout_view, require_no_future
 from seqmodel.plots import figure
 from seqmodel.plugin import ModalitySpec
+from seqmodel.progress import progress
 from seqmodel.segments import Segment, TokenSet, collate
 from seqmodel.task import EpochBatches, TaskContext, chunks, per_split
 
@@ -309,7 +310,7 @@ class Seq2SeqTask:
     def split_loss(self, model, items: list) -> float:
         """Teacher-forced cross-entropy per target token (EOS included, no label smoothing)."""
         total, count = 0.0, 0
-        for chunk in chunks(items, self.config.eval_batch_size):
+        for chunk in chunks(items, self.config.eval_batch_size, desc="teacher-forced loss"):
             losses, counts = self.token_losses(model.core, self.collate(chunk).to(model.device))
             total += float(losses[counts].sum())
             count += int(counts.sum())
@@ -325,7 +326,7 @@ class Seq2SeqTask:
         cfg = replace(self.ctx.sample, greedy=True) if options.greedy else self.ctx.sample
         g = torch.Generator().manual_seed(cfg.seed)
         edits = chars = exact = 0
-        for values, ids in items:
+        for values, ids in progress(items, f"decoding {split}", total=len(items), unit="examples"):
             ref = self.decode(ids)
             hyp = self.transcribe(model, self.encoder_segments(values), cfg, generator=g)
             edits, chars, exact = edits + edit_distance(ref, hyp), chars + len(ref), exact + (hyp == ref)
@@ -362,9 +363,10 @@ def describe_value(value: Any) -> str:
 def features_png(shown: list[tuple[Any, str, str]], path: Path) -> Path:
     """One panel per example, "reference -> decoded" above it: a (time, features) array as a
     spectrogram (time across), an image (rows, columns[, channels]) as itself."""
-    with figure(path, grid=(len(shown), 1), size=(8, 1.9 * len(shown))) as (fig, axes):
+    images = shown[0][0].ndim == 3 or shown[0][0].dtype.kind in "ub"
+    with figure(path, grid=(len(shown), 1), size=(4.5, 2.6 * len(shown)) if images else (8, 1.9 * len(shown))) as (fig, axes):
         for ax, (picture, ref, hyp) in zip(axes[:, 0], shown):
-            if picture.ndim == 3 or picture.dtype.kind in "ub":  # an image
+            if images:
                 ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
                 ax.axis("off")
             else:  # (frames, features): time along x
