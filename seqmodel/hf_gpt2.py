@@ -140,12 +140,11 @@ def export_problem(pipe) -> str | None:
         return f"{spec.position} positions; GPT-2 has a learned table of 1-D positions"
     if core.positions[spec.name].tables and core.positions[spec.name].tables[0].num_embeddings != m.context:
         return "a position table of another size than [model] context"
-    reasons = {"norm": (m.norm == "layernorm", f"norm = {m.norm!r}; GPT-2 uses LayerNorm"),
-               "mlp": (m.mlp in EXPORT_ACTIVATION, f"mlp = {m.mlp!r}; GPT-2 has a GELU MLP (gelu or gelu_tanh)"),
-               "qk_norm": (not m.qk_norm, "qk_norm; GPT-2 has no query-key norm"),
-               "kv_heads": (m.kv_heads in (0, m.heads), "grouped-query attention (kv_heads); GPT-2 has one K/V head per head"),
-               "embed_norm": (not m.embed_norm, "embed_norm; GPT-2 has no embedding norm")}
-    for ok, why in reasons.values():
+    for ok, why in ((m.norm == "layernorm", f"norm = {m.norm!r}; GPT-2 uses LayerNorm"),
+                    (m.mlp in EXPORT_ACTIVATION, f"mlp = {m.mlp!r}; GPT-2 has a GELU MLP (gelu or gelu_tanh)"),
+                    (not m.qk_norm, "qk_norm; GPT-2 has no query-key norm"),
+                    (m.kv_heads in (0, m.heads), "grouped-query attention (kv_heads); GPT-2 has one K/V head per head"),
+                    (not m.embed_norm, "embed_norm; GPT-2 has no embedding norm")):
         if not ok:
             return why
     schedule = MaskSchedule.parse(m.mask, m.layer_masks)

@@ -114,13 +114,15 @@ def test_a_gpt2_imports_with_the_same_logits_and_greedy_generation(tmp_path, cor
     assert record["hf"] == str(hf_dir) and record["model_type"] == "gpt2"
 
 
-def test_export_hf_gives_transformers_the_same_logits(tmp_path, corpus):
-    hf_dir = save_gpt2(tmp_path / "gpt2", "gelu_new")
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu"])
+def test_export_hf_gives_transformers_the_same_logits(tmp_path, corpus, activation):
+    hf_dir = save_gpt2(tmp_path / "gpt2", activation)
     run, run_dir = imported(tmp_path, corpus, hf_dir)
     out = tmp_path / "exported"
     done = cli("export", run_dir, "--format", "hf", "--out", out)
     assert "transformers reads it back" in done.stdout
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    assert model.config.activation_function == activation
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     text = "Good sir, what love hath the queen?"
     assert tok(text)["input_ids"] == run.pipeline.tokenizers["text"].encode(text).ids.tolist()
