@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
 from .errors import UserError
 
@@ -103,6 +103,22 @@ def merge(core: nn.Module) -> nn.Module:
     for p in core.parameters():
         p.requires_grad_(True)
     return core
+
+
+def merged_state(state: dict[str, Tensor], cfg: LoRAConfig) -> dict[str, Tensor]:
+    """A LoRA run's saved weights with every adapter folded in, under the plain names:
+    ``X.weight = X.base_layer.weight + (alpha / rank) B A`` (what `merge` computes), so another
+    run can start from what the adapted model computes."""
+    out = {}
+    for name, tensor in state.items():
+        if is_adapter(name):
+            continue
+        if BASE + ".weight" in name:
+            layer = name.removesuffix(BASE + ".weight")
+            a, b = (state[f"{layer}.lora_{k}.default.weight"] for k in "AB")
+            tensor = tensor + (cfg.alpha / cfg.rank) * (b.float() @ a.float()).to(tensor.dtype)
+        out[base_name(name)] = tensor
+    return out
 
 
 def save_adapter(core: nn.Module, cfg: LoRAConfig, directory: Path) -> None:

@@ -9,7 +9,8 @@ The source is a run directory (its newest checkpoint), one of its checkpoint dir
   they meant to the weights), so each modality's tokenizer plugin must be the source's;
 - copies every parameter by name, refusing one whose shape differs (naming it); 1-D position
   tables are cut to a shorter context, as nanoGPT's ``crop_block_size``; LoRA adapters and a
-  task's head may be new. The optimizer and the learning-rate schedule start fresh;
+  task's head may be new (a LoRA source is merged first: the new run starts from what the adapted
+  model computes). The optimizer and the learning-rate schedule start fresh;
 - records where the weights came from in ``run.json``.
 """
 
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from . import checkpoint
 from .config import build
 from .errors import UserError
-from .lora import base_name, is_adapter
+from .lora import LoRAConfig, base_name, is_adapter, merged_state
 from .model import ModelConfig
 from .recipe import Recipe
 
@@ -94,6 +95,9 @@ def run_origin(spec: str) -> Origin:
     step = checkpoint.read_state(ckpt).get("step")
     record = {"init_from": spec, "run": str(run_dir.resolve()), "checkpoint": ckpt.name, "step": step,
               "weights_sha256": _sha256(weights)}
+    adapters = build(LoRAConfig, recipe.get("train", {}).get("lora", {}), f"{recipe_path}: [train] lora")
+    if adapters.rank:  # a LoRA run: start from what its adapted model computes
+        return Origin(spec, model, tokenizers, lambda: merged_state(_read_safetensors(weights), adapters), record)
     return Origin(spec, model, tokenizers, lambda: _read_safetensors(weights), record)
 
 

@@ -83,3 +83,14 @@ def test_a_target_that_matches_no_linear_layer_is_a_one_line_error(tmp_path, cor
     assert "tiny_char.toml: [train] lora targets" in lines[0] and "'ln_attn'" in lines[0]
     done = cli("run", recipe, "--out", tmp_path / "r", "--no-progress", "--set", "train.lora={rank=-1}", check=False)
     assert done.returncode == 2 and "lora rank" in done.stderr
+
+
+def test_a_warm_start_from_a_lora_run_begins_at_the_adapted_model(runs, tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1, lr=0.0, min_lr=0.0, warmup=0)
+    cli("run", recipe, "--out", tmp_path / "next", "--no-progress", "--set", f'train.init_from="{runs[1]}"')
+    adapted, plain = (seqmodel.load(r, device="cpu").model.core for r in (runs[1], tmp_path / "next"))
+    assert not any(".lora_" in n for n, _ in plain.named_parameters())
+    ids = torch.randint(adapted.specs["text"].vocab_size, (2, 32), generator=torch.Generator().manual_seed(3))
+    batch = dense_set("text", ids=ids)
+    with torch.no_grad():
+        assert (adapted.output("text", adapted(batch), batch) - plain.output("text", plain(batch), batch)).abs().max() < 1e-5
