@@ -175,3 +175,11 @@ def test_init_from_hf_errors_are_one_line(tmp_path, corpus):
     recipe = bpe_recipe(tmp_path, corpus, f"hf:{hf_dir}")
     done = cli("run", recipe, "--out", tmp_path / "r2", "--no-progress", "--set", 'tokenizer.kind="char"', check=False)
     assert done.returncode == 2 and "'bpe'" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_export_of_what_is_not_a_run_is_a_one_line_error(tmp_path):
+    for target in (tmp_path / "missing", tmp_path):
+        done = cli("export", target, "--format", "hf", check=False)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    done = cli("export", tmp_path, "--format", "tflite", check=False)
+    assert done.returncode == 2 and "invalid choice" in done.stderr
