@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, checkpoint, registry
+from . import __version__, checkpoint, registry, warm_start
 from .config import build
 from .errors import UserError
 from .generate import SampleConfig
@@ -161,12 +161,12 @@ def check_resumable(run_dir: Path, recipe: Recipe | None) -> Pipeline:
 def start_run(recipe: Recipe, run_dir: Path, recipe_path: str) -> Pipeline:
     """Fit the pipeline and write the run directory's records (main process only)."""
     pipe = Pipeline(recipe, run_dir)
-    pipe.fit()
+    pipe.fit(warm_start.tokenizer_states(recipe))
     if is_main_process():
         try:
             pipe.save(run_dir)
             (run_dir / "recipe.toml").write_text(Path(recipe_path).read_text() if Path(recipe_path).is_file() else "")
-            (run_dir / "run.json").write_text(json.dumps(environment(pipe), indent=2))
+            (run_dir / "run.json").write_text(json.dumps(environment(pipe) | warm_start.record(recipe), indent=2))
         except OSError as err:
             raise UserError(f"{run_dir}: cannot write the run directory: {err.strerror or err}") from None
     return pipe
@@ -195,14 +195,14 @@ def run(recipe: str | Path | Recipe | dict, overrides: list[str] = (), out: str 
         rec = load_recipe(path, overrides)
     run_dir = Path(out) if out else default_run_dir(path, resume)
     if resume and checkpoint.latest(run_dir) is not None:
-        pipe = check_resumable(run_dir, None if force else rec)
+        pipe = check_resumable(run_dir, None if force else warm_start.resolve(rec))
         if force:
             pipe.recipe.train.steps = rec.train.steps
     else:
         if not resume and checkpoint.latest(run_dir) is not None:
             raise UserError(f"{run_dir}: already holds a run; continue it with --resume or pick another --out")
         resume = False  # killed before its first checkpoint: start over
-        pipe = start_run(rec, run_dir, path)
+        pipe = start_run(warm_start.resolve(rec), run_dir, path)
     trainer = Trainer(pipe, run_dir, resume=resume, progress=progress)
     trainer.run()
     if trainer.acc.is_main_process:

@@ -49,6 +49,17 @@ def _add_eval(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
 
 
+def _add_export(sub):
+    p = sub.add_parser("export", help="write a trained run as a HuggingFace GPT-2 directory or an ONNX graph",
+                       description="Write a trained run for other tools: --format hf (a GPT-2 directory that "
+                                   "transformers' AutoModelForCausalLM and AutoTokenizer load; decoder-only language "
+                                   "models of GPT-2's shape) or --format onnx (any model; see docs/export.md). "
+                                   "LoRA adapters are merged into the weights.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", required=True, choices=["hf", "onnx"])
+    p.add_argument("--out", help="output directory (default: RUN/export/FORMAT)")
+
+
 def _eval_options_help() -> str:
     """The evaluation options of every installed task (computed only when --help asks)."""
     from .docs import describe_fields
@@ -93,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True)
     p.add_argument("--json", action="store_true")
     _add_eval(sub)
+    _add_export(sub)
     p = sub.add_parser("predict", help="run a trained model on input files")
     p.add_argument("run")
     p.add_argument("inputs", nargs="+", help="input files")
@@ -218,19 +230,42 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    out = Path(args.out) if args.out else run_dir / "export" / args.format
+    if args.format == "hf":
+        from .hf_gpt2 import export_hf
+
+        check = export_hf(run_dir, out)
+    else:
+        from .onnx_export import export_onnx
+
+        check = export_onnx(run_dir, out)
+    print(f"wrote {out}; {check['checked_with']} reads it back: largest |output difference| "
+          f"{check['max_abs_difference']:.2e} on {check['probe']}")
+    return 0
+
+
 def cmd_check(args) -> int:
     from .pipeline import Pipeline
     from .recipe import load_recipe
 
+    from . import warm_start
     from .presets import resolve
 
-    recipe = load_recipe(resolve(args.recipe), args.overrides)
+    recipe = warm_start.resolve(load_recipe(resolve(args.recipe), args.overrides))
     if args.print:
         from .docs import recipe_doc
 
         print(recipe_doc(recipe))
     pipe = Pipeline(recipe)
-    pipe.fit()
+    pipe.fit(warm_start.tokenizer_states(recipe))
+    if recipe.train.init_from:
+        warm_start.load_weights(pipe.module, recipe)
     losses = pipe.dry_run()
     n = pipe.module.core.num_parameters()
     print(f"{recipe.path}: ok ({recipe.model.arch}, {recipe.model.layers} layers, d_model {recipe.model.d_model}, "
@@ -376,7 +411,7 @@ def show_plugin(name: str | None) -> int:
 
 
 COMMANDS = {"run": cmd_run, "sample": cmd_sample, "score": cmd_score, "eval": cmd_eval, "predict": cmd_predict,
-            "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "plugins": cmd_plugins,
+            "export": cmd_export, "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "plugins": cmd_plugins,
             "recipes": cmd_recipes, "runs": cmd_runs, "completion": cmd_completion}
 
 

@@ -268,9 +268,15 @@ def fast_plan(mask, Lq: int, Lk: int, k_valid: Tensor) -> Plan | None:
     decoder) never waits for the device here, and compiles without a graph break."""
     if is_plain_causal(mask) and Lq == Lk:
         return Plan(None, is_causal=True)  # sets are right-padded: padded keys follow every valid query
-    if (is_plain_causal(mask) and Lq == 1 or is_full(mask)) and bool(k_valid.all()):
+    if (is_plain_causal(mask) and Lq == 1 or is_full(mask)) and all_valid(k_valid):
         return Plan(None)
     return None
+
+
+def all_valid(valid: Tensor) -> bool:
+    """Whether no token is padding, read on the host; False while `torch.export` traces the model
+    (an exported graph cannot branch on data, so it always applies the padding mask)."""
+    return not torch.compiler.is_exporting() and bool(valid.all())
 
 
 def masked_plan(mask, q: TokenView, k: TokenView, k_valid: Tensor, q_valid: Tensor, flex: bool) -> Plan:
@@ -414,7 +420,7 @@ class Transformer(nn.Module):
             if memory is None:
                 raise ValueError("an encoder_decoder model needs an encoder input (context)")
             mem_valid = memory[1]
-            cross_plan = Plan(None if bool(mem_valid.all()) else mem_valid[:, None, None, :])
+            cross_plan = Plan(None if all_valid(mem_valid) else mem_valid[:, None, None, :])
         out = self.decoder(self.embed(ts), q, k, k_valid, ts.valid, self.rope(ts, q), memory[0] if memory else None, cross_plan, cache)
         if cache is not None:
             cache.length += ts.shape[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
@@ -70,9 +71,15 @@ class Pipeline:
                            source_fields=tuple(self.source.fields), info=info, eval_batches=r.train.eval_batches,
                            where=r.path, plugins=plugins)
 
-    def fit(self) -> None:
-        """Fit every tokenizer on its field of the training split, then set up the task."""
+    def fit(self, states: Mapping[str, Path] | None = None) -> None:
+        """Fit every tokenizer on its field of the training split (or load each one's saved state
+        from `states`, modality -> directory: a warm start), then set up the task."""
         self.check_fields()
+        if states is not None:
+            for m, tok in self.tokenizers.items():
+                tok.load(states[m])
+            self.task.setup(self.context())
+            return
         train = self.examples("train")
         for m, tok in self.tokenizers.items():
             try:
@@ -91,6 +98,10 @@ class Pipeline:
         specs = self.task.model_specs(specs) if can(self.task, "modalities") else list(specs.values())
         check_mask_modalities(self.recipe, [s.name for s in specs])
         core = Transformer(self.recipe.model, specs, outputs=self.task.outputs())
+        if self.recipe.train.lora.rank:
+            from .lora import wrap
+
+            wrap(core, self.recipe.train.lora, self.recipe.path)
         head = self.task.build_head(self.recipe.model.d_model)
         return TrainModule(core, head, self.task.loss)
 

@@ -105,6 +105,11 @@ class AddsModalities(Protocol):
         """The modalities the model is built with, given the tokenizers' (to add or widen some)."""
 
 
+class Exports(Protocol):
+    def export_outputs(self, core: Transformer, head: nn.Module | None, batch: TokenSet) -> dict[str, Tensor]:
+        """Named outputs an exported graph adds to the core's (a classifier's logits ...)."""
+
+
 CAPABILITIES: dict[str, tuple[type, tuple[str, ...]]] = {
     "generate": (Generates, ("generate",)),
     "score": (Scores, ("score",)),
@@ -114,6 +119,7 @@ CAPABILITIES: dict[str, tuple[type, tuple[str, ...]]] = {
     "metrics": (Measures, ("metrics", "loss_label")),
     "state": (KeepsState, ("save", "load")),
     "modalities": (AddsModalities, ("model_specs",)),
+    "export": (Exports, ("export_outputs",)),
     "eval_options": (object, ("EvalOptions",)),  # a dataclass of `seqmodel eval --set KEY=VALUE` options
 }
 """Task capability -> (its Protocol, the members a class declaring it must have)."""

@@ -157,7 +157,7 @@ class BPETokenizer:
 
     Config = BPEConfig
     FILE = FILE
-    capabilities = ("pieces", "separator", "examples")
+    capabilities = ("pieces", "separator", "examples", "hf_tokenizer")
     eot_id: int | None = None
     """The end-of-text id (None without one), set by `fit`/`load`."""
 
@@ -272,6 +272,10 @@ class BPETokenizer:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             return "".join(chr(b) if b < 0x80 else f"<0x{b:02X}>" for b in raw)
+
+    def hf_tokenizer(self) -> Tokenizer:
+        """The state itself: a HuggingFace `tokenizers.Tokenizer` (a copy)."""
+        return Tokenizer.from_str(self._need().to_str())
 
     def examples(self) -> list[str]:
         """Samples for the conformance check."""

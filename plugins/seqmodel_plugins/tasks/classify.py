@@ -68,7 +68,7 @@ class ClassifyTask:
     """See the module docstring."""
 
     Config = ClassifyConfig
-    capabilities = ("predict", "report", "state", "modalities", "metrics")
+    capabilities = ("predict", "report", "state", "modalities", "metrics", "export")
     loss_label = "cross-entropy (nats/example)"
     FILE = "labels.json"
 
@@ -171,6 +171,10 @@ class ClassifyTask:
     def logits(self, core, head, batch) -> torch.Tensor:
         """(B, classes) logits of a batch."""
         return head(self.pool(core(batch), batch)).float()
+
+    def export_outputs(self, core, head, batch) -> dict[str, torch.Tensor]:
+        """What an exported graph adds: the class logits (B, classes)."""
+        return {"logits": self.logits(core, head, batch)}
 
     def loss(self, core, head, batch):
         logits = self.logits(core, head, batch)
