@@ -9,17 +9,21 @@ import os
 import platform
 import sys
 import tempfile
-from dataclasses import fields, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from . import __version__, budget, checkpoint, registry, rundir
+from . import __version__, budget, checkpoint, registry, rundir, warm_start
+from .config import build
 from .errors import UserError
 from .generate import SampleConfig
 from .lock import HELD_BY, run_lock
 from .pipeline import Pipeline
-from .recipe import Recipe, load_recipe
+from .plugin import declared
+from .presets import resolve
+from .recipe import Recipe, apply_overrides, load_recipe, parse_recipe
+from .task import can
 
 
 class Run:
@@ -32,29 +36,38 @@ class Run:
     def task(self):
         return self.pipeline.task
 
-    def _need(self, method: str):
-        fn = getattr(self.task, method, None)
-        if fn is None:
-            raise UserError(f"task {self.pipeline.recipe.task.name!r} does not support {method}")
-        return fn
+    @property
+    def model(self):
+        """The core model and the task's head, in eval mode."""
+        return self.pipeline.module.eval()
+
+    def _need(self, capability: str, what: str) -> None:
+        if not can(self.task, capability):
+            raise UserError(f"{self.dir}: the {self.pipeline.recipe.task.name!r} task cannot {what} "
+                            f"(it declares: {', '.join(sorted(declared(self.task))) or 'nothing optional'})")
 
     def sample_config(self, **overrides) -> SampleConfig:
-        known = {f.name for f in fields(SampleConfig)}
-        return replace(self.pipeline.recipe.sample, **{k: v for k, v in overrides.items() if k in known and v is not None})
+        """The run's `[sample]` settings with `overrides` (None leaves a value), validated like a recipe."""
+        values = asdict(self.pipeline.recipe.sample) | {k: v for k, v in overrides.items() if v is not None}
+        return build(SampleConfig, values, "[sample]")
 
     def generate(self, prompt: str | None = None, use_cache: bool = True, **overrides) -> str:
+        """One output for `prompt` (default: the run's `[sample] prompt`); `overrides` are `[sample]` keys."""
+        self._need("generate", "generate")
         cfg = self.sample_config(prompt=prompt, **overrides)
-        return self._need("generate")(self.pipeline, cfg.prompt, cfg, use_cache)
+        return self.task.generate(self.model, cfg.prompt, cfg, use_cache)
 
     def score(self, text: str) -> dict:
-        return self._need("score")(self.pipeline, text)
+        self._need("score", "score a text")
+        return self.task.score(self.model, text)
 
     def evaluate(self, split: str = "val", limit: int | None = None, **options) -> dict:
-        """Task metrics on a split; `options` are task-specific (episodes, target_return ...)."""
-        return self.task.evaluate(self.pipeline, split, limit, **options)
+        """Task metrics on a split; `options` are the task's evaluation options (`EvalOptions`)."""
+        return self.pipeline.evaluate(split, limit, **options)
 
-    def predict(self, inputs: list[str], **kw) -> list[dict]:
-        return self._need("predict")(self.pipeline, inputs, **kw)
+    def predict(self, inputs: list[str]) -> list[dict]:
+        self._need("predict", "predict on files")
+        return self.task.predict(self.model, [str(p) for p in inputs])
 
 
 def load(run_dir: str | Path, device: str | None = None) -> Run:
@@ -190,12 +203,12 @@ def check_resumable(run_dir: Path, recipe: Recipe | None, force: bool = False) -
 def start_run(recipe: Recipe, run_dir: Path, recipe_path: str) -> Pipeline:
     """Fit the pipeline and write the run directory's records (main process only)."""
     pipe = Pipeline(recipe, run_dir)
-    pipe.fit()
+    pipe.fit(warm_start.tokenizer_states(recipe))
     if is_main_process():
         try:
             pipe.save(run_dir)
             (run_dir / "recipe.toml").write_text(Path(recipe_path).read_text() if Path(recipe_path).is_file() else "")
-            (run_dir / "run.json").write_text(json.dumps(environment(pipe), indent=2))
+            (run_dir / "run.json").write_text(json.dumps(environment(pipe) | warm_start.record(recipe), indent=2))
         except OSError as err:
             raise UserError(f"{run_dir}: cannot write the run directory: {err.strerror or err}") from None
     return pipe
@@ -207,8 +220,9 @@ def _record_resumed(pipe: Pipeline, run_dir: Path) -> None:
         return
     try:
         checkpoint.write_atomic(run_dir / "recipe.json", json.dumps(pipe.recipe.resolved(), indent=2))
-        if (run_dir / "run.json").exists():
-            checkpoint.write_atomic(run_dir / "run.json", json.dumps(environment(pipe), indent=2))
+        before = rundir.saved_environment(run_dir)
+        if before is not None:  # what else it records (a warm start's origin) stays
+            checkpoint.write_atomic(run_dir / "run.json", json.dumps(before | environment(pipe), indent=2))
     except OSError as err:
         raise UserError(f"{run_dir}: cannot write the run directory: {err.strerror or err}") from None
 
@@ -237,12 +251,12 @@ def _prepare(rec: Recipe, run_dir: Path, path: str, resume: bool, force: bool) -
     return start_run(rec, run_dir, path), False
 
 
-def run(recipe: str | Path | Recipe, overrides: list[str] = (), out: str | Path | None = None,
+def run(recipe: str | Path | Recipe | dict, overrides: list[str] = (), out: str | Path | None = None,
         resume: bool = False, progress: bool = True, force: bool = False) -> Run:
     """Train a recipe (a path or a parsed `Recipe`); returns the finished `Run`.
 
     Args:
-        recipe: recipe path or parsed recipe.
+        recipe: a recipe path, the name of a shipped recipe, a parsed `Recipe`, or the tables as a dict.
         overrides: ``section.key=value`` strings.
         out: run directory (default runs/<recipe name>, numbered when taken).
         resume: continue `out` from its newest checkpoint (exactly: same data order, same RNG),
@@ -259,9 +273,12 @@ def run(recipe: str | Path | Recipe, overrides: list[str] = (), out: str | Path 
 
     if isinstance(recipe, Recipe):
         rec, path = recipe, recipe.path
+    elif isinstance(recipe, dict):
+        rec, path = parse_recipe(apply_overrides(recipe, list(overrides)), "<recipe dict>"), "run"
     else:
-        path = str(recipe)
-        rec = load_recipe(recipe, overrides)
+        path = str(resolve(recipe))
+        rec = load_recipe(path, overrides)
+    rec = warm_start.resolve(rec)
     launched = HELD_BY in os.environ  # by `--num-processes`, which has checked and warned already
     budget.preflight(rec, int(os.environ.get("WORLD_SIZE", "1")), warn=is_main_process() and not launched)
     run_dir = Path(out) if out else default_run_dir(path, resume)

@@ -40,20 +40,33 @@ class Estimate:
         return self.parameters * BYTES_PER_PARAMETER + self.activation_bytes
 
 
-def block_parameters(d: int, hidden: int, cross: bool) -> int:
-    """One block: attention (4 d^2), MLP (2 d hidden), two LayerNorms, and cross-attention."""
-    return 4 * d * d + 2 * d * hidden + 2 * d + (4 * d * d + d if cross else 0)
+def attention_parameters(model) -> int:
+    """One attention layer without biases: q and proj (d^2 each), k and v (d by the kv width), qk norms."""
+    d, head = model.d_model, model.d_model // model.heads
+    kv = (model.kv_heads or model.heads) * head
+    return 2 * d * d + 2 * d * kv + (2 * head if model.qk_norm else 0)
+
+
+def block_parameters(model, cross: bool) -> int:
+    """One block without biases: attention, MLP, their norms, and cross-attention with its norm."""
+    from .layers import mlp_hidden
+
+    d, hidden = model.d_model, mlp_hidden(model)
+    mlp = d * hidden * (3 if model.mlp == "swiglu" else 2)
+    return attention_parameters(model) + mlp + 2 * d + ((attention_parameters(model) + d) if cross else 0)
 
 
 def estimate(model, train, specs: list[ModalitySpec] = (), outputs: tuple[str, ...] = (), world: int = 1) -> Estimate:
     """A lower bound of what training `model` (a ModelConfig) with `train` (a TrainConfig) needs
     in each of `world` processes; without `specs` the modalities' tables are left out."""
-    d, hidden = model.d_model, int(model.mlp_ratio * model.d_model)
+    from .layers import mlp_hidden
+
+    d, hidden = model.d_model, mlp_hidden(model)
     decoder_cross = model.arch == "encoder_decoder"
     layers = model.layers + ((model.encoder_layers or model.layers) if decoder_cross else 0)
-    blocks = model.layers * block_parameters(d, hidden, decoder_cross) + d
+    blocks = model.layers * block_parameters(model, decoder_cross) + d * (2 if model.embed_norm else 1)
     if decoder_cross:
-        blocks += (model.encoder_layers or model.layers) * block_parameters(d, hidden, False) + d
+        blocks += (model.encoder_layers or model.layers) * block_parameters(model, False) + d
     tables = positions = 0
     for s in specs:
         tables += s.vocab_size * d if s.discrete else (s.width + 1) * d
@@ -122,8 +135,10 @@ def check_fits(recipe, specs: list[ModalitySpec] = (), outputs: tuple[str, ...] 
 
 def pipeline_specs(pipe) -> tuple[list[ModalitySpec], tuple[str, ...]]:
     """The modality specs and output heads a pipeline's model will have (as `Pipeline.build_model`)."""
-    specs = [tok.spec() for tok in pipe.tokenizers.values()]
-    specs += list(getattr(pipe.task, "extra_specs", lambda: [])())
+    from .task import can
+
+    specs = {m: tok.spec() for m, tok in pipe.tokenizers.items()}
+    specs = pipe.task.model_specs(specs) if can(pipe.task, "modalities") else list(specs.values())
     return specs, tuple(pipe.task.outputs())
 
 

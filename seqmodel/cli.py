@@ -13,20 +13,9 @@ from .errors import UserError, cut
 LONGEST_MASK = 4096  # tokens `mask show` draws (a dense length x length picture)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {cut(repr(text))}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _add_run(sub):
     p = sub.add_parser("run", help="train a recipe", description="Train a recipe; writes a run directory.")
-    p.add_argument("recipe", help="path to a recipe .toml")
+    p.add_argument("recipe", help="a recipe .toml, or the name of a shipped recipe (seqmodel recipes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe value (repeatable), e.g. --set train.steps=100")
     p.add_argument("--out", help="run directory (default: runs/<recipe name>, numbered if taken)")
@@ -40,23 +29,71 @@ def _add_run(sub):
 
 
 def _add_sample(sub):
-    p = sub.add_parser("sample", help="generate from a trained run")
+    p = sub.add_parser("sample", help="generate from a trained run",
+                       description="Generate from a trained run. Unset flags take the run's [sample] values.")
     p.add_argument("run", help="run directory")
-    p.add_argument("--prompt")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--prompt", help="text to continue (a file path for tasks that read files)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="tokens to generate")
+    p.add_argument("--temperature", type=float, metavar="T", help="softmax temperature (lower: more conservative)")
+    p.add_argument("--top-k", type=int, metavar="K", help="keep the K most likely tokens (0 keeps all)")
+    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: keep this much probability (1 keeps all)")
+    p.add_argument("--seed", type=int, help="seed of the sampler")
     p.add_argument("--greedy", action="store_true", default=None, help="take the most likely token each step")
     p.add_argument("--no-cache", action="store_true", help="recompute the context each step (no KV cache)")
 
 
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="evaluate a run on a split", epilog=_eval_options_help,
+                       description="Task metrics of a trained run on a split.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate on at most N batches")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="an evaluation option the run's task declares (repeatable); listed below")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+
+
+def _add_export(sub):
+    p = sub.add_parser("export", help="write a trained run as a HuggingFace GPT-2 directory or an ONNX graph",
+                       description="Write a trained run for other tools: --format hf (a GPT-2 directory that "
+                                   "transformers' AutoModelForCausalLM and AutoTokenizer load; decoder-only language "
+                                   "models of GPT-2's shape) or --format onnx (any model; see docs/export.md). "
+                                   "LoRA adapters are merged into the weights.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", required=True, choices=["hf", "onnx"])
+    p.add_argument("--out", help="output directory (default: RUN/export/FORMAT)")
+
+
+def _eval_options_help() -> str:
+    """The evaluation options of every installed task (computed only when --help asks)."""
+    from .docs import describe_fields
+    from .registry import available, load
+    from .task import can
+
+    lines = ["task evaluation options (--set KEY=VALUE):"]
+    for info in available("task"):
+        cls = None if info.error else load("task", info.name)
+        if cls is None or not can(cls, "eval_options"):
+            lines.append(f"  {info.name}: none")
+            continue
+        for row in describe_fields(cls.EvalOptions):
+            lines.append(f"  {info.name}: {row['name']} ({row['type']}) {row['doc']}")
+    return "\n".join(lines)
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """Argument mistakes are one line (no usage dump), exit code 2."""
+    """Argument mistakes are one line (no usage dump), exit code 2. An `epilog` may be a function,
+    called only when the help is shown (it may need to load plugins)."""
 
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,22 +101,17 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     ap.add_argument("--version", action="version", version=f"seqmodel {__version__}")
+    ap.set_defaults(no_progress=False)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     _add_run(sub)
     _add_sample(sub)
-    p = sub.add_parser("score", help="per-token log-probabilities and bits per character of a text")
+    p = sub.add_parser("score", help="per-token log-probabilities of a text, and the task's summary")
     p.add_argument("run")
     p.add_argument("--text", required=True)
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("eval", help="evaluate a run on a split")
-    p.add_argument("run")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--limit", type=positive_int, help="evaluate on at most this many batches/windows")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--episodes", type=int, help="(decision tasks) episodes to run in the environment")
-    p.add_argument("--target-return", type=float, help="(decision tasks) return to condition on")
-    p.add_argument("--greedy", action="store_true", default=None, help="most likely action/token instead of sampling")
-    p = sub.add_parser("predict", help="run a trained model on input files (images, audio ...)")
+    _add_eval(sub)
+    _add_export(sub)
+    p = sub.add_parser("predict", help="run a trained model on input files")
     p.add_argument("run")
     p.add_argument("inputs", nargs="+", help="input files")
     p.add_argument("--json", action="store_true")
@@ -99,9 +131,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a recipe and build its model without training")
     p.add_argument("recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p = sub.add_parser("plugins", help="list installed plugins; `plugins check NAME` runs the conformance kit")
-    p.add_argument("action", nargs="?", choices=["list", "check"], default="list")
-    p.add_argument("name", nargs="?", help="tokenizer plugin to check")
+    p.add_argument("--print", action="store_true", help="print every setting, defaults included, with its docstring")
+    sub.add_parser("recipes", help="list the recipes shipped with seqmodel (run them by name: seqmodel run char_lm)")
+    p = sub.add_parser("runs", help="a table of the run directories under a folder")
+    p.add_argument("folder", nargs="?", default="runs", help="where to look (default: runs)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("completion", help="print a shell completion script: seqmodel completion bash > ~/.seqmodel.bash")
+    p.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    p = sub.add_parser("plugins", help="list installed plugins; `plugins show NAME` lists a plugin's keys, "
+                                       "`plugins check NAME` runs the tokenizer conformance kit")
+    p.add_argument("action", nargs="?", choices=["list", "show", "check"], default="list")
+    p.add_argument("name", nargs="?", help="the plugin to show or check")
     p.add_argument("--json", action="store_true")
     return ap
 
@@ -144,41 +184,80 @@ def cmd_score(args) -> int:
     out = load(args.run).score(args.text)
     if args.json:
         print(json.dumps(out))
-    else:
-        for t in out["tokens"]:
-            lp = "     -" if t["logprob"] is None else f"{t['logprob']:8.4f}"
-            print(f"{lp}  {t['token']!r}")
-        print(f"bits per character: {out['bits_per_char']}")
+        return 0
+    for t in out.get("tokens", []):
+        lp = "     -" if t["logprob"] is None else f"{t['logprob']:8.4f}"
+        print(f"{lp}  {t['token']!r}")
+    _print_metrics({k: v for k, v in out.items() if k != "tokens"})
     return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    for k, v in metrics.items():
+        print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
 
 
 def cmd_eval(args) -> int:
     from .api import load
+    from .config import parse_value
 
-    options = {k: v for k in ("episodes", "target_return", "greedy") if (v := getattr(args, k)) is not None}
+    options = {}
+    for text in args.options:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {text!r}: expected KEY=VALUE (the options of each task are listed by seqmodel eval --help)")
+        options[key.strip()] = parse_value(value)
     metrics = load(args.run).evaluate(args.split, args.limit, **options)
     if args.json:
         print(json.dumps(metrics))
     else:
-        for k, v in metrics.items():
-            print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+        _print_metrics(metrics)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    out = Path(args.out) if args.out else run_dir / "export" / args.format
+    if args.format == "hf":
+        from .hf_gpt2 import export_hf
+
+        check = export_hf(run_dir, out)
+    else:
+        from .onnx_export import export_onnx
+
+        check = export_onnx(run_dir, out)
+    print(f"wrote {out}; {check['checked_with']} reads it back: largest |output difference| "
+          f"{check['max_abs_difference']:.2e} on {check['probe']}")
     return 0
 
 
 def cmd_check(args) -> int:
-    from . import budget
+    from . import budget, warm_start
     from .pipeline import Pipeline
+    from .presets import resolve
     from .recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = warm_start.resolve(load_recipe(resolve(args.recipe), args.overrides))
     budget.preflight(recipe)  # what `run` checks before and after fitting, before the model is allocated
+    if args.print:
+        from .docs import recipe_doc
+
+        print(recipe_doc(recipe))
     pipe = Pipeline(recipe)
-    pipe.fit()
+    pipe.fit(warm_start.tokenizer_states(recipe))
     budget.check_fits(recipe, *budget.pipeline_specs(pipe))
+    if recipe.train.init_from:
+        warm_start.load_weights(pipe.module, recipe)
+    losses = pipe.dry_run()
     n = pipe.module.core.num_parameters()
-    print(f"{args.recipe}: ok ({recipe.model.arch}, {recipe.model.layers} layers, d_model {recipe.model.d_model}, "
+    print(f"{recipe.path}: ok ({recipe.model.arch}, {recipe.model.layers} layers, d_model {recipe.model.d_model}, "
           f"{n / 1e6:.2f} M parameters; tokenizers: "
-          + ", ".join(f"{m}={b.name}" for m, b in recipe.tokenizers.items()) + f"; task {recipe.task.name})")
+          + ", ".join(f"{m}={b.name}" for m, b in recipe.tokenizers.items()) + f"; task {recipe.task.name}; "
+          + ", ".join(f"first {split} batch loss {loss:.3f}" for split, loss in losses.items()) + ")")
     return 0
 
 
@@ -218,6 +297,7 @@ def cmd_tokenize(args) -> int:
     import torch
 
     from .api import load
+    from .plugin import declared
     from .segments import Segment
 
     pipe = load(args.run).pipeline
@@ -225,7 +305,7 @@ def cmd_tokenize(args) -> int:
     if not discrete:
         kinds = ", ".join(f"{m}={type(t).__name__}" for m, t in pipe.tokenizers.items())
         raise UserError(f"{args.run}: no tokenizer of this run turns text into ids ({kinds}); "
-                        "`seqmodel tokenize` shows char and BPE tokenizers")
+                        "`seqmodel tokenize` shows tokenizers of discrete ids")
     mod = args.modality or discrete[0]
     if mod not in discrete:
         raise UserError(f"--modality: expected one of the run's discrete tokenizers ({', '.join(discrete)}), got {mod!r}")
@@ -242,7 +322,7 @@ def cmd_tokenize(args) -> int:
         print(json.dumps({"text": text}) if args.json else text)
         return 0
     ids = tok.encode(args.text).ids.tolist()
-    piece = getattr(tok, "piece", None) or (lambda i: tok.decode(Segment(mod, ids=torch.tensor([i]))))
+    piece = tok.piece if "pieces" in declared(tok) else (lambda i: tok.decode(Segment(mod, ids=torch.tensor([i]))))
     pieces = [piece(i) for i in ids]
     if args.json:
         print(json.dumps({"ids": ids, "pieces": pieces}))
@@ -252,8 +332,12 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+PLUGIN_IMPORT_SECONDS = 60.0
+"""A plugin whose import takes longer is listed as broken (its import hangs) instead of hanging the listing."""
+
+
 def cmd_plugins(args) -> int:
-    from .registry import available
+    from .registry import iter_available
 
     if args.action == "check":
         from .conformance import check_tokenizer
@@ -261,19 +345,68 @@ def cmd_plugins(args) -> int:
         if not args.name:
             raise UserError("plugins check: name the tokenizer plugin to check, e.g. seqmodel plugins check char")
         return 0 if check_tokenizer(args.name) else 1
+    if args.action == "show":
+        return show_plugin(args.name)
 
-    rows = available()
+    rows = iter_available(time_limit=PLUGIN_IMPORT_SECONDS)
     if args.json:
         print(json.dumps([r.__dict__ | {"group": r.group} for r in rows], indent=1))
         return 0
-    for r in rows:
+    for r in rows:  # each row as its plugin loads: a slow one is seen by name
         status = "ok" if r.error is None else f"BROKEN: {r.error}"
-        print(f"{r.group:20} {r.name:14} {r.distribution:18} {r.version:8} {status}")
+        print(f"{r.group:20} {r.name:14} {r.distribution:18} {r.version:8} {status}", flush=True)
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from .presets import shipped, summary
+
+    for name, path in shipped().items():
+        print(f"{name:22} {summary(path)}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from pathlib import Path
+
+    from .runs import format_rows, table
+
+    rows = table(Path(args.folder))
+    if args.json:
+        print(json.dumps(rows))
+    elif rows:
+        print(format_rows(rows))
+    else:
+        print(f"no run directories in {args.folder}", file=sys.stderr)
+    return 0
+
+
+def cmd_completion(args) -> int:
+    try:
+        import shtab
+    except ImportError:
+        raise UserError("completion: needs the `shtab` package (pip install shtab)") from None
+    print(shtab.complete(_parser(), args.shell))
+    return 0
+
+
+def show_plugin(name: str | None) -> int:
+    from .docs import plugin_doc
+    from .registry import GROUPS, available
+
+    if not name:
+        raise UserError("plugins show: name the plugin, e.g. seqmodel plugins show hf")
+    kinds = [k for k in GROUPS if any(r.name == name for r in available(k, check=False))]
+    if not kinds:
+        known = sorted({r.name for r in available(check=False)})
+        raise UserError(f"plugins show: no plugin named {name!r} (installed: {', '.join(known)})")
+    print("\n\n".join(plugin_doc(k, name) for k in kinds))
     return 0
 
 
 COMMANDS = {"run": cmd_run, "sample": cmd_sample, "score": cmd_score, "eval": cmd_eval, "predict": cmd_predict,
-            "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "plugins": cmd_plugins}
+            "export": cmd_export, "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "plugins": cmd_plugins,
+            "recipes": cmd_recipes, "runs": cmd_runs, "completion": cmd_completion}
 
 
 def not_utf8(argv: list[str]) -> str | None:
@@ -303,12 +436,15 @@ def report(err: UserError) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import progress
+
     argv = sys.argv[1:] if argv is None else list(argv)
     problem = not_utf8(argv)
     if problem:
         print(f"error: seqmodel: {problem}", file=sys.stderr)
         return 2
     args = _parser().parse_args(argv)
+    progress.ENABLED = not args.no_progress
     try:
         return COMMANDS[args.command](args)
     except UserError as err:

@@ -82,6 +82,9 @@ def build(cls, table: Any, where: str):
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f" (known keys: {', '.join(known)})"
             raise UserError(f"{where} {cut(key)}: unknown key{hint}")
+        if dataclasses.is_dataclass(hints[key]):  # a sub-table, e.g. [train] lora = {rank = 8}
+            values[key] = build(hints[key], value, f"{where} {key}")
+            continue
         try:
             values[key] = coerce(value, hints[key])
         except TypeError:
@@ -102,20 +105,26 @@ def to_dict(obj) -> dict:
 
 def parse_override(text: str) -> tuple[str, str, Any]:
     """``section.key=value`` -> (section, key, value); the value is read as TOML, else a string."""
-    import tomllib
-
     path, sep, raw = text.partition("=")
     parts = path.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
         raise UserError(f"--set {shown(text)}: expected section.key=value, e.g. train.steps=100")
+    return ".".join(parts[:-1]), parts[-1], parse_value(raw, f"--set {path.strip()}")
+
+
+def parse_value(raw: str, where: str = "--set") -> Any:
+    """A command-line value read as TOML (``3``, ``true``, ``[1, 2]``, ``"x"``), else the string
+    itself; one `where` cannot hold (see `check_plain`) is a one-line error naming it."""
+    import tomllib
+
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw.strip()
+        return raw.strip()
     except RecursionError:
-        raise UserError(f"--set {shown(text)}: the value nests too deeply") from None
-    check_plain(value, f"--set {path.strip()}")
-    return ".".join(parts[:-1]), parts[-1], value
+        raise UserError(f"{where}: the value nests too deeply") from None
+    check_plain(value, where)
+    return value
 
 
 def check_plain(data: Any, where: str, tables: bool = False) -> None:

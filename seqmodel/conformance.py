@@ -1,14 +1,14 @@
 """The tokenizer conformance kit: ``seqmodel plugins check NAME``.
 
 Loads an installed tokenizer plugin through the registry, builds it from its default `Config`,
-fits it on the samples its ``examples()`` method returns, and checks what the rest of seqmodel
+fits it on the samples its ``examples()`` method returns (capability "examples"), and checks what the rest of seqmodel
 relies on:
 
 - round trip: ``decode(encode(x)) == x`` (floats within 1e-5), or else -- for a tokenizer whose
   decode is lossy or returns another representation -- ``encode(decode(encode(x)))`` gives the
-  same tokens (ids exactly, values within the tokenizer's ``round_trip_atol``, default 0.05). A
-  tokenizer may define ``same(value, decoded) -> bool`` to compare a value with its decoding
-  itself (e.g. audio with its mel features).
+  same tokens (ids exactly, values within 0.05). A tokenizer that declares "compare" defines
+  ``same(value, decoded) -> bool`` to compare a value with its decoding itself (e.g. audio with
+  its mel features).
 - contract: `Segment` shapes and dtypes against `spec()` (ids int64 (T,) below vocab_size, or
   values float32 (T, width), finite), positions int64 (T,) or (T, P) within ``max_positions``,
   modality names.
@@ -35,10 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .plugin import ModalitySpec
+from .plugin import ModalitySpec, declared, segment_problem, tensor_kind
 from .segments import Segment, collate
 
 VALUE_ATOL = 1e-5
+DEFAULT_CONTEXT = 256  # ModelConfig.context's default
 ROUND_TRIP_ATOL = 0.05
 SEED = 0
 
@@ -121,10 +122,13 @@ class _Kit:
         self.segments: list[Segment] = []
 
     def new(self):
-        config = self.cls.Config()
-        problems = list(getattr(config, "validate", lambda: [])())
-        if problems:
-            raise CheckFailed(f"the default Config is invalid: {'; '.join(f'{k}: {p}' for k, p in problems)}")
+        from .config import build
+        from .errors import UserError
+
+        try:
+            config = build(self.cls.Config, {}, "the default Config:")
+        except UserError as err:
+            raise CheckFailed(str(err)) from None
         return self.cls(config, self.modality)
 
     def fitted(self):
@@ -138,11 +142,11 @@ class _Kit:
         self.tok = self.new()
 
     def examples(self) -> str:
-        method = getattr(self.tok, "examples", None)
-        if not callable(method):
-            raise CheckFailed("the tokenizer has no examples() method; add `examples()` returning a few sample "
-                              "field values (see seqmodel_tokenizers/char.py) so the kit can fit and encode")
-        self.samples = list(method())
+        if "examples" not in declared(self.tok):
+            raise CheckFailed("the tokenizer declares no \"examples\" capability; add `examples()` returning a few "
+                              "sample field values and list \"examples\" in its `capabilities` (see "
+                              "seqmodel_tokenizers/char.py) so the kit can fit and encode")
+        self.samples = list(self.tok.examples())
         if not self.samples:
             raise CheckFailed("examples() returned no samples; return a few field values")
         return f"{len(self.samples)} samples"
@@ -167,11 +171,10 @@ class _Kit:
     # -- checks --------------------------------------------------------------------------------
     def round_trip(self) -> str:
         exact = 0
-        same = getattr(self.tok, "same", None)
-        atol = float(getattr(self.tok, "round_trip_atol", ROUND_TRIP_ATOL))
+        compare = "compare" in declared(self.tok)
         for i, (x, seg) in enumerate(zip(self.samples, self.segments)):
             y = self.tok.decode(seg)
-            if same(x, y) if callable(same) else values_equal(x, y, VALUE_ATOL):
+            if self.tok.same(x, y) if compare else values_equal(x, y, VALUE_ATOL):
                 exact += 1
                 continue
             try:
@@ -179,7 +182,7 @@ class _Kit:
             except Exception as err:
                 raise CheckFailed(f"sample {i}: decode(encode(x)) != x ({describe(x, y)}), and encoding the "
                                   f"decoded value raised {type(err).__name__}: {err}") from err
-            diff = segment_diff(seg, again, atol)
+            diff = segment_diff(seg, again, ROUND_TRIP_ATOL)
             if diff:
                 raise CheckFailed(f"sample {i}: decode(encode(x)) != x ({describe(x, y)}), and "
                                   f"encode(decode(encode(x))) != encode(x): {diff}")
@@ -188,8 +191,8 @@ class _Kit:
 
     def contract(self) -> None:
         spec = self.tok.spec()
-        names = {"the tokenizer's .modality": getattr(self.tok, "modality", None)}
-        if not callable(getattr(self.tok, "specs", None)):  # a multi-modality tokenizer names its own modalities
+        names = {"the tokenizer's .modality": self.tok.modality}
+        if "modalities" not in declared(self.tok):  # a multi-modality tokenizer names its own modalities
             names["spec().name"] = spec.name
         for what, got in names.items():
             if got != self.modality:
@@ -198,7 +201,9 @@ class _Kit:
             raise CheckFailed(f"2d positions need spec().max_positions = (rows, cols), got {spec.max_positions}")
         coords = set()
         for i, seg in enumerate(self.segments):
-            problem = segment_problem(seg, spec)
+            # 1-D positions without max_positions index the model's context table: a sample's
+            # positions must fit the default context (or its own length, when longer)
+            problem = segment_problem(seg, spec, context=max(DEFAULT_CONTEXT, len(seg)))
             if problem:
                 raise CheckFailed(f"sample {i}: {problem}")
             coords.add(1 if seg.positions.dim() == 1 else seg.positions.shape[1])
@@ -270,53 +275,6 @@ def head_loss(model, modality: str, spec: ModalitySpec, ts, hidden: torch.Tensor
     return F.mse_loss(out[inp.valid], inp.values[inp.valid])
 
 
-def segment_problem(seg: Segment, spec: ModalitySpec) -> str | None:
-    """What in `seg` breaks the contract of `spec`, or None."""
-    if seg.modality != spec.name:
-        return f"segment modality {seg.modality!r} != spec().name {spec.name!r}"
-    T = len(seg)
-    if spec.discrete:
-        if seg.ids is None or seg.ids.dtype != torch.int64 or seg.ids.dim() != 1:
-            return f"a discrete modality needs ids int64 (T,), got {_tensor_kind(seg.ids)}"
-        if T and not (0 <= int(seg.ids.min()) and int(seg.ids.max()) < spec.vocab_size):
-            return f"ids span [{int(seg.ids.min())}, {int(seg.ids.max())}], outside [0, vocab_size={spec.vocab_size})"
-    else:
-        if seg.values is None or seg.values.dtype != torch.float32 or tuple(seg.values.shape[1:]) != (spec.width,):
-            return f"a continuous modality needs values float32 (T, {spec.width}), got {_tensor_kind(seg.values)}"
-        if not torch.isfinite(seg.values).all():
-            return "values hold NaN or infinity"
-    return positions_problem(seg.positions, T, spec) or _extras_problem(seg, T)
-
-
-def positions_problem(pos: torch.Tensor, T: int, spec: ModalitySpec) -> str | None:
-    """What is wrong with positions (T,) or (T, P) under `spec`, or None."""
-    if pos.dtype != torch.int64 or pos.dim() not in (1, 2) or pos.shape[0] != T:
-        return f"positions must be int64 ({T},) or ({T}, P), got {_tensor_kind(pos)}"
-    grid = pos[:, None] if pos.dim() == 1 else pos
-    if spec.position == "2d" and grid.shape[1] < 2:
-        return "2d positions need (T, 2) row/column coordinates"
-    if T and int(grid.min()) < 0:
-        return "positions must not be negative"
-    for c, limit in enumerate(spec.max_positions[: grid.shape[1]]):
-        if T and int(grid[:, c].max()) >= limit:
-            return f"position coordinate {c} reaches {int(grid[:, c].max())}, but max_positions[{c}] = {limit}"
-    return None
-
-
-def _extras_problem(seg: Segment, T: int) -> str | None:
-    if seg.targets is not None and seg.targets.shape[0] != T:
-        return f"{seg.targets.shape[0]} targets for {T} tokens"
-    if seg.loss_mask is not None and (seg.loss_mask.dtype != torch.bool or tuple(seg.loss_mask.shape) != (T,)):
-        return f"loss_mask must be bool ({T},), got {_tensor_kind(seg.loss_mask)}"
-    return None
-
-
-def _tensor_kind(t) -> str:
-    if not isinstance(t, torch.Tensor):
-        return type(t).__name__
-    return f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
-
-
 # -- comparing values and segments ------------------------------------------------------------
 def _is_array(x) -> bool:
     return isinstance(x, (np.ndarray, torch.Tensor)) or type(x).__module__.startswith("PIL.")
@@ -374,7 +332,7 @@ def segment_diff(a: Segment, b: Segment, atol: float = 0.0) -> str | None:
         if x is None:
             continue
         if x.dtype != y.dtype or x.shape != y.shape:
-            return f"{key}: {_tensor_kind(x)} vs {_tensor_kind(y)}"
+            return f"{key}: {tensor_kind(x)} vs {tensor_kind(y)}"
         if not values_equal(x, y, atol if key == "values" else 0.0):
             return f"{key} differ ({describe(x, y)})"
     return None

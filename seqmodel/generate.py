@@ -3,19 +3,26 @@
 Both paths share one windowing rule, so they compute the same thing: when the set would outgrow
 the model's context, the oldest half of the generated segment is dropped and its positions are
 renumbered from 0 (the cached path then re-fills its cache from the cropped window). Greedy
-decoding is therefore token-for-token identical with and without the cache.
+decoding is therefore token-for-token identical with and without the cache. That needs a decoder
+mask under which no generated token sees a later one; `generate` refuses any other (`check_exact`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
+from .errors import UserError
+from .masks import future_leak, layout_view
 from .model import DecodeCache, Transformer
 from .segments import Segment, TokenSet, collate
+
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes [-2**63, 2**64 - 1]; negatives alias large seeds
+MIN_TEMPERATURE = 1e-6  # below it, logits / temperature can overflow float32 and softmax gives NaN
 
 
 @dataclass
@@ -27,7 +34,7 @@ class SampleConfig:
     max_new_tokens: int = 500
     """How many tokens to generate."""
     temperature: float = 0.8
-    """Softmax temperature; lower is more conservative."""
+    """Softmax temperature; lower is more conservative (0: greedy; otherwise at least 1e-6)."""
     top_k: int = 200
     """Keep only the k most likely tokens (0 keeps all)."""
     top_p: float = 1.0
@@ -37,7 +44,28 @@ class SampleConfig:
     seed: int = 1337
     """Random seed of the sampler."""
     num_samples: int = 2
-    """Samples written at the end of a run."""
+    """Samples written at the end of a run (sample k uses seed + k)."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        """(key, problem) pairs; empty when every value can be sampled with."""
+        bad = []
+        if self.max_new_tokens < 1:
+            bad.append(("max_new_tokens", f"must be at least 1, got {self.max_new_tokens}"))
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < math.inf):
+            problem = f"must be 0 (greedy) or a finite number of at least {MIN_TEMPERATURE:g}, got {self.temperature}"
+            bad.append(("temperature", problem))
+        if self.top_k < 0:
+            bad.append(("top_k", f"must be 0 (keep all) or positive, got {self.top_k}"))
+        if not 0 <= self.top_p <= 1:
+            bad.append(("top_p", f"must be between 0 and 1 (1 keeps all), got {self.top_p}"))
+        if self.num_samples < 0:
+            bad.append(("num_samples", f"must not be negative, got {self.num_samples}"))
+        top = SEED_MAX - max(self.num_samples - 1, 0)
+        if not 0 <= self.seed <= top:
+            problem = (f"must be between 0 and {top} (torch's generator takes seeds up to 2**64 - 1, and sample k "
+                       f"uses seed + k), got {self.seed}")
+            bad.append(("seed", problem))
+        return bad
 
 
 def choose_token(logits: Tensor, cfg: SampleConfig, generator: torch.Generator | None = None) -> int:
@@ -86,6 +114,18 @@ def _append(seg: Segment, token: int) -> Segment:
                    targets=None, loss_mask=None, doc=None)
 
 
+def check_exact(model: Transformer, prefix: list[Segment]) -> None:
+    """Refuse a decoder mask under which a generated token would see later ones: next-token
+    sampling never has them, and the KV cache could not reproduce the attention it implies."""
+    layout = [(s.modality, max(len(s), 1)) for s in prefix[:-1]] + [(prefix[-1].modality, model.cfg.context)]
+    view = layout_view(layout)
+    leak = future_leak(model.decoder.schedule, view, view.segment == len(prefix) - 1)
+    if leak is not None:
+        raise UserError(f"generate: the decoder's mask {str(leak)!r} lets a generated token see later ones, which "
+                        "token-by-token generation cannot give it (with or without the KV cache); train with a "
+                        "mask that is causal over the generated segment")
+
+
 @torch.no_grad()
 def generate(
     model: Transformer,
@@ -108,6 +148,7 @@ def generate(
         stop: returns True for an id that ends generation (it is included in the output).
         on_logits: called with each step's logits (tests compare the two paths with it).
     """
+    check_exact(model, prefix)
     device = next(model.parameters()).device
     name = prefix[-1].modality
     memory = model.encode(collate([context]).to(device)) if context else None

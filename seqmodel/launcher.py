@@ -57,15 +57,17 @@ def launch(args) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from . import budget
+    from . import budget, warm_start
     from .api import check_resume_target, default_run_dir
     from .lock import HELD_BY, run_lock
+    from .presets import resolve
     from .recipe import load_recipe
 
     if args.num_processes < 1:
         raise UserError(f"--num-processes: expected at least 1, got {args.num_processes}")
-    budget.preflight(load_recipe(args.recipe, args.overrides), world=args.num_processes)  # before any worker starts
-    out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume)
+    recipe = warm_start.resolve(load_recipe(resolve(args.recipe), args.overrides))
+    budget.preflight(recipe, world=args.num_processes)  # before any worker starts
+    out = Path(args.out) if args.out else default_run_dir(resolve(args.recipe), args.resume)
     if args.resume:
         check_resume_target(out)
     worker = ["-u", "-m", "seqmodel", "run", args.recipe, "--out", str(out)] + [f"--set={o}" for o in args.overrides]

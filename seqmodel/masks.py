@@ -56,6 +56,10 @@ class Mask:
     def __or__(self, other: Mask) -> Mask:
         return Or((self, other))
 
+    def modality_names(self) -> frozenset[str]:
+        """The modality names this pattern's rules mention."""
+        return frozenset()
+
 
 @dataclass(frozen=True)
 class Full(Mask):
@@ -134,10 +138,16 @@ class ModalityRule(Mask):
     def __str__(self):
         return "modality:" + ";".join(f"{q}>{'+'.join(ks)}" for q, ks in self.rules)
 
+    def modality_names(self) -> frozenset[str]:
+        return frozenset(name for q, ks in self.rules for name in (q, *ks))
+
 
 @dataclass(frozen=True)
 class And(Mask):
     parts: tuple[Mask, ...]
+
+    def modality_names(self) -> frozenset[str]:
+        return frozenset().union(*(p.modality_names() for p in self.parts))
 
     def allowed(self, q, k):
         out = self.parts[0].allowed(q, k)
@@ -152,6 +162,9 @@ class And(Mask):
 @dataclass(frozen=True)
 class Or(Mask):
     parts: tuple[Mask, ...]
+
+    def modality_names(self) -> frozenset[str]:
+        return frozenset().union(*(p.modality_names() for p in self.parts))
 
     def allowed(self, q, k):
         out = self.parts[0].allowed(q, k)
@@ -308,3 +321,47 @@ class MaskSchedule:
         if layer_masks:
             return cls(tuple(parse_mask(m, f"{where}.layer_masks[{i}]") for i, m in enumerate(layer_masks)))
         return cls((parse_mask(mask, f"{where}.mask"),))
+
+
+def layout_view(parts: list[tuple[str, int]]) -> TokenView:
+    """Metadata of one example whose segments are `parts` ((modality, length) in token order),
+    laid out as `collate` lays them: segment and document = the part's number, time = the index
+    inside the part. Tensors are (L,)."""
+    codes = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in parts))}
+    segment = torch.cat([torch.full((n,), s, dtype=torch.long) for s, (_, n) in enumerate(parts)])
+    time = torch.cat([torch.arange(n) for _, n in parts])
+    modality = torch.cat([torch.full((n,), codes[m], dtype=torch.long) for m, n in parts])
+    return TokenView(torch.arange(len(segment)), segment, segment, time, modality, codes)
+
+
+def future_leak(schedule: MaskSchedule, view: TokenView, predicted: Tensor) -> Mask | None:
+    """The first mask of `schedule` under which a `predicted` token ((L,) bool: a token whose
+    output predicts the next one) may attend to a later token of `view`, or None.
+
+    Next-token training under such a mask sees the very token it predicts, and incremental
+    decoding with the KV cache cannot reproduce it (a cached key never sees later tokens)."""
+    q = TokenView(*(t[:, None] for t in view[:5]), view.codes)
+    k = TokenView(*(t[None, :] for t in view[:5]), view.codes)
+    later = k.index > q.index
+    for mask in schedule.masks:
+        if (mask.allowed(q, k) & later & predicted[:, None]).any():
+            return mask
+    return None
+
+
+def require_no_future(model_cfg, view: TokenView, predicted: Tensor, who: str) -> None:
+    """A one-line error when the `[model]` mask schedule lets a predicted token see later ones.
+
+    Args:
+        model_cfg: the `[model]` config (its `mask` and `layer_masks`).
+        view: the metadata of a typical example (`layout_view`).
+        predicted: which of its tokens predict the next one.
+        who: the task, for the message ("the lm task").
+    """
+    schedule = MaskSchedule.parse(model_cfg.mask, model_cfg.layer_masks)
+    leak = future_leak(schedule, view, predicted)
+    if leak is not None:
+        key = "layer_masks" if model_cfg.layer_masks else "mask"
+        hint = "" if is_full(leak) else f", or restrict it: \"causal & ({leak})\""
+        raise UserError(f"[model] {key}: {who} predicts each token from the ones before it, but {str(leak)!r} lets a "
+                        f"token see later ones (what it predicts); use \"causal\"{hint}")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
 from .masks import MaskSchedule, TokenView, dense_mask, parse_mask
 from .segments import TokenSet
 
@@ -49,29 +48,23 @@ def text_grid(mask: torch.Tensor, bands: list[tuple[str, int, int]], limit: int 
 
 
 def draw_png(masks: list[tuple[str, torch.Tensor]], bands, path: Path) -> None:
-    import matplotlib
+    from .plots import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(masks), figsize=(4.2 * len(masks), 4.4), dpi=120, squeeze=False)
-    for ax, (title, m) in zip(axes[0], masks):
-        ax.imshow(m.numpy(), cmap="Blues", vmin=0, vmax=1.25, interpolation="nearest")
-        for name, a, b in bands:
-            for edge in (a - 0.5, b - 0.5):
-                ax.axhline(edge, color="tab:orange", lw=0.6)
-                ax.axvline(edge, color="tab:orange", lw=0.6)
-            ax.text((a + b) / 2 - 0.5, 1.01, name, ha="center", va="bottom", fontsize=7, color="tab:orange",
-                    transform=ax.get_xaxis_transform())
-            ax.text(-0.07, (a + b) / 2 - 0.5, name, ha="right", va="center", fontsize=7, color="tab:orange", rotation=90,
-                    transform=ax.get_yaxis_transform())
-        ax.set_title(title, fontsize=9, pad=16)
-        ax.set_xlabel("key")
-        ax.set_ylabel("query")
-        ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, grid=(1, len(masks)), size=(4.2 * len(masks), 4.4), dpi=120) as (fig, axes):
+        for ax, (title, m) in zip(axes[0], masks):
+            ax.imshow(m.numpy(), cmap="Blues", vmin=0, vmax=1.25, interpolation="nearest")
+            for name, a, b in bands:
+                for edge in (a - 0.5, b - 0.5):
+                    ax.axhline(edge, color="tab:orange", lw=0.6)
+                    ax.axvline(edge, color="tab:orange", lw=0.6)
+                ax.text((a + b) / 2 - 0.5, 1.01, name, ha="center", va="bottom", fontsize=7, color="tab:orange",
+                        transform=ax.get_xaxis_transform())
+                ax.text(-0.07, (a + b) / 2 - 0.5, name, ha="right", va="center", fontsize=7, color="tab:orange",
+                        rotation=90, transform=ax.get_yaxis_transform())
+            ax.set_title(title, fontsize=9, pad=16)
+            ax.set_xlabel("key")
+            ax.set_ylabel("query")
+            ax.tick_params(labelsize=6)
 
 
 def recipe_masks(path: str, overrides: list[str], length: int | None):
@@ -84,11 +77,7 @@ def recipe_masks(path: str, overrides: list[str], length: int | None):
     pipe = Pipeline(recipe)
     pipe.fit()
     batch = pipe.task.batches("val", False).batch(Slice(0, 0, 0, 1, 1))
-    if not isinstance(batch, TokenSet):
-        batch = getattr(batch, "target", None) or getattr(batch, "decoder", None)
-        if not isinstance(batch, TokenSet):
-            raise UserError(f"{path}: the task's batches hold no token set to show")
-    view, bands, valid = set_view(batch, length)
+    view, bands, valid = set_view(batch, length)  # an encoder-decoder's batch is the decoder's set
     schedule = MaskSchedule.parse(recipe.model.mask, recipe.model.layer_masks, where=f"{path}: [model]")
     return schedule, view, bands, valid, recipe.model.layers
 

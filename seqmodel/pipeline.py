@@ -2,33 +2,25 @@
 
 A new run fits its tokenizers on the training split; a run directory holds everything needed to
 rebuild the same pipeline (resolved recipe, tokenizer state, task state, weights), so `sample`,
-`score`, `eval` and `--resume` need nothing else.
+`score`, `eval` and `--resume` need nothing else. The task sees only the `TaskContext` the
+pipeline builds for it.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
-from torch import nn
-
+from . import registry
+from .config import build
 from .errors import UserError
-from .model import Transformer
+from .masks import MaskSchedule
+from .plugin import declared
 from .recipe import Recipe, parse_recipe
-
-
-class TrainModule(nn.Module):
-    """The core model plus the task's head; `forward(batch)` is the task's loss, so wrappers
-    such as DDP see every parameter used through one forward call."""
-
-    def __init__(self, core: Transformer, head: nn.Module | None, task) -> None:
-        super().__init__()
-        self.core, self.head = core, head
-        object.__setattr__(self, "task", task)
-
-    def forward(self, batch):
-        return self.task.loss(self.core, self.head, batch)
+from .task import SPLITS, TaskContext, TrainModule, can
 
 
 class Pipeline:
@@ -38,6 +30,7 @@ class Pipeline:
         recipe: the validated recipe.
         run_dir: where the run lives (None for a throwaway pipeline).
         tokenizers: modality -> tokenizer instance.
+        task: the task plugin instance (set up by `fit` or `from_run`).
     """
 
     def __init__(self, recipe: Recipe, run_dir: Path | None = None) -> None:
@@ -62,30 +55,95 @@ class Pipeline:
         return self._examples[split]
 
     def check_fields(self) -> None:
-        have = tuple(getattr(self.source, "fields", ()))
+        have = tuple(self.source.fields)
         for m, fld in self.fields.items():
             if have and fld not in have:
                 raise UserError(f"{self.recipe.path}: [tokenizers.{m}] field: the source "
                                 f"{self.recipe.data.name!r} has no field {fld!r} (it has: {', '.join(have)})")
 
-    def fit(self) -> None:
-        """Fit every tokenizer on its field of the training split."""
+    def context(self) -> TaskContext:
+        """What the task sees of this recipe."""
+        r = self.recipe
+        info = self.source.info if "info" in declared(self.source) else dict
+        plugins = {m: registry.describe("tokenizer", b.name) for m, b in r.tokenizers.items()}
+        return TaskContext(tokenizers=dict(self.tokenizers), fields=dict(self.fields), model=r.model, seed=r.train.seed,
+                           batch_size=r.train.batch_size, sample=r.sample, examples=self.examples,
+                           source_fields=tuple(self.source.fields), info=info, eval_batches=r.train.eval_batches,
+                           where=r.path, plugins=plugins)
+
+    def fit(self, states: Mapping[str, Path] | None = None) -> None:
+        """Fit every tokenizer on its field of the training split (or load each one's saved state
+        from `states`, modality -> directory: a warm start), then set up the task."""
         self.check_fields()
+        if states is not None:
+            for m, tok in self.tokenizers.items():
+                tok.load(states[m])
+            self.task.setup(self.context())
+            return
         train = self.examples("train")
         for m, tok in self.tokenizers.items():
-            tok.fit(ex[self.fields[m]] for ex in train)
-        self.task.setup(self)
+            try:
+                tok.fit(ex[self.fields[m]] for ex in train)
+            except UserError:
+                raise
+            except Exception as err:  # e.g. a tokenizer fed a field of the wrong kind
+                raise UserError(f"{self.recipe.path}: [tokenizers.{m}] {registry.describe('tokenizer', self.recipe.tokenizers[m].name)}"
+                                f" could not fit on field {self.fields[m]!r}: {type(err).__name__}: {err}") from err
+        self.task.setup(self.context())
 
     def build_model(self) -> TrainModule:
-        specs = [tok.spec() for tok in self.tokenizers.values()]
-        specs += list(getattr(self.task, "extra_specs", lambda: [])())
+        from .model import Transformer
+
+        specs = {m: tok.spec() for m, tok in self.tokenizers.items()}
+        specs = self.task.model_specs(specs) if can(self.task, "modalities") else list(specs.values())
+        check_mask_modalities(self.recipe, [s.name for s in specs])
         core = Transformer(self.recipe.model, specs, outputs=self.task.outputs())
+        if self.recipe.train.lora.rank:
+            from .lora import wrap
+
+            wrap(core, self.recipe.train.lora, self.recipe.path)
         head = self.task.build_head(self.recipe.model.d_model)
-        return TrainModule(core, head, self.task)
+        return TrainModule(core, head, self.task.loss)
 
     @cached_property
     def module(self) -> TrainModule:
         return self.build_model()
+
+    def dry_run(self, examples: int = 2) -> dict[str, float]:
+        """The loss of a first small batch of the train and val splits, without training: what
+        `seqmodel check` runs so that data and tokenizer problems surface before a run."""
+        import torch
+
+        from .task import Slice
+
+        module, losses = self.module.eval(), {}
+        for split, train in (("train", True), ("val", False)):
+            batch = self.task.batches(split, train).batch(Slice(0, 0, 0, examples, examples))
+            with torch.no_grad():
+                loss, _ = module(batch.to(module.device))
+            losses[split] = float(loss)
+        return losses
+
+    def eval_options(self, options: dict):
+        """The task's `EvalOptions` from ``{key: value}`` (one-line errors naming the key)."""
+        if can(self.task, "eval_options"):
+            return build(self.task.EvalOptions, options, "eval --set")
+        if options:
+            raise UserError(f"eval --set {next(iter(options))}: the {self.recipe.task.name!r} task takes "
+                            "no evaluation options")
+        return None
+
+    def evaluate(self, split: str = "val", limit: int | None = None, **options) -> dict:
+        """The task's metrics of the model on a split (its first `limit` batches); `options` are
+        the task's evaluation options."""
+        if split not in SPLITS:
+            raise UserError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+        if limit is not None and limit < 1:
+            raise UserError(f"--limit: expected at least 1 batch, got {limit}")
+        if split == "test" and self.context().source_info.get("test_is_val"):
+            print(f"seqmodel: note: the {self.recipe.data.name!r} source has no test split of its own; "
+                  "its test split is the validation split", file=sys.stderr)
+        return self.task.evaluate(self.module.eval(), split, limit, self.eval_options(options))
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, run_dir: Path) -> None:
@@ -96,7 +154,7 @@ class Pipeline:
             d = run_dir / "tokenizers" / m
             d.mkdir(parents=True, exist_ok=True)
             tok.save(d)
-        if hasattr(self.task, "save"):
+        if can(self.task, "state"):
             d = run_dir / "task"
             d.mkdir(exist_ok=True)
             self.task.save(d)
@@ -112,15 +170,32 @@ class Pipeline:
             raw = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise UserError(f"{path}: corrupt run recipe: {err}") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("tokenizers", {}), dict):
+            raise UserError(f"{path}: corrupt run recipe: expected a table of tables")
         tables = raw.pop("tokenizers", {})
-        raw["tokenizers"] = {m: {k: v for k, v in t.items()} | {"modality": m} for m, t in tables.items()}
+        raw["tokenizers"] = {m: dict(t) | {"modality": m} if isinstance(t, dict) else t for m, t in tables.items()}
         pipe = cls(parse_recipe(raw, str(path)), run_dir)
         for m, tok in pipe.tokenizers.items():
             tok.load(run_dir / "tokenizers" / m)
-        if hasattr(pipe.task, "load") and (run_dir / "task").is_dir():
+        if can(pipe.task, "state") and (run_dir / "task").is_dir():
             pipe.task.load(run_dir / "task")
-        pipe.task.setup(pipe)
+        pipe.task.setup(pipe.context())
         return pipe
+
+
+def check_mask_modalities(recipe: Recipe, modalities: list[str]) -> None:
+    """Every modality a mask rule names must be one the model has (else the rule silently matches nothing)."""
+    m = recipe.model
+    for key, schedule in (("mask", MaskSchedule.parse(m.mask, m.layer_masks)),
+                          ("encoder_mask", MaskSchedule.parse(m.encoder_mask))):
+        if key == "encoder_mask" and m.arch != "encoder_decoder":
+            continue
+        for mask in schedule.masks:
+            unknown = sorted(mask.modality_names() - set(modalities))
+            if unknown:
+                key_name = "layer_masks" if key == "mask" and m.layer_masks else key
+                raise UserError(f"{recipe.path}: [model] {key_name}: {str(mask)!r} names modality "
+                                f"{unknown[0]!r}, which the model does not have (it has: {', '.join(modalities)})")
 
 
 def _atomic_text(path: Path, text: str) -> None:

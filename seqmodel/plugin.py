@@ -6,6 +6,12 @@ registered under an entry-point group (see `seqmodel.registry`):
 - ``seqmodel.tokenizers``: ``cls(config, modality)`` -> `Tokenizer`
 - ``seqmodel.sources``: ``cls(config)`` -> `Source`
 - ``seqmodel.tasks``: ``cls(config)`` -> `Task` (see `seqmodel.task`)
+
+Optional abilities are declared, not discovered: a class lists them in ``capabilities`` (a tuple of
+names from `TOKENIZER_CAPABILITIES`, `SOURCE_CAPABILITIES` or `seqmodel.task.CAPABILITIES`), the
+registry checks at load that the members each one needs are there, and the core reads only the
+declaration (`declared`). Names the core does not know are left to the plugins that agree on them
+(the `decision` task and the `sar` tokenizer share "steps").
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
+
+import torch
 
 from .segments import Segment
 
@@ -52,7 +60,6 @@ class ModalitySpec:
         return self.vocab_size is not None
 
 
-@runtime_checkable
 class Tokenizer(Protocol):
     """Turns one field of an example into a `Segment` and back.
 
@@ -76,7 +83,19 @@ class Tokenizer(Protocol):
     def load(self, directory: Path) -> None: ...
 
 
-@runtime_checkable
+TOKENIZER_CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "augment": ("encode",),  # encode(value, *, train, generator): random augmentation driven by the step's generator
+    "read_file": ("read_file",),  # read_file(path) -> a field value (`seqmodel predict`, `sample --prompt FILE`)
+    "pieces": ("piece",),  # piece(id) -> the text of one id (`seqmodel tokenize`, `score`)
+    "separator": ("eot_id",),  # eot_id: the id put between documents of a token stream (or None)
+    "examples": ("examples",),  # examples() -> a few field values (`seqmodel plugins check`)
+    "compare": ("same",),  # same(value, decoded) -> bool, for a lossy or re-represented decode
+    "modalities": ("specs",),  # specs() -> {role: ModalitySpec}: a tokenizer of several modalities
+    "hf_tokenizer": ("hf_tokenizer",),  # hf_tokenizer() -> a HuggingFace `tokenizers.Tokenizer` (`seqmodel export --format hf`)
+}
+"""Tokenizer capability -> the members a tokenizer declaring it must have."""
+
+
 class Source(Protocol):
     """Yields raw examples (dicts of fields) for the splits "train", "val" and "test"."""
 
@@ -85,3 +104,69 @@ class Source(Protocol):
     def split(self, name: str) -> Sequence[dict] | Iterable[dict]: ...
 
     def identity(self) -> dict: ...
+
+
+SOURCE_CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "info": ("info",),  # info() -> {"label_names": [...], "env_id": ...}: facts tasks may read
+}
+"""Source capability -> the members a source declaring it must have."""
+
+
+def declared(obj: Any) -> frozenset[str]:
+    """The capabilities a plugin (class or instance) declares."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return frozenset(getattr(cls, "capabilities", ()))
+
+
+# -- what a valid segment is ------------------------------------------------------------------
+def segment_problem(seg: Any, spec: ModalitySpec, context: int | None = None) -> str | None:
+    """What in `seg` breaks the contract of `spec`, or None. With `context`, positions of 1-D
+    tables without `max_positions` must also fit the model's context."""
+    if not isinstance(seg, Segment):
+        return f"a {type(seg).__name__}, not a Segment"
+    if seg.modality != spec.name:
+        return f"segment modality {seg.modality!r} != spec().name {spec.name!r}"
+    T = len(seg)
+    if spec.discrete:
+        if seg.ids is None or seg.ids.dtype != torch.int64 or seg.ids.dim() != 1:
+            return f"a discrete modality needs ids int64 (T,), got {tensor_kind(seg.ids)}"
+        if T and not (0 <= int(seg.ids.min()) and int(seg.ids.max()) < spec.vocab_size):
+            return f"ids span [{int(seg.ids.min())}, {int(seg.ids.max())}], outside [0, vocab_size={spec.vocab_size})"
+    else:
+        if seg.values is None or seg.values.dtype != torch.float32 or tuple(seg.values.shape[1:]) != (spec.width,):
+            return f"a continuous modality needs values float32 (T, {spec.width}), got {tensor_kind(seg.values)}"
+        if not torch.isfinite(seg.values).all():
+            return "values hold NaN or infinity"
+    return positions_problem(seg.positions, T, spec, context) or _extras_problem(seg, T)
+
+
+def positions_problem(pos: torch.Tensor, T: int, spec: ModalitySpec, context: int | None = None) -> str | None:
+    """What is wrong with positions (T,) or (T, P) under `spec` (and the model's `context`), or None."""
+    if pos.dtype != torch.int64 or pos.dim() not in (1, 2) or pos.shape[0] != T:
+        return f"positions must be int64 ({T},) or ({T}, P), got {tensor_kind(pos)}"
+    grid = pos[:, None] if pos.dim() == 1 else pos
+    if spec.position == "2d" and grid.shape[1] < 2:
+        return "2d positions need (T, 2) row/column coordinates"
+    if T and int(grid.min()) < 0:
+        return "positions must not be negative"
+    for c, limit in enumerate(spec.max_positions[: grid.shape[1]]):
+        if T and int(grid[:, c].max()) >= limit:
+            return f"position coordinate {c} reaches {int(grid[:, c].max())}, but max_positions[{c}] = {limit}"
+    if context and not spec.max_positions and spec.position in ("learned", "timestep") and T:
+        if int(grid[:, 0].max()) >= context:
+            return f"position {int(grid[:, 0].max())} is beyond the model's context ({context} positions)"
+    return None
+
+
+def _extras_problem(seg: Segment, T: int) -> str | None:
+    if seg.targets is not None and seg.targets.shape[0] != T:
+        return f"{seg.targets.shape[0]} targets for {T} tokens"
+    if seg.loss_mask is not None and (seg.loss_mask.dtype != torch.bool or tuple(seg.loss_mask.shape) != (T,)):
+        return f"loss_mask must be bool ({T},), got {tensor_kind(seg.loss_mask)}"
+    return None
+
+
+def tensor_kind(t) -> str:
+    if not isinstance(t, torch.Tensor):
+        return type(t).__name__
+    return f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"

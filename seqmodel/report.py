@@ -6,44 +6,35 @@ import sys
 from pathlib import Path
 
 from .pipeline import Pipeline
+from .plots import figure
+from .task import can
 
 
-def loss_curve(history: list[dict], path: Path, title: str = "") -> Path | None:
+def loss_curve(history: list[dict], path: Path, title: str = "", unit: str = "nats/token") -> Path | None:
     """Train and validation loss against step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     train = [(r["step"], r["train_loss"]) for r in history if "train_loss" in r]
     val = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
     if not train:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot(*zip(*train), label="train", lw=1.2)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation", lw=1.5, ms=3)
-        ax.annotate(f"{val[-1][1]:.4f}", val[-1], textcoords="offset points", xytext=(-30, 8))
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, size=(7, 4)) as (fig, ax):
+        ax.plot(*zip(*train), label="train", lw=1.2)
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation", lw=1.5, ms=3)
+            ax.annotate(f"{val[-1][1]:.4f}", val[-1], textcoords="offset points", xytext=(-30, 8))
+        ax.set(xlabel="step", ylabel=f"loss ({unit})", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend()
     return path
 
 
 def finish_run(pipeline: Pipeline, run_dir: Path, history: list[dict]) -> None:
     """Write the loss curve, end-of-run samples and whatever pictures the task draws."""
     loss_curve(history, run_dir / "loss.png", title=f"{pipeline.recipe.path}")
-    task = pipeline.task
-    if hasattr(task, "report"):
-        task.report(pipeline, run_dir)
-    if hasattr(task, "sample") and pipeline.recipe.sample.num_samples > 0:
-        pipeline.module.eval()
-        samples = task.sample(pipeline, pipeline.recipe.sample)
+    task, model = pipeline.task, pipeline.module.eval()
+    if can(task, "report"):
+        task.report(model, run_dir)
+    if can(task, "sample") and pipeline.recipe.sample.num_samples > 0:
+        samples = task.sample(model, pipeline.recipe.sample)
         text = "".join(f"--- sample {i + 1} ---\n{s}\n" for i, s in enumerate(samples))
         (run_dir / "samples.txt").write_text(text)
         print(text, file=sys.stderr)

@@ -73,7 +73,9 @@ class ModalityInputs:
 
 @dataclass
 class TokenSet:
-    """A padded batch of token sets, with the per-token metadata masks are written against."""
+    """A padded batch of token sets, with the per-token metadata masks are written against.
+
+    An encoder-decoder batch is the decoder's set with the encoder's as its `context`."""
 
     inputs: dict[str, ModalityInputs]
     modalities: tuple[str, ...]  # code -> modality name, for `modality` below
@@ -83,6 +85,7 @@ class TokenSet:
     doc: Tensor  # (B, L) int64 document id
     time: Tensor  # (B, L) int64 first position coordinate (index, timestep, patch row ...)
     extras: dict = field(default_factory=dict)  # task-specific tensors (labels ...)
+    context: TokenSet | None = None  # the encoder's set, for a model with cross-attention
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -92,7 +95,7 @@ class TokenSet:
         def move(x):
             if isinstance(x, Tensor):
                 return x.to(device, non_blocking=True)
-            if isinstance(x, ModalityInputs):
+            if isinstance(x, (ModalityInputs, TokenSet)):
                 return replace(x, **{f.name: move(getattr(x, f.name)) for f in fields(x)})
             if isinstance(x, dict):
                 return {k: move(v) for k, v in x.items()}

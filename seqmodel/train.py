@@ -17,16 +17,20 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
+from accelerate.state import AcceleratorState
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from tqdm.auto import tqdm
 
-from . import budget, checkpoint
+from . import budget, checkpoint, lora, warm_start
 from .cpu_memory import keep_freed_memory
 from .errors import UserError
 from .pipeline import Pipeline
 from .recipe import TrainConfig
 from .task import Slice, random_generator
-
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FQN-keyed, gathered (FSDP) or plain
 
@@ -110,6 +114,7 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     trackers = [cfg.log_with] if isinstance(cfg.log_with, str) else list(cfg.log_with)
     trackers = [t for t in trackers if t]
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
+    AcceleratorState._reset_state()  # another run earlier in this process (Python API, tests) may differ in precision
     try:
         acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum,
                           log_with=trackers or None, project_dir=str(run_dir), **kwargs)
@@ -235,6 +240,8 @@ class Trainer:
         ckpt = checkpoint.latest(self.run_dir) if self.resume else None
         if self.resume and ckpt is None:
             raise UserError(f"{self.run_dir}: nothing to resume (no complete checkpoint)")
+        if ckpt is None and cfg.init_from:
+            warm_start.load_weights(module, self.pipeline.recipe)
         if ckpt is not None:
             state = checkpoint.read_state(ckpt)
             checkpoint.load_weights(module, ckpt)
@@ -277,6 +284,8 @@ class Trainer:
             if pending is not None:
                 state["pending"] = pending
             checkpoint.save(self.run_dir, step, module, optimizer, state, weights)
+            if self.cfg.lora.rank:
+                lora.save_adapter(module.core, self.cfg.lora, self.run_dir / "adapter")
         self.acc.wait_for_everyone()
         return self.run_dir / "checkpoints" / f"step_{step:07d}"
 

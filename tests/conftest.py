@@ -1,13 +1,17 @@
-"""Shared fixtures: a small deterministic text corpus and a CLI runner."""
+"""Shared fixtures: a small deterministic text corpus and an in-process CLI runner."""
 
+import contextlib
+import io
 import json
 import os
 import random
-import subprocess
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SEQMODEL = [sys.executable, "-m", "seqmodel"]
@@ -67,9 +71,48 @@ num_samples = 1
     return path
 
 
-def cli(*args, check=True, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*SEQMODEL, *map(str, args)], capture_output=True, text=True, env=env, **kw)
+@dataclass
+class Done:
+    """What a `seqmodel` command printed and returned (the fields of subprocess.CompletedProcess)."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args, check=True, cwd=None) -> Done:
+    """Run ``seqmodel ARGS`` in this process, as the console script would: its exit code, stdout and
+    stderr (an unexpected exception is a traceback on stderr and exit code 1). Tests that need a
+    real process (signals, several processes, the installed script) use `SEQMODEL` with subprocess."""
+    from seqmodel import cli as seqmodel_cli
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    threads, here = torch.get_num_threads(), os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = seqmodel_cli.main(argv)
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            except Exception:  # noqa: BLE001 -- what the interpreter would print
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)
+    done = Done(argv, code, out.getvalue(), err.getvalue())
     if check and done.returncode != 0:
-        raise AssertionError(f"seqmodel {' '.join(map(str, args))} exited {done.returncode}:\n{done.stderr[-3000:]}")
+        raise AssertionError(f"seqmodel {' '.join(argv)} exited {done.returncode}:\n{done.stderr[-3000:]}")
     return done
+
+
+def one_line_error(done: Done) -> str:
+    """The error a failed command printed, checked to be one line with exit code 2 and no traceback
+    (progress notes such as "seqmodel: char tokenizer: ..." may come before it)."""
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("seqmodel: ")]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]

@@ -80,7 +80,7 @@ def run_case(case: Case, timeout: float = 60) -> Result:
     text = err.getvalue()
     if code == 0:
         return Result(case, "exit 0", text[-300:])
-    lines = [line for line in text.splitlines() if not line.startswith("seqmodel: warning:")]
+    lines = [line for line in text.splitlines() if not line.startswith("seqmodel: ") and line.strip()]  # notes
     if code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in text:
         return Result(case, "exit 2, one line", lines[0][:300])
     return Result(case, "other exit", f"exit {code}: {text[-1500:]}")

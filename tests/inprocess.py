@@ -27,3 +27,9 @@ def seqmodel(*args, check: bool = True) -> Done:
     if check and code != 0:
         raise AssertionError(f"seqmodel {' '.join(map(str, args))} exited {code}:\n{done.stderr[-3000:]}")
     return done
+
+
+def errors(done) -> list[str]:
+    """The lines of stderr that are not seqmodel's own notes (``seqmodel: ...``: fit reports,
+    progress, warnings): a user error must be exactly one of them, starting with ``error:``."""
+    return [line for line in done.stderr.splitlines() if not line.startswith("seqmodel: ") and line.strip()]

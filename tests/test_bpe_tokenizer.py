@@ -82,7 +82,7 @@ def test_long_text_fast_path_matches_single_encode(varied):
 
 
 def test_vocabulary_size_specials_and_eot():
-    tok = fitted(make_text(500), vocab_size=320, special_tokens=["<|pad|>", "<|sep x|>"])
+    tok = fitted(make_text(500), vocab_size=320, special_tokens=["<|pad|>", "<|sep x|>"], specials_in_text="special")
     assert tok.spec().vocab_size == 320 and tok.spec().discrete
     assert tok.eot_id == tok.tok.token_to_id("<|endoftext|>")
     ids = tok.encode_ids("a<|sep x|>b<|endoftext|>").tolist()
@@ -192,7 +192,7 @@ def test_eval_counts_document_characters_not_separators(tmp_path):
     pipe = Pipeline(parse_recipe(recipe(tmp_path, sorted(tmp_path.glob("doc*.txt"))), "r.toml"))
     pipe.fit()
     tok, ids = pipe.tokenizers["text"], pipe.task.ids("val")
-    m = pipe.task.evaluate(pipe, "val")
+    m = pipe.evaluate("val")
     assert ids.tolist().count(tok.eot_id) == 1 and m["tokens"] == (len(ids) - 1) // 16 * 16
     unscored = tok.decode_ids(ids[:1]) + tok.decode_ids(ids[m["tokens"] + 1:])
     assert m["chars"] == sum(len(ex["text"]) for ex in pipe.examples("val")) - len(unscored)

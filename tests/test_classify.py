@@ -72,7 +72,7 @@ def test_padding_does_not_change_the_mean_pooled_prediction(mean_pipe):
 def test_evaluate_matches_one_by_one_predictions(mean_pipe):
     task = mean_pipe.task
     task.config.eval_batch_size = 40
-    metrics = task.evaluate(mean_pipe, "val", limit=2)
+    metrics = mean_pipe.evaluate("val", limit=2)
     items = task.items("val")[:80]
     preds = [int(logits_of(mean_pipe, [task.segments(v)]).argmax()) for v, _ in items]
     right = [p == y for p, (_, y) in zip(preds, items)]
@@ -82,8 +82,8 @@ def test_evaluate_matches_one_by_one_predictions(mean_pipe):
         if hits:
             assert metrics["per_class_accuracy"][name] == pytest.approx(sum(hits) / len(hits))
     assert metrics["loss"] > 0
-    with pytest.raises(UserError, match="no eval option"):
-        task.evaluate(mean_pipe, "val", episodes=3)
+    with pytest.raises(UserError, match="eval --set episodes: the 'classify' task takes no evaluation options"):
+        mean_pipe.evaluate("val", episodes=3)
 
 
 def test_training_batches_are_deterministic_and_augmented(mean_pipe):
@@ -126,6 +126,6 @@ def test_task_config_mistakes_name_the_key(tmp_path):
 
 def test_report_draws_the_confusion_matrix_and_examples(mean_pipe, tmp_path):
     mean_pipe.task.config.report_images = 12
-    paths = mean_pipe.task.report(mean_pipe, tmp_path)
+    paths = mean_pipe.task.report(mean_pipe.module.eval(), tmp_path)
     assert {Path(p).name for p in paths} == {"confusion_matrix.png", "val_predictions.png"}
     assert all(Path(p).stat().st_size > 1000 for p in paths)

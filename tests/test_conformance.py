@@ -90,7 +90,7 @@ class WrongModality(CharTokenizer):
 
 
 class NoExamples(CharTokenizer):
-    examples = None
+    capabilities = ("pieces",)  # does not declare "examples"
 
 
 class RaisesEverywhere(CharTokenizer):
@@ -103,6 +103,8 @@ class RaisesEverywhere(CharTokenizer):
 
 class NanValues:
     """A continuous tokenizer whose values are not finite."""
+
+    capabilities = ("examples",)
 
     @dataclass
     class Config:

@@ -8,7 +8,7 @@ import json
 import psutil
 import pytest
 from conftest import tiny_char_recipe
-from inprocess import seqmodel
+from inprocess import errors, seqmodel
 
 from seqmodel.model import Transformer
 from seqmodel.plugin import ModalitySpec
@@ -17,7 +17,7 @@ from seqmodel.recipe import load_recipe
 
 def one_line(done, *needles) -> str:
     assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
-    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr[-2000:]
+    assert len(errors(done)) == 1 and errors(done)[0].startswith("error: "), done.stderr[-2000:]
     for needle in needles:
         assert needle in done.stderr, done.stderr
     return done.stderr
@@ -49,7 +49,9 @@ def test_the_estimate_is_a_lower_bound_of_the_real_model(tmp_path, corpus):
     specs = [ModalitySpec("text", vocab_size=97), ModalitySpec("image", width=12, position="2d", max_positions=(4, 5))]
     for arch in ("decoder", "encoder", "encoder_decoder"):
         for overrides in ([], ["model.layers=3", "model.d_model=48", "model.heads=3", "model.mlp_ratio=2.5"],
-                          ["model.tie_embeddings=false", "model.encoder_layers=1"]):
+                          ["model.tie_embeddings=false", "model.encoder_layers=1"],
+                          ['model.mlp="swiglu"', "model.kv_heads=1", "model.qk_norm=true", 'model.norm="rmsnorm"',
+                           "model.embed_norm=true"]):
             recipe = load_recipe(tiny_char_recipe(tmp_path, corpus), [f'model.arch="{arch}"', *overrides])
             real = Transformer(recipe.model, specs, outputs=("text",)).num_parameters()
             est = budget.estimate(recipe.model, recipe.train, specs, ("text",)).parameters
@@ -58,8 +60,15 @@ def test_the_estimate_is_a_lower_bound_of_the_real_model(tmp_path, corpus):
     assert budget.estimate(recipe.model, recipe.train, specs).parameters < Transformer(recipe.model, specs).num_parameters()
 
 
+def budget_most(key: str) -> int:
+    from seqmodel import budget
+
+    return budget.HUGE[key.replace("[", "").replace("] ", ".")]
+
+
 def test_a_recipe_that_fits_is_not_refused(tmp_path, corpus):
-    assert seqmodel("check", tiny_char_recipe(tmp_path, corpus)).stderr == ""
+    done = seqmodel("check", tiny_char_recipe(tmp_path, corpus))
+    assert errors(done) == [] and "warning" not in done.stderr
 
 
 @pytest.mark.parametrize("override, key", [("train.steps=1000000000", "[train] steps"),
@@ -68,8 +77,9 @@ def test_a_recipe_that_fits_is_not_refused(tmp_path, corpus):
                                            ("sample.max_new_tokens=1000000000", "[sample] max_new_tokens")])
 def test_huge_loop_counts_get_a_warning(tmp_path, corpus, override, key):
     done = seqmodel("check", tiny_char_recipe(tmp_path, corpus), "--set", override)
-    assert f"seqmodel: warning: {tmp_path / 'tiny_char.toml'}: {key} = 1,000,000,000" in done.stderr
-    assert done.stderr.count("\n") == 1
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("seqmodel: warning:")]
+    assert warnings == [f"seqmodel: warning: {tmp_path / 'tiny_char.toml'}: {key} = 1,000,000,000 is more than "
+                        f"{budget_most(key):,}: this will run for a very long time"]
 
 
 def insert(table: str, line: str):
@@ -120,8 +130,10 @@ def test_arguments_that_are_not_utf8_are_one_line_errors(tmp_path, argv):
     one_line(seqmodel(*[str(tmp_path) if a == "RUN" else a for a in argv], check=False), "is not valid UTF-8")
 
 
-def test_eval_limit_zero_is_one_line():
-    one_line(seqmodel("eval", "runs/none", "--limit", "0", check=False), "--limit", "expected a positive integer, got 0")
+def test_eval_limit_zero_is_one_line(tmp_path, corpus):
+    run = tmp_path / "run"
+    seqmodel("run", tiny_char_recipe(tmp_path, corpus, steps=2), "--out", run, "--no-progress")
+    one_line(seqmodel("eval", run, "--limit", "0", check=False), "--limit", "got 0")
 
 
 def test_mask_show_refuses_a_missing_folder_and_a_huge_length(tmp_path):

@@ -4,6 +4,7 @@ one-line errors for bad audio files."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,20 @@ def test_spec_and_state_round_trip(tmp_path: Path) -> None:
     _tok(frames=3, n_mels=40).load(tmp_path)
     with pytest.raises(UserError, match="differs"):
         _tok(frames=4, n_mels=40).load(tmp_path)
+
+
+def test_state_from_an_older_front_end_is_refused(tmp_path: Path) -> None:
+    """A run saved before the log-mel features changed (no version: 1) is not continued with
+    features computed differently; the state (hence the run's data fingerprint) names the version."""
+    tok = _tok()
+    tok.save(tmp_path)
+    state = json.loads((tmp_path / "mel.json").read_text())
+    assert state["log_mel_version"] == 2
+    del state["log_mel_version"]
+    (tmp_path / "mel.json").write_text(json.dumps(state))
+    with pytest.raises(UserError) as err:
+        _tok().load(tmp_path)
+    assert "front end version 1" in str(err.value) and "version 2" in str(err.value) and "\n" not in str(err.value)
 
 
 def _bad_files(tmp: Path) -> dict[str, Path]:

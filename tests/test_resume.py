@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_char_recipe
-from inprocess import seqmodel
+from inprocess import errors, seqmodel
 from processes import finish, kill, start, wait_stopped
 
 from seqmodel import checkpoint
@@ -100,8 +100,8 @@ def test_unwritable_run_directory_is_a_clear_error(tmp_path, corpus):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     done = seqmodel("run", recipe, "--out", blocker / "run", check=False)
-    assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1
-    assert str(blocker / "run") in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(errors(done)) == 1
+    assert str(blocker / "run") in errors(done)[0]
 
 
 def test_resume_applies_the_resumable_keys(tmp_path, corpus):
@@ -125,7 +125,7 @@ def test_resume_refuses_other_changes_and_force_applies_them(tmp_path, corpus):
     seqmodel("run", recipe, "--out", run, "--no-progress")
     before = (run / "metrics.jsonl").read_text()
     done = seqmodel("run", recipe, "--out", run, "--resume", "--set", "train.seed=7", "--set", "train.lr=0.5", check=False)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert done.returncode == 2 and len(errors(done)) == 1
     assert "refusing to resume: recipe changed: train.seed 1337 -> 7" in done.stderr and "--force" in done.stderr
     assert (run / "metrics.jsonl").read_text() == before
     seqmodel("run", recipe, "--out", run, "--resume", "--force", "--no-progress", "--set", "train.seed=7",
@@ -166,7 +166,7 @@ def test_resume_of_a_missing_or_damaged_run_never_starts_over(tmp_path, corpus):
     for step in ("step_0000003", "step_0000006"):
         (run / "checkpoints" / step / "state.json").unlink()  # no complete checkpoint left
     done = seqmodel("run", recipe, "--out", run, "--resume", check=False)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no complete checkpoint" in done.stderr
+    assert done.returncode == 2 and len(errors(done)) == 1 and "no complete checkpoint" in done.stderr
     assert (run / "metrics.jsonl").read_text() == before  # a failed resume truncates nothing
 
 
@@ -209,7 +209,7 @@ def test_divergence_keeps_no_nonfinite_checkpoint_and_names_the_last_good_one(tm
     seqmodel("run", recipe, "--out", run, "--no-progress")
     done = seqmodel("run", recipe, "--out", run, "--resume", "--no-progress", "--set", "train.steps=12",
                     "--set", "train.checkpoint_every=1", "--set", "train.lr=1e38", "--set", "train.min_lr=1e38", check=False)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.returncode == 2 and len(errors(done)) == 1, done.stderr
     assert "the last good checkpoint is step 4" in done.stderr  # step 5's weights gave the first non-finite loss
     assert checkpoint.step_of(checkpoint.latest(run)) == 4
     assert not (run / "checkpoints" / "step_0000005").exists()
@@ -220,7 +220,7 @@ def test_divergence_keeps_no_nonfinite_checkpoint_and_names_the_last_good_one(tm
 def test_divergence_before_any_checkpoint_claims_none(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=50, checkpoint_every=1, lr=1e38, min_lr=1e38, warmup=0, grad_clip=0.0)
     done = seqmodel("run", recipe, "--out", tmp_path / "run", "--no-progress", check=False)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.returncode == 2 and len(errors(done)) == 1, done.stderr
     assert "no checkpoint was written before it" in done.stderr and "last good checkpoint is" not in done.stderr
     assert checkpoint.latest(tmp_path / "run") is None
 
@@ -228,7 +228,7 @@ def test_divergence_before_any_checkpoint_claims_none(tmp_path, corpus):
 def test_nan_loss_stops_with_a_clear_message(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=200, checkpoint_every=5, lr=1e6, min_lr=1e6, grad_clip=0.0, warmup=0)
     done = seqmodel("run", recipe, "--out", tmp_path / "run", "--no-progress", check=False)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert done.returncode == 2 and len(errors(done)) == 1
     assert "training loss is nan" in done.stderr.lower() or "training loss is inf" in done.stderr or "not finite" in done.stderr
     ckpt = checkpoint.latest(tmp_path / "run")
     if ckpt is None:
@@ -287,7 +287,7 @@ def tiny_tmpfs(tmp_path):
 def test_full_tmpfs_while_checkpointing(tmp_path, corpus, tiny_tmpfs):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=4, checkpoint_every=2)
     done = seqmodel("run", recipe, "--out", tiny_tmpfs / "run", "--no-progress", check=False)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.returncode == 2 and len(errors(done)) == 1, done.stderr
     assert "cannot write the checkpoint of step 2" in done.stderr and "MiB free on its disk" in done.stderr
     assert leftovers(tiny_tmpfs / "run") == []
 

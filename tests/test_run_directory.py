@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli, tiny_char_recipe
-from inprocess import seqmodel
+from inprocess import errors, seqmodel
 from processes import finish, kill, start, wait_stopped
 from safetensors.torch import load_file, save_file
 
@@ -35,7 +35,7 @@ def copy(trained, tmp_path):
 
 def one_line_error(done, *needles) -> None:
     assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
-    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr[-3000:]
+    assert len(errors(done)) == 1 and errors(done)[0].startswith("error: "), done.stderr[-3000:]
     for needle in needles:
         assert needle in done.stderr, done.stderr
 

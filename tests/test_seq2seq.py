@@ -23,7 +23,7 @@ from seqmodel.pipeline import Pipeline
 from seqmodel.recipe import load_recipe
 from seqmodel.segments import Segment
 from seqmodel.task import Slice
-from seqmodel_plugins.tasks.seq2seq import WithSpecials, edit_distance
+from seqmodel_plugins.tasks.seq2seq import edit_distance
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "speech_digits.toml"
@@ -79,30 +79,30 @@ def test_recipe_parses_and_builds_the_full_model(cache: Path) -> None:
     assert longest <= p.recipe.model.context
 
 
-def test_specials_extend_the_vocabulary(pipe: Pipeline) -> None:
-    tok = pipe.tokenizers["text"]
-    assert isinstance(tok, WithSpecials) and not isinstance(tok.inner, WithSpecials)
-    assert tok.spec().vocab_size == tok.inner.spec().vocab_size + 2 == tok.eos + 1
+def test_specials_extend_the_model_vocabulary_not_the_tokenizer(pipe: Pipeline) -> None:
+    task, tok = pipe.task, pipe.tokenizers["text"]
+    V = tok.spec().vocab_size
+    assert (task.bos, task.eos) == (V, V + 1)
+    assert pipe.module.core.specs["text"].vocab_size == V + 2 and pipe.module.core.heads["text"].out_features == V + 2
     ids = tok.encode("305").ids
-    assert tok.decode(Segment("text", ids=torch.cat([torch.tensor([tok.bos]), ids, torch.tensor([tok.eos])]))) == "305"
-    assert tok.piece(tok.bos) == "<bos>" and tok.piece(tok.eos) == "<eos>"
-    pipe.task.setup(pipe)  # setting up twice must not wrap twice
-    assert pipe.tokenizers["text"].spec().vocab_size == tok.spec().vocab_size
+    assert task.decode(torch.cat([torch.tensor([task.bos]), ids, torch.tensor([task.eos])])) == "305"
+    task.setup(pipe.context())  # setting up twice must not grow the vocabulary twice
+    assert tok.spec().vocab_size == V and task.model_specs({"text": tok.spec()})[0].vocab_size == V + 2
 
 
 def test_teacher_forcing_batch_and_gradients(pipe: Pipeline) -> None:
-    task, tok = pipe.task, pipe.tokenizers["text"]
+    task = pipe.task
     batch = task.batches("train", True).batch(Slice(0, 0, 0, 4, 4))
-    dec = batch.decoder.inputs["text"]
+    dec = batch.inputs["text"]
     for b in range(4):
         n = int(dec.valid[b].sum())
         ids, targets = dec.ids[b, :n], dec.targets[b, :n]
-        assert ids[0] == tok.bos and targets[-1] == tok.eos and torch.equal(ids[1:], targets[:-1])
-        assert bool((ids[1:] < tok.bos).all())
+        assert ids[0] == task.bos and targets[-1] == task.eos and torch.equal(ids[1:], targets[:-1])
+        assert bool((ids[1:] < task.bos).all())
     module = pipe.module.train()
     loss, stats = module(batch)
     loss.backward()
-    assert torch.isfinite(loss) and stats["tokens"] == int(batch.encoder.valid.sum() + batch.decoder.valid.sum())
+    assert torch.isfinite(loss) and stats["tokens"] == int(batch.context.valid.sum() + batch.valid.sum())
     assert module.core.adapters["audio"].weight.grad.abs().sum() > 0  # the decoder reads the encoder
     module.zero_grad(set_to_none=True)
 
@@ -113,9 +113,9 @@ def test_training_loss_is_smoothed_and_split_loss_is_plain_cross_entropy(pipe: P
     batch = task.collate(items)
     core = pipe.module.core.eval()
     with torch.no_grad():
-        hidden = core(batch.decoder, context=batch.encoder)
-        logits = core.output("text", hidden, batch.decoder).float()
-    inp = batch.decoder.inputs["text"]
+        hidden = core(batch, context=batch.context)
+        logits = core.output("text", hidden, batch).float()
+    inp = batch.inputs["text"]
     keep = inp.valid & (inp.targets != -100)
     logp = logits.log_softmax(-1)[keep]
     targets = inp.targets[keep]
@@ -125,7 +125,7 @@ def test_training_loss_is_smoothed_and_split_loss_is_plain_cross_entropy(pipe: P
     before = task.config.label_smoothing
     try:
         task.config.label_smoothing = smoothing
-        assert task.split_loss(pipe, items) == pytest.approx(plain, rel=1e-5)
+        assert task.split_loss(pipe.module.eval(), items) == pytest.approx(plain, rel=1e-5)
         with torch.no_grad():
             loss, _ = task.loss(core, None, batch)
         assert float(loss) == pytest.approx(smoothed, rel=1e-5) and smoothed > plain
@@ -137,15 +137,16 @@ def test_decoding_with_and_without_cache_is_identical(pipe: Pipeline) -> None:
     task, core = pipe.task, pipe.module.core.eval()
     for values, _ in task.items("val")[:3]:
         segments = task.encoder_segments(values)
-        assert task.transcribe(pipe, segments, use_cache=True) == task.transcribe(pipe, segments, use_cache=False)
+        model = pipe.module.eval()
+        assert task.transcribe(model, segments, use_cache=True) == task.transcribe(model, segments, use_cache=False)
         logits = {True: [], False: []}
-        start = [Segment("text", ids=torch.tensor([task.tok.bos]))]
+        start = [Segment("text", ids=torch.tensor([task.bos]))]
         outs = {c: generate(core, start, 12, lambda x: int(x.argmax()), context=segments, use_cache=c,
                             on_logits=logits[c].append) for c in (True, False)}
         assert outs[True] == outs[False] and len(outs[True]) == 12
         torch.testing.assert_close(torch.stack(logits[True]), torch.stack(logits[False]), atol=1e-5, rtol=1e-5)
     cfg = pipe.recipe.sample
-    sampled = [task.transcribe(pipe, segments, cfg, use_cache=c, generator=torch.Generator().manual_seed(5))
+    sampled = [task.transcribe(pipe.module.eval(), segments, cfg, use_cache=c, generator=torch.Generator().manual_seed(5))
                for c in (True, False)]
     assert sampled[0] == sampled[1]
 

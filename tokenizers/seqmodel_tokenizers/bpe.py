@@ -3,9 +3,18 @@
 Text is split by GPT-2's pre-tokenization regex, mapped to bytes, and merged by a BPE model
 trained on the training split (`fit`). The 256 byte symbols are always in the vocabulary, so any
 string -- characters never seen in training included -- encodes, and `decode` gives it back
-exactly. The end-of-text token (``<|endoftext|>``) is a special token: the `lm` task puts it
+exactly. The end-of-text token (``<|endoftext|>``) is a special token: the `lm` task puts its id
 between documents. The whole state is the library's ``tokenizer.json``; a pretrained one can be
 brought with ``path = "tokenizer.json"`` (then `fit` does not train).
+
+A special token's string typed in the text (a document that mentions ``<|endoftext|>``) is by
+default encoded as ordinary text, its bytes, so it never silently cuts a document in two; the
+library's ``Tokenizer.encode_special_tokens`` does this. `specials_in_text` chooses instead to read
+it as the special token, or to refuse the text (as tiktoken's ``disallowed_special``); added
+tokens that are not special (a pretrained file's extra vocabulary) still match. Training
+never learns a merge across such a string: the training texts are cut at every one (and, when
+they are special tokens, the string itself is left out). Training streams the split's texts
+(`fit_text.TextStream`), at most `fit_max_chars` characters of them, and reports what it read.
 
 Long texts are encoded in parallel with the library's batch encoder, cut before every newline
 that follows a non-space character: no GPT-2 pre-token spans such a point and the regex has no
@@ -28,16 +37,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from seqmodel.errors import UserError
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .fit_text import TextStream
 
 FILE = "tokenizer.json"
 BYTES = 256
 _CUT = re.compile(r"(?<=[^\s])(?=\n)")  # Python's \s covers every Unicode White_Space character
 _SHORT = 4096  # characters below which one `encode` call beats the batch encoder
+SPECIALS_IN_TEXT = ("text", "special", "error")
 
 
 @dataclass
@@ -56,6 +68,12 @@ class BPEConfig:
     """A pretrained tokenizer.json to use instead of training (vocab_size is then ignored)."""
     position: str = "learned"
     """Position encoding of the text tokens: "learned", "rotary" or "none"."""
+    specials_in_text: str = "text"
+    """What a special token's string typed in the text becomes: "text" (its bytes, like any other
+    text), "special" (the special token) or "error" (refuse the text, naming the token). The
+    end-of-text ids the `lm` task puts between documents are ids, not text: always special."""
+    fit_max_chars: int = 0
+    """Train on at most this many characters of the training split, in document order (0: all)."""
 
     def specials(self) -> list[str]:
         return ([self.eot] if self.eot else []) + list(self.special_tokens)
@@ -72,6 +90,10 @@ class BPEConfig:
             bad.append(("special_tokens", "must be distinct non-empty strings, different from eot"))
         if self.position not in ("learned", "rotary", "none"):
             bad.append(("position", f"expected learned, rotary or none, got {self.position!r}"))
+        if self.specials_in_text not in SPECIALS_IN_TEXT:
+            bad.append(("specials_in_text", f"expected text, special or error, got {self.specials_in_text!r}"))
+        if self.fit_max_chars < 0:
+            bad.append(("fit_max_chars", f"must be 0 (no bound) or positive, got {self.fit_max_chars}"))
         return bad
 
 
@@ -112,6 +134,15 @@ def pieces(text: str, size: int = 8192) -> list[str]:
     return out
 
 
+def split_at(text: str, strings: list[str]) -> list[str]:
+    """`text` cut before and after every occurrence of `strings` (longest first where they
+    overlap); the occurrences are pieces of their own. Joined, the pieces are `text`."""
+    if not any(s in text for s in strings):
+        return [text]
+    pattern = "(" + "|".join(map(re.escape, sorted(strings, key=len, reverse=True))) + ")"
+    return [p for p in re.split(pattern, text) if p]
+
+
 def _byte_level(tok: Tokenizer) -> tuple[bool, bool]:
     """(decoder is byte-level, texts may be cut into pieces) for a tokenizer's settings."""
     state = json.loads(tok.to_str())
@@ -126,6 +157,9 @@ class BPETokenizer:
 
     Config = BPEConfig
     FILE = FILE
+    capabilities = ("pieces", "separator", "examples", "hf_tokenizer")
+    eot_id: int | None = None
+    """The end-of-text id (None without one), set by `fit`/`load`."""
 
     def __init__(self, config: BPEConfig, modality: str = "text") -> None:
         self.config, self.modality = config, modality
@@ -141,30 +175,49 @@ class BPETokenizer:
             tok.add_special_tokens([s for s in self.config.specials() if tok.token_to_id(s) is None])
             self._adopt(tok, self.config.path)
             return
-        seen = [0]
-
-        def texts() -> Iterator[str]:
-            for text in values:
-                seen[0] += len(text)
-                yield from pieces(text)
-
+        stream = TextStream(values, self.config.fit_max_chars, "bpe tokenizer")
         tok = new_tokenizer()
         trainer = trainers.BpeTrainer(vocab_size=self.config.vocab_size, min_frequency=self.config.min_frequency,
                                       special_tokens=self.config.specials(), show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator(texts(), trainer)
-        if not seen[0]:
+        tok.train_from_iterator(self._training_pieces(stream), trainer)
+        if not stream.chars:
             raise UserError("bpe tokenizer: the training split has no text to train on")
         self._adopt(tok, "the trained tokenizer")
+        merges = self._vocab_size - BYTES - len(self.config.specials())
+        stream.report(f"{self._vocab_size:,} tokens ({merges:,} merges)")
+
+    def _training_pieces(self, texts: Iterable[str]) -> Iterator[str]:
+        """The texts as the trainer sees them: cut at typed special strings (see the module
+        docstring) and into `pieces`."""
+        specials, mode = self.config.specials(), self.config.specials_in_text
+        for text in texts:
+            if mode == "error":
+                self._refuse_specials(text, specials, "the training split")
+            for part in split_at(text, specials):
+                if mode == "text" or part not in specials:
+                    yield from pieces(part)
+
+    @staticmethod
+    def _refuse_specials(text: str, specials: list[str], where: str) -> None:
+        """`specials_in_text = "error"`: a one-line error naming the first special string found."""
+        found = [(i, s) for s in specials if (i := text.find(s)) >= 0]
+        if found:
+            i, s = min(found)
+            raise UserError(f"bpe tokenizer: {where} contains the special token {s!r} at character {i:,} "
+                            f'(specials_in_text = "error"; "text" encodes it as text, "special" as the token)')
 
     def _adopt(self, tok: Tokenizer, where: str) -> None:
         eot = self.config.eot
         self.eot_id = tok.token_to_id(eot) if eot else None
         if eot and self.eot_id is None:
             raise UserError(f"{where}: no end-of-text token {eot!r} in the vocabulary")
+        tok.encode_special_tokens = self.config.specials_in_text != "special"
         self.tok = tok
         self._bytes_decoder, self._cuttable = _byte_level(tok)
-        self._specials = {i: t.content for i, t in tok.get_added_tokens_decoder().items()}
+        added = tok.get_added_tokens_decoder()
+        self._specials = {i: t.content for i, t in added.items()}
+        self._special_strings = [t.content for t in added.values() if t.special]
         self._vocab_size = max(tok.get_vocab(with_added_tokens=True).values()) + 1
 
     def save(self, directory: Path) -> None:
@@ -187,6 +240,8 @@ class BPETokenizer:
     def encode_ids(self, text: str) -> np.ndarray:
         """Token ids of `text`, (T,) int64; long texts go through the parallel batch encoder."""
         tok = self._need()
+        if self.config.specials_in_text == "error":
+            self._refuse_specials(text, self._special_strings, "the text")
         if len(text) < _SHORT or not self._cuttable:
             return np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
         batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast: no offsets (tokenizers >= 0.21)
@@ -217,6 +272,10 @@ class BPETokenizer:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             return "".join(chr(b) if b < 0x80 else f"<0x{b:02X}>" for b in raw)
+
+    def hf_tokenizer(self) -> Tokenizer:
+        """The state itself: a HuggingFace `tokenizers.Tokenizer` (a copy)."""
+        return Tokenizer.from_str(self._need().to_str())
 
     def examples(self) -> list[str]:
         """Samples for the conformance check."""

@@ -1,4 +1,9 @@
-"""Character tokenizer: one id per distinct character of the training split."""
+"""Character tokenizer: one id per distinct character of the training split.
+
+The vocabulary is the sorted set of characters `fit` reads from the training split's texts,
+streamed one field value at a time (`fit_text.TextStream`); `fit_max_chars` bounds how much it
+reads, and one stderr line says how many characters came from how much text.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from seqmodel.errors import UserError
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment
 
+from .fit_text import TextStream
+
 
 @dataclass
 class CharConfig:
@@ -23,9 +30,17 @@ class CharConfig:
     """Characters outside the vocabulary at encode time: "error" (name them) or "skip" (drop them)."""
     position: str = "learned"
     """Position encoding of the text tokens: "learned", "rotary" or "none"."""
+    fit_max_chars: int = 0
+    """Build the vocabulary from at most this many characters of the training split, in document
+    order (0: all of it). Characters only found later are then unknown (see `unknown`)."""
+    include: str = ""
+    """Characters in the vocabulary whether or not the training split has them (e.g. those of a
+    corpus a later run fine-tunes on: a warm start keeps this vocabulary)."""
 
     def validate(self):
         bad = []
+        if self.fit_max_chars < 0:
+            bad.append(("fit_max_chars", f"must be 0 (no bound) or positive, got {self.fit_max_chars}"))
         if self.unknown not in ("error", "skip"):
             bad.append(("unknown", f"expected 'error' or 'skip', got {self.unknown!r}"))
         if self.position not in ("learned", "rotary", "none"):
@@ -37,8 +52,8 @@ class CharTokenizer:
     """Maps each character to an id; the vocabulary is the sorted set of training characters."""
 
     Config = CharConfig
-    eot_id = None
     FILE = "chars.json"
+    capabilities = ("pieces", "examples", "hf_tokenizer")
 
     def __init__(self, config: CharConfig, modality: str = "text") -> None:
         self.config, self.modality = config, modality
@@ -50,12 +65,15 @@ class CharTokenizer:
         self._table = None
 
     def fit(self, values: Iterable[str]) -> None:
+        """The vocabulary: every character of the training split (up to `fit_max_chars`)."""
         seen: set[str] = set()
-        for text in values:
+        stream = TextStream(values, self.config.fit_max_chars, "char tokenizer")
+        for text in stream:
             seen.update(text)
         if not seen:
             raise UserError("char tokenizer: the training split has no text to build a vocabulary from")
-        self._set_vocab(sorted(seen))
+        self._set_vocab(sorted(seen | set(self.config.include)))
+        stream.report(f"{len(self.chars):,} characters")
 
     def spec(self) -> ModalitySpec:
         return ModalitySpec(self.modality, vocab_size=len(self.chars), position=self.config.position)
@@ -100,6 +118,16 @@ class CharTokenizer:
         except (OSError, ValueError, KeyError, TypeError, AssertionError):
             raise UserError(f"{path}: missing or corrupt char vocabulary") from None
         self._set_vocab(chars)
+
+    def hf_tokenizer(self):
+        """The vocabulary as a HuggingFace `tokenizers.Tokenizer` (one word per character, joined
+        back without spaces): the same ids for every text this tokenizer encodes."""
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+        tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(self.chars)}, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        return tok
 
     def examples(self) -> list[str]:
         """Samples for the conformance check."""

@@ -2,12 +2,14 @@
 
 A waveform (any sample rate; resampled), an audio file path (WAV, FLAC, OGG) or a `datasets`
 Audio value (a dict with "array" and "sampling_rate", or the torchcodec decoder of datasets 4)
-is turned into Whisper-style log-mel features (16 kHz, 25 ms window, 10 ms hop, 80 mel bands,
-log10 clamped to 8 decades below the peak and rescaled; see `mel_features.log_mel`), which are
-cut into non-overlapping slices of `frames` frames: one continuous segment of shape
-(N, frames * n_mels) whose positions are the slice indices 0..N-1. The last slice is padded with
-the utterance's quietest value (the clamped floor). Training may apply SpecAugment frequency
-and time masking (`augment = true`).
+is turned into Whisper's log-mel features (16 kHz, 25 ms window, 10 ms hop, 80 mel bands,
+log10 clamped to 8 decades below the peak and rescaled; T samples give T // 160 frames; see
+`mel_features.log_mel`), which are cut into non-overlapping slices of `frames` frames: one
+continuous segment of shape (N, frames * n_mels) whose positions are the slice indices 0..N-1.
+The last slice is padded with the utterance's quietest value (the clamped floor). Training may
+apply SpecAugment frequency and time masking (`augment = true`). The saved state records the
+front end's settings and `mel_features.VERSION`: a run whose features were computed differently
+is refused rather than continued with other features.
 
 References: Radford et al. 2022 (Whisper front end); Park et al. 2019 (SpecAugment).
 """
@@ -31,7 +33,7 @@ from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment
 
 from .audio import load_audio
-from .mel_features import MelConfig, log_mel, spec_augment
+from .mel_features import VERSION, MelConfig, log_mel, spec_augment
 
 POSITIONS = ("learned", "rotary", "none")
 
@@ -84,6 +86,7 @@ class MelTokenizer:
 
     Config = MelTokenizerConfig
     FILE = "mel.json"
+    capabilities = ("augment", "read_file", "examples", "compare")
     STATE_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames")
 
     def __init__(self, config: MelTokenizerConfig, modality: str = "audio") -> None:
@@ -142,7 +145,7 @@ class MelTokenizer:
         try:
             feats = log_mel(wave, rate, self.mel_config)
         except ValueError:
-            seconds = (self.config.n_fft // 2 + 1) / self.config.sample_rate
+            seconds = self.config.hop_length / self.config.sample_rate
             where = f"{value}: " if key is not None or isinstance(value, (str, os.PathLike)) else "mel tokenizer: "
             raise UserError(f"{where}audio too short ({wave.shape[0]} samples at {rate} Hz); "
                             f"expected at least {seconds * 1000:.0f} ms of sound") from None
@@ -176,19 +179,27 @@ class MelTokenizer:
         return len(segment) * self.config.frames * self.config.hop_length / self.config.sample_rate
 
     # -- persistence -------------------------------------------------------------------------
+    def state(self) -> dict:
+        """What the features depend on: the front end's settings and the log-mel version."""
+        return {**{k: v for k, v in asdict(self.config).items() if k in self.STATE_KEYS}, "log_mel_version": VERSION}
+
     def save(self, directory: Path) -> None:
-        state = {k: v for k, v in asdict(self.config).items() if k in self.STATE_KEYS}
-        (directory / self.FILE).write_text(json.dumps(state))
+        (directory / self.FILE).write_text(json.dumps(self.state()))
 
     def load(self, directory: Path) -> None:
-        """Check that the saved front end matches the config (the run recipe is saved with it)."""
+        """Check that the saved front end matches this one (the run recipe is saved with it)."""
         path = directory / self.FILE
         try:
             state = json.loads(path.read_text())
             assert isinstance(state, dict)
         except (OSError, ValueError, AssertionError):
             raise UserError(f"{path}: missing or corrupt mel tokenizer state") from None
-        mine = {k: v for k, v in asdict(self.config).items() if k in self.STATE_KEYS}
+        saved = state.pop("log_mel_version", 1)
+        if saved != VERSION:
+            raise UserError(f"{path}: this run's audio features come from log-mel front end version {saved}; this "
+                            f"seqmodel computes version {VERSION} (Whisper's exact edge frames): start a new run")
+        mine = self.state()
+        mine.pop("log_mel_version")
         if state != mine:
             raise UserError(f"{path}: saved mel front end {state} differs from the recipe's {mine}")
 

@@ -1,10 +1,19 @@
 """Whisper-style log-mel features and SpecAugment masking for the speech tokenizers.
 
-`log_mel` reproduces Whisper's front end (Radford et al. 2022, "Robust Speech Recognition via
-Large-Scale Weak Supervision"; openai/whisper `audio.py`): a 25 ms periodic Hann window every
-10 ms at 16 kHz, power spectrum, Slaney-scale, Slaney-normalised mel filterbank, then
-log10 clamped to 8 decades below the loudest bin and rescaled to roughly [-1, 1]. Unlike Whisper
-it keeps the last STFT frame: a waveform of T samples gives ``1 + T // hop_length`` frames.
+`log_mel` is Whisper's front end (Radford et al. 2022, "Robust Speech Recognition via
+Large-Scale Weak Supervision"; openai/whisper `audio.py`), exactly as Whisper applies it to a
+recording: silence (zeros) after the sound, a 25 ms periodic Hann window every 10 ms at 16 kHz
+(centred frames, reflect padding at the start), power spectrum, Slaney-scale, Slaney-normalised
+mel filterbank, log10 clamped to 8 decades below the loudest bin of any frame the sound reaches,
+rescaled to roughly [-1, 1]; a waveform of T samples gives Whisper's ``T // hop_length`` frames.
+With Whisper's settings (the defaults here) the result is
+``whisper.log_mel_spectrogram(x, padding=N)[:, : T // 160].T`` for any N >= 360 samples: the
+frames `whisper.transcribe` (N = 30 s) treats as content. Measured against openai-whisper
+20250625 it agrees to 3e-5 (float32 rounding: torchaudio's filterbank against Whisper's stored
+librosa one, and the order of the sums). Whisper reads 16 kHz input only; other rates are
+resampled here first (torchaudio's sinc resampler). `VERSION` names this definition in the mel
+tokenizer's saved state (version 1 reflect-padded the end, kept one more frame and took the
+floor over it too: up to 0.22 off Whisper on the last frames of a sound cut off mid-note).
 
 `spec_augment` is SpecAugment's frequency and time masking (Park et al. 2019, "SpecAugment: A
 Simple Data Augmentation Method for Automatic Speech Recognition"), with mask positions drawn
@@ -18,8 +27,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 import torchaudio
 from torch import Tensor
+
+VERSION = 2  # bump whenever log_mel's output changes: saved runs record it
 
 
 @dataclass(frozen=True)
@@ -53,7 +65,7 @@ def _mel_transform(cfg: MelConfig, device: torch.device) -> torchaudio.transform
 
 
 def log_mel(waveform: Tensor, sample_rate: int, cfg: MelConfig) -> Tensor:
-    """Whisper-style log-mel spectrogram of a mono waveform.
+    """Whisper's log-mel spectrogram of a mono waveform (see the module docstring).
 
     Args:
         waveform: (T,) samples in [-1, 1].
@@ -61,27 +73,28 @@ def log_mel(waveform: Tensor, sample_rate: int, cfg: MelConfig) -> Tensor:
         cfg: the front end settings.
 
     Returns:
-        (frames, n_mels) float32 features, ``frames = 1 + T' // hop_length`` where T' is the
+        (frames, n_mels) float32 features, ``frames = T' // hop_length`` where T' is the
         length after resampling.
 
     Raises:
-        ValueError: `waveform` is not 1-D, or is too short for reflect padding (at most
-            ``n_fft // 2`` samples after resampling).
+        ValueError: `waveform` is not 1-D, or shorter than one hop (after resampling).
     """
     if waveform.dim() != 1:
         raise ValueError(f"log_mel expects a (T,) mono waveform, got shape {tuple(waveform.shape)}")
     waveform = waveform.float()
     if sample_rate != cfg.sample_rate:
         waveform = torchaudio.functional.resample(waveform, sample_rate, cfg.sample_rate)
-    if waveform.shape[0] <= cfg.n_fft // 2:
-        raise ValueError(
-            f"log_mel needs more than n_fft // 2 = {cfg.n_fft // 2} samples at {cfg.sample_rate} Hz, "
-            f"got {waveform.shape[0]}"
-        )
-    power = _mel_transform(cfg, waveform.device)(waveform)  # (n_mels, frames)
+    frames = waveform.shape[0] // cfg.hop_length
+    if frames < 1:
+        raise ValueError(f"log_mel needs at least hop_length = {cfg.hop_length} samples at {cfg.sample_rate} Hz, "
+                         f"got {waveform.shape[0]}")
+    # Silence after the sound, enough that every frame reaching the sound is computed and the
+    # STFT's own reflect padding at the end reflects only zeros: Whisper's `padding` samples.
+    padded = F.pad(waveform, (0, cfg.n_fft // 2 + cfg.hop_length))  # (T + n_fft // 2 + hop,)
+    power = _mel_transform(cfg, waveform.device)(padded)  # (n_mels, frames + 3): the last ones silent
     logspec = power.clamp(min=1e-10).log10()
-    logspec = torch.maximum(logspec, logspec.max() - 8.0)  # 80 dB dynamic range, as Whisper
-    return ((logspec + 4.0) / 4.0).T.contiguous()  # (frames, n_mels)
+    logspec = torch.maximum(logspec, logspec.max() - 8.0)  # 80 dB below the loudest bin of any frame
+    return ((logspec[:, :frames] + 4.0) / 4.0).T.contiguous()  # (frames, n_mels)
 
 
 def _band_mask(size: int, max_width: int, n_masks: int, generator: torch.Generator) -> Tensor:

@@ -28,7 +28,14 @@ from seqmodel.errors import UserError
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment
 
-from .patch_ops import channel_stats, grid_positions, patchify, random_shift, to_array, unpatchify
+from .patch_ops import (
+    channel_stats,
+    grid_positions,
+    patchify,
+    random_shift,
+    to_array,
+    unpatchify,
+)
 
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -132,6 +139,7 @@ class PatchTokenizer:
 
     Config = PatchConfig
     FILE = "patches.json"
+    capabilities = ("augment", "read_file", "examples")
 
     def __init__(self, config: PatchConfig, modality: str = "image") -> None:
         self.config, self.modality = config, modality

@@ -13,10 +13,12 @@ where ``m`` is the tokenizer's modality name. Every token's position is its time
 timestep is the task's business (`decision` builds the batch directly).
 
 How this meets the one-modality `Tokenizer` protocol: `spec()` and `encode()` are the *state*
-modality, the one every use of these tokens has; `specs()` gives all three and `encode_steps()`
-all three segments, and the task declares the return and action modalities it uses through its
-``extra_specs()``. So the core stays modality-agnostic, and a behaviour-cloning task that drops
-the return tokens builds a model without them. `decode` inverts each modality's segment (up to
+modality, the one every use of these tokens has; `specs()` gives all three (capability
+"modalities") and the members of capability "steps" (`encode_steps()`, the array transforms,
+`choose_actions`; the `decision` task's `StepTokenizer`) work on all three, and the task declares
+the return and action modalities it uses through its ``model_specs()``. So the core stays
+modality-agnostic, and a behaviour-cloning task that drops the return tokens builds a model
+without them. `decode` inverts each modality's segment (up to
 float32 rounding of the state standardisation); `choose_actions` turns predicted action logits or
 values back into environment actions.
 """
@@ -80,6 +82,7 @@ class SARTokenizer:
 
     Config = SARConfig
     FILE = "sar.json"
+    capabilities = ("modalities", "steps", "examples", "compare")
 
     def __init__(self, config: SARConfig, modality: str = "episode") -> None:
         self.config, self.modality = config, modality

@@ -127,6 +127,7 @@ class KmerTokenizer:
 
     Config = KmerConfig
     FILE = "kmer.json"
+    capabilities = ("pieces", "separator", "examples")
     eot_id = EOS
 
     def __init__(self, config: KmerConfig, modality: str = "sequence") -> None:

@@ -88,6 +88,11 @@ class GymEpisodesSource:
 
     Config = GymEpisodesConfig
     fields = ("episode",)
+    capabilities = ("info",)
+
+    def info(self) -> dict:
+        """The environment the episodes come from (where the decision task plays)."""
+        return {"env_id": self.env_id}
 
     def __init__(self, config: GymEpisodesConfig) -> None:
         self.config = config

@@ -167,6 +167,7 @@ class HFSource:
     """A HuggingFace `datasets` dataset; see the module docstring."""
 
     Config = HFConfig
+    capabilities = ("info",)
 
     def __init__(self, config: HFConfig) -> None:
         self.config = config
@@ -220,6 +221,12 @@ class HFSource:
             return Rows(dataset, columns)
         keep = [i for i in range(len(dataset)) if in_val(c.seed, i, c.val_fraction) == (part == "val")]
         return Rows(dataset.select(keep, keep_in_memory=True), columns)
+
+    def info(self) -> dict:
+        """What tasks may read: the class names of a `datasets.ClassLabel` label column, and
+        whether the test split is the validation split (a dataset without a test split)."""
+        info = {"label_names": self.label_names} if self.label_names else {}
+        return info | {"test_is_val": self.config.test_split not in self._splits}
 
     @property
     def label_names(self) -> list[str] | None:

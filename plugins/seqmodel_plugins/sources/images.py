@@ -64,7 +64,11 @@ class DigitsSource:
 
     Config = DigitsConfig
     fields = ("image", "label")
+    capabilities = ("info",)
     label_names = DIGIT_NAMES
+
+    def info(self) -> dict:
+        return {"label_names": list(self.label_names)}
 
     def __init__(self, config: DigitsConfig) -> None:
         self.config = config
@@ -117,6 +121,11 @@ class ImageFolderSource:
 
     Config = ImageFolderConfig
     fields = ("image", "label")
+    capabilities = ("info",)
+
+    def info(self) -> dict:
+        """The class names: the sub-folder names, sorted."""
+        return {"label_names": self.label_names}
 
     def __init__(self, config: ImageFolderConfig) -> None:
         self.config = config

@@ -10,7 +10,6 @@ stays modality-agnostic (ViT, Dosovitskiy et al. 2021). Label names travel with 
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass
 from functools import partial
@@ -21,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmodel.errors import UserError
+from seqmodel.plots import figure
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment, collate
-from seqmodel.task import EpochBatches, choose_modality
+from seqmodel.task import EpochBatches, TaskContext, chunks, per_split
 
-SPLIT_SALT = {"train": 0, "val": 1, "test": 2}
 POOLS = ("mean", "cls")
 CLS = "cls"
 
@@ -69,47 +68,46 @@ class ClassifyTask:
     """See the module docstring."""
 
     Config = ClassifyConfig
+    capabilities = ("predict", "report", "state", "modalities", "metrics", "export")
+    loss_label = "cross-entropy (nats/example)"
     FILE = "labels.json"
 
     def __init__(self, config: ClassifyConfig) -> None:
         self.config = config
         self.label_names: list[str] | None = None
-        self._items: dict[str, list] = {}
 
     # -- setup -------------------------------------------------------------------------------
-    def setup(self, pipeline) -> None:
-        self.pipe = pipeline
-        self.modality = choose_modality(pipeline, self.config.modality, "input")
-        if self.config.pool == "cls" and CLS in pipeline.tokenizers:
+    def setup(self, ctx: TaskContext) -> None:
+        self.ctx = ctx
+        self.modality = ctx.modality(self.config.modality, "input")
+        if self.config.pool == "cls" and CLS in ctx.tokenizers:
             raise UserError(f"[task] pool: 'cls' adds a modality named {CLS!r}, which a tokenizer already uses")
-        self.tok, self.field = pipeline.tokenizers[self.modality], pipeline.fields[self.modality]
-        self._seeded = "generator" in inspect.signature(self.tok.encode).parameters
+        self.tok = ctx.tokenizers[self.modality]
         if self.label_names is None:
-            self.label_names = self._find_label_names(pipeline)
+            self.label_names = self._find_label_names()
         if len(self.label_names) < 2:
             raise UserError(f"[task] label_field: the data has {len(self.label_names)} class(es); a classifier needs at least 2")
         if self.config.num_classes and self.config.num_classes != len(self.label_names):
             raise UserError(f"[task] num_classes: {self.config.num_classes}, but the data has "
                             f"{len(self.label_names)} classes ({', '.join(self.label_names[:10])} ...)")
 
-    def _find_label_names(self, pipeline) -> list[str]:
-        have = tuple(getattr(pipeline.source, "fields", ()))
-        if have and self.config.label_field not in have:
-            raise UserError(f"[task] label_field: the source has no field {self.config.label_field!r} "
-                            f"(it has: {', '.join(have)})")
-        names = getattr(pipeline.source, "label_names", None)
+    def _find_label_names(self) -> list[str]:
+        have, key = self.ctx.source_fields, self.config.label_field
+        if have and key not in have:
+            raise UserError(f"[task] label_field: the source has no field {key!r} (it has: {', '.join(have)})")
+        names = self.ctx.source_info.get("label_names")
         if names is not None:
             return [str(n) for n in names]
         if self.config.num_classes:
             return [str(i) for i in range(self.config.num_classes)]
-        labels = [ex.get(self.config.label_field, 0) for ex in pipeline.examples("train")]
+        labels = [ex.get(key, 0) for ex in self.ctx.examples("train")]
         if labels and all(isinstance(y, str) for y in labels):
             return sorted(set(labels))
         return [str(i) for i in range(max((int(y) for y in labels), default=0) + 1)]
 
-    def extra_specs(self) -> list[ModalitySpec]:
-        """The class-token modality, when pooling by class token."""
-        return [ModalitySpec(CLS, vocab_size=1, position="none")] if self.config.pool == "cls" else []
+    def model_specs(self, specs: dict[str, ModalitySpec]) -> list[ModalitySpec]:
+        """The tokenizers' modalities, and the class-token modality when pooling by class token."""
+        return [*specs.values()] + ([ModalitySpec(CLS, vocab_size=1, position="none")] if self.config.pool == "cls" else [])
 
     def outputs(self) -> tuple[str, ...]:
         return ()
@@ -132,24 +130,21 @@ class ClassifyTask:
                             f"or a class name ({', '.join(self.label_names[:10])})")
         return index
 
+    @per_split
     def items(self, split: str) -> list[tuple[object, int]]:
         """(input value, class index) for every example of a split."""
-        if split not in self._items:
-            try:
-                rows = [(ex[self.field], self.label_index(ex[self.config.label_field])) for ex in self.pipe.examples(split)]
-            except KeyError as err:
-                raise UserError(f"[task] label_field: an example of the {split} split has no field {err}") from None
-            if not rows:
-                raise UserError(f"[data] the {split} split has no examples")
-            self._items[split] = rows
-        return self._items[split]
+        field = self.ctx.fields[self.modality]
+        try:
+            rows = [(ex[field], self.label_index(ex[self.config.label_field])) for ex in self.ctx.examples(split)]
+        except KeyError as err:
+            raise UserError(f"[task] label_field: an example of the {split} split has no field {err}") from None
+        if not rows:
+            raise UserError(f"[data] the {split} split has no examples")
+        return rows
 
     def segments(self, value, train: bool = False, generator: torch.Generator | None = None) -> list[Segment]:
         """One example's token set: [class token,] the input's segment."""
-        if train and self._seeded:
-            seg = self.tok.encode(value, train=True, generator=generator)
-        else:
-            seg = self.tok.encode(value, train=train)
+        seg = self.ctx.encode(self.modality, value, train, generator)
         cls = [Segment(CLS, ids=torch.zeros(1, dtype=torch.long))] if self.config.pool == "cls" else []
         return cls + [seg]
 
@@ -159,8 +154,7 @@ class ClassifyTask:
         return collate([self.segments(v, train, generator) for v, _ in items], {"labels": labels})
 
     def batches(self, split: str, train: bool) -> EpochBatches:
-        seed = self.pipe.recipe.train.seed * 8 + SPLIT_SALT[split]
-        return EpochBatches(self.items(split), partial(self.collate, train=train), seed, shuffle=train)
+        return EpochBatches(self.items(split), partial(self.collate, train=train), self.ctx.split_seed(split), shuffle=train)
 
     # -- model -------------------------------------------------------------------------------
     def pool(self, hidden: torch.Tensor, batch) -> torch.Tensor:
@@ -178,65 +172,51 @@ class ClassifyTask:
         """(B, classes) logits of a batch."""
         return head(self.pool(core(batch), batch)).float()
 
-    def loss(self, model, head, batch):
-        logits = self.logits(model, head, batch)
+    def export_outputs(self, core, head, batch) -> dict[str, torch.Tensor]:
+        """What an exported graph adds: the class logits (B, classes)."""
+        return {"logits": self.logits(core, head, batch)}
+
+    def loss(self, core, head, batch):
+        logits = self.logits(core, head, batch)
         loss = F.cross_entropy(logits, batch.extras["labels"], label_smoothing=self.config.label_smoothing)
         return loss, {"tokens": int(batch.valid.sum())}
 
     @torch.no_grad()
-    def scores(self, pipeline, values: list) -> torch.Tensor:
-        """(N, classes) logits of input values, in eval mode, `eval_batch_size` at a time."""
-        module = pipeline.module.eval()
-        device = next(module.parameters()).device
-        out = []
-        for i in range(0, len(values), self.config.eval_batch_size):
-            chunk = values[i : i + self.config.eval_batch_size]
-            batch = collate([self.segments(v) for v in chunk]).to(device)
-            out.append(self.logits(module.core, module.head, batch).cpu())
+    def scores(self, model, values: list, limit: int | None = None) -> torch.Tensor:
+        """(N, classes) logits of input values, `eval_batch_size` at a time (the first `limit` batches)."""
+        out = [self.logits(model.core, model.head, collate([self.segments(v) for v in chunk]).to(model.device)).cpu()
+               for chunk in chunks(values, self.config.eval_batch_size, limit, desc="classifying")]
         return torch.cat(out) if out else torch.zeros(0, len(self.label_names))
 
     # -- evaluation, prediction, pictures ------------------------------------------------------
-    def evaluate(self, pipeline, split: str, limit: int | None = None, **options) -> dict:
-        """Accuracy, mean cross-entropy and per-class accuracy on a split.
-
-        Args:
-            limit: evaluate only the first `limit` batches of `eval_batch_size` examples.
-        """
-        if options:
-            raise UserError(f"task classify has no eval option(s): {', '.join(sorted(options))}")
+    def evaluate(self, model, split: str, limit: int | None, options) -> dict:
+        """Accuracy, mean cross-entropy and per-class accuracy on a split (or its first `limit`
+        batches of `eval_batch_size` examples)."""
         items = self.items(split)
-        if limit is not None:
-            items = items[: max(1, limit) * self.config.eval_batch_size]
-        labels = torch.tensor([y for _, y in items])
-        logits = self.scores(pipeline, [v for v, _ in items])
+        logits = self.scores(model, [v for v, _ in items], limit)
+        labels = torch.tensor([y for _, y in items[: len(logits)]])
         right = logits.argmax(1) == labels
         per_class = {name: float(right[labels == k].float().mean()) for k, name in enumerate(self.label_names)
                      if bool((labels == k).any())}
         return {"accuracy": float(right.float().mean()), "loss": float(F.cross_entropy(logits, labels)),
-                "examples": len(items), "per_class_accuracy": per_class}
+                "examples": len(labels), "per_class_accuracy": per_class}
 
-    def read(self, path: str):
-        """An input file as the tokenizer's value (the tokenizer's `read_file`, else UTF-8 text)."""
-        reader = getattr(self.tok, "read_file", None)
-        if reader is not None:
-            return reader(path)
-        try:
-            return Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise UserError(f"{path}: cannot read the input: {err}") from None
+    def metrics(self, model, split: str) -> dict[str, float]:
+        """Accuracy on the split (its first `eval_batches` batches of `eval_batch_size` examples)."""
+        return {"accuracy": self.evaluate(model, split, self.ctx.eval_batches, None)["accuracy"]}
 
-    def predict(self, pipeline, inputs: list[str]) -> list[dict]:
+    def predict(self, model, paths: list[str]) -> list[dict]:
         """The most likely class of each input file: [{"file", "label", "prob"}, ...]."""
-        probs = self.scores(pipeline, [self.read(p) for p in inputs]).softmax(-1)
+        probs = self.scores(model, [self.ctx.read_input(self.modality, p) for p in paths]).softmax(-1)
         best = probs.max(-1)
         return [{"file": str(p), "label": self.label_names[int(k)], "prob": float(v)}
-                for p, v, k in zip(inputs, best.values, best.indices)]
+                for p, v, k in zip(paths, best.values, best.indices)]
 
-    def report(self, pipeline, run_dir: Path) -> list[Path]:
+    def report(self, model, run_dir: Path) -> list[Path]:
         """Validation pictures: examples with predicted/true labels, and the confusion matrix."""
         items = self.items("val")
         labels = torch.tensor([y for _, y in items])
-        preds = self.scores(pipeline, [v for v, _ in items]).argmax(1)
+        preds = self.scores(model, [v for v, _ in items]).argmax(1)
         paths = [confusion_png(labels, preds, self.label_names, run_dir / "confusion_matrix.png")]
         shown = items[: self.config.report_images]
         pictures = [self.tok.decode(self.segments(v)[-1]) for v, _ in shown]
@@ -258,38 +238,25 @@ class ClassifyTask:
         self.label_names = names
 
 
-# -- pictures (matplotlib, Agg) ------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
+# -- pictures -------------------------------------------------------------------------------------
 def confusion_png(labels: torch.Tensor, preds: torch.Tensor, names: list[str], path: Path) -> Path:
     """Counts of (true, predicted) class pairs as an annotated heat map."""
     K = len(names)
     counts = torch.bincount(labels * K + preds, minlength=K * K).view(K, K)  # (true, predicted)
-    plt = _pyplot()
     side = min(12.0, 2.5 + 0.5 * K)
-    fig, ax = plt.subplots(figsize=(side, side), dpi=110)
-    ax.imshow(counts.numpy(), cmap="Blues")
-    if K <= 30:
-        top = int(counts.max()) or 1
-        for t in range(K):
-            for p in range(K):
-                if counts[t, p]:
-                    ax.text(p, t, int(counts[t, p]), ha="center", va="center", fontsize=8,
-                            color="white" if counts[t, p] > top / 2 else "black")
-        ax.set_xticks(range(K), names, rotation=90, fontsize=8)
-        ax.set_yticks(range(K), names, fontsize=8)
-    accuracy = float(counts.diag().sum()) / max(1, int(counts.sum()))
-    ax.set(xlabel="predicted", ylabel="true", title=f"validation confusion matrix (accuracy {accuracy:.4f})")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, size=(side, side)) as (fig, ax):
+        ax.imshow(counts.numpy(), cmap="Blues")
+        if K <= 30:
+            top = int(counts.max()) or 1
+            for t in range(K):
+                for p in range(K):
+                    if counts[t, p]:
+                        ax.text(p, t, int(counts[t, p]), ha="center", va="center", fontsize=8,
+                                color="white" if counts[t, p] > top / 2 else "black")
+            ax.set_xticks(range(K), names, rotation=90, fontsize=8)
+            ax.set_yticks(range(K), names, fontsize=8)
+        accuracy = float(counts.diag().sum()) / max(1, int(counts.sum()))
+        ax.set(xlabel="predicted", ylabel="true", title=f"validation confusion matrix (accuracy {accuracy:.4f})")
     return path
 
 
@@ -300,18 +267,13 @@ def examples_png(pictures: list, truth: list[int], preds: list[int], names: list
     arrays = [np.asarray(p) for p in pictures]
     if not arrays or any(a.ndim not in (2, 3) or a.dtype == object for a in arrays):
         return None
-    plt = _pyplot()
     cols = min(len(arrays), 9)
     rows = -(-len(arrays) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.5 * rows), dpi=110, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, a, t, p in zip(axes.flat, arrays, truth, preds):
-        ax.imshow(a, cmap="gray" if a.ndim == 2 else None, interpolation="nearest")
-        title = names[p] if p == t else f"{names[p]} ({names[t]})"
-        ax.set_title(title, fontsize=7, color="black" if p == t else "red")
-    fig.suptitle("validation: predicted (true)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, grid=(rows, cols), size=(1.3 * cols, 1.5 * rows + 0.3), title="validation: predicted (true)") as (fig, axes):
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, a, t, p in zip(axes.flat, arrays, truth, preds):
+            ax.imshow(a, cmap="gray" if a.ndim == 2 else None, interpolation="nearest")
+            title = names[p] if p == t else f"{names[p]} ({names[t]})"
+            ax.set_title(title, fontsize=7, color="black" if p == t else "red")
     return path

@@ -27,7 +27,9 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -36,13 +38,14 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from seqmodel.errors import UserError
-from seqmodel.masks import MaskSchedule, TokenView
-from seqmodel.segments import ModalityInputs, TokenSet
-from seqmodel.task import Slice, random_generator
+from seqmodel.masks import TokenView, require_no_future
+from seqmodel.plots import figure
+from seqmodel.plugin import ModalitySpec, declared
+from seqmodel.progress import progress
+from seqmodel.segments import ModalityInputs, Segment, TokenSet
+from seqmodel.task import SPLITS, RandomBatches, TaskContext, chunks, per_split, random_generator
 
 from seqmodel_plugins import gym_data
-
-SPLIT_SALT = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass
@@ -56,11 +59,11 @@ class DecisionConfig:
     context_steps: int = 20
     """Timesteps per window (K); the window has 3K tokens (2K without returns), at most [model] context."""
     target_return: float = 500.0
-    """Return the policy is conditioned on in `seqmodel eval` (--target-return overrides it)."""
+    """Return the policy is conditioned on in `seqmodel eval` (`--set target_return=R` overrides it)."""
     episodes: int = 20
-    """Episodes played per evaluation (--episodes overrides it)."""
+    """Episodes played per evaluation (`--set episodes=N` overrides it)."""
     greedy: bool = False
-    """Take the most likely discrete action instead of sampling one (--greedy sets it)."""
+    """Take the most likely discrete action instead of sampling one (`--set greedy=true` sets it)."""
     env_id: str = ""
     """The environment evaluation plays (default: the source's env_id)."""
     eval_seed: int = 100_000
@@ -75,15 +78,32 @@ class DecisionConfig:
     """Target returns of the end-of-run achieved-vs-target plot (empty: no plot)."""
     report_episodes: int = 10
     """Episodes per target return in that plot."""
+    metric_episodes: int = 5
+    """Episodes played at `target_return` at every evaluation during training (mean_return in metrics.jsonl)."""
 
     def validate(self) -> list[tuple[str, str]]:
         """(key, problem) pairs; empty when valid."""
         bad = [(k, f"must be at least 1, got {getattr(self, k)}")
-               for k in ("context_steps", "episodes", "eval_windows", "eval_batch_size", "report_episodes")
+               for k in ("context_steps", "episodes", "eval_windows", "eval_batch_size", "report_episodes", "metric_episodes")
                if getattr(self, k) < 1]
         if self.max_episode_steps < 0:
             bad.append(("max_episode_steps", f"must not be negative, got {self.max_episode_steps}"))
         return bad
+
+
+@dataclass
+class DecisionEvalOptions:
+    """`seqmodel eval RUN --set KEY=VALUE` options of the decision task (unset: the `[task]` values)."""
+
+    episodes: int = 0
+    """Episodes to play (0: `[task] episodes`)."""
+    target_return: float | None = None
+    """The return to condition on (default: `[task] target_return`)."""
+    greedy: bool | None = None
+    """Take the most likely action instead of sampling one (default: `[task] greedy`)."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        return [] if self.episodes >= 0 else [("episodes", f"must be at least 1 (or 0 for [task] episodes), got {self.episodes}")]
 
 
 @dataclass
@@ -139,75 +159,81 @@ def interleave(parts: list[tuple[str, dict]], time: Tensor, valid: Tensor) -> To
                     time[..., 0].repeat_interleave(n, dim=1))
 
 
-class RandomWindowBatches:
-    """Step s's global batch: window ends drawn by a generator seeded by (seed, s, micro)."""
+class StepTokenizer(Protocol):
+    """What the decision task needs of its tokenizer besides the base contract: the capability
+    "steps", as the `sar` tokenizer has it (see seqmodel_tokenizers/sar.py for each member)."""
 
-    def __init__(self, table: StepTable, build, seed: int) -> None:
-        self.table, self.build, self.seed = table, build, seed
+    names: dict[str, str]  # role ("return", "state", "action") -> modality name
+    discrete_actions: bool
 
-    def batch(self, where: Slice) -> TokenSet:
-        g = random_generator(self.seed, where.step, where.micro)
-        ends = torch.randint(len(self.table), (where.global_size,), generator=g)
-        return self.build(self.table, ends[where.rank * where.size : (where.rank + 1) * where.size])
+    def specs(self) -> dict[str, ModalitySpec]: ...
+
+    def encode_steps(self, value: Any, start: int = 0, stop: int | None = None) -> list[Segment]: ...
+
+    def return_values(self, rtg: np.ndarray) -> Tensor: ...
+
+    def state_values(self, states: np.ndarray) -> Tensor: ...
+
+    def action_inputs(self, actions: np.ndarray) -> Tensor: ...
+
+    def timesteps(self, t: np.ndarray) -> Tensor: ...
+
+    def choose_actions(self, output: Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> np.ndarray: ...
 
 
-def _check_causal(model_cfg) -> None:
+def check_causal(model_cfg, roles: tuple[str, ...]) -> None:
     """Refuse a model whose masks let a state token see its own action or later tokens."""
     if model_cfg.arch != "decoder":
         raise UserError(f"[model] arch: the decision task needs a decoder, got {model_cfg.arch!r}")
-    L = 6
-    index = torch.arange(L)
-    zeros = torch.zeros(L, dtype=torch.long)
-    view = (index, zeros, zeros, index // 3, index % 3)
-    q, k = TokenView(*(t[:, None] for t in view), {}), TokenView(*(t[None, :] for t in view), {})
-    for mask in MaskSchedule.parse(model_cfg.mask, model_cfg.layer_masks).masks:
-        if mask.allowed(q, k).triu(1).any():
-            raise UserError(f"[model] mask: the decision task predicts each action from earlier tokens only, so "
-                            f"every layer's mask must be causal; {str(mask)!r} lets tokens see later ones")
+    n, L = len(roles), 6 * len(roles)
+    index, zeros = torch.arange(L), torch.zeros(L, dtype=torch.long)
+    view = TokenView(index, zeros, zeros, index // n, index % n, {r: i for i, r in enumerate(roles)})
+    require_no_future(model_cfg, view, index % n == roles.index("state"), "the decision task")
 
 
 class DecisionTask:
     """See the module docstring."""
 
     Config = DecisionConfig
+    EvalOptions = DecisionEvalOptions
+    capabilities = ("report", "modalities", "eval_options", "metrics")
 
     def __init__(self, config: DecisionConfig) -> None:
         self.config = config
-        self._tables: dict[str, StepTable] = {}
 
     # -- setup -------------------------------------------------------------------------------
-    def setup(self, pipeline) -> None:
+    def setup(self, ctx: TaskContext) -> None:
         try:
-            self._setup(pipeline)
+            self._setup(ctx)
         except UserError as err:
-            raise UserError(f"{pipeline.recipe.path}: {err}") from None
+            raise UserError(f"{ctx.where}: {err}") from None
 
-    def _setup(self, pipeline) -> None:
-        self.pipe = pipeline
-        mods = list(pipeline.tokenizers)
+    def _setup(self, ctx: TaskContext) -> None:
+        self.ctx = ctx
+        mods = list(ctx.tokenizers)
         self.modality = self.config.modality or mods[0]
-        if self.modality not in pipeline.tokenizers:
+        if self.modality not in ctx.tokenizers:
             raise UserError(f"[task] modality: no tokenizer for {self.modality!r} (have: {', '.join(mods)})")
-        self.tok = pipeline.tokenizers[self.modality]
-        if not hasattr(self.tok, "encode_steps"):
-            raise UserError(f"[task] modality: the decision task needs a sar tokenizer; {self.modality!r} is "
-                            f"{pipeline.recipe.tokenizers[self.modality].name!r}")
-        self.field = pipeline.fields[self.modality]
+        self.tok: StepTokenizer = ctx.tokenizers[self.modality]
+        if "steps" not in declared(self.tok):
+            raise UserError(f"[task] modality: the decision task needs a tokenizer with the \"steps\" capability "
+                            f"(return, state and action tokens, as `sar` has); {self.modality!r} is "
+                            f"{ctx.plugins.get(self.modality, 'another tokenizer')}")
         self.roles = ("return", "state", "action") if self.config.condition else ("state", "action")
         self.K = self.config.context_steps
-        model = pipeline.recipe.model
-        _check_causal(model)
-        if len(self.roles) * self.K > model.context:
+        check_causal(ctx.model, self.roles)
+        if len(self.roles) * self.K > ctx.model.context:
             raise UserError(f"[task] context_steps: {self.K} steps are {len(self.roles) * self.K} tokens, more than "
-                            f"[model] context = {model.context}")
-        self.env_id = self.config.env_id or getattr(pipeline.source, "env_id", "")
+                            f"[model] context = {ctx.model.context}")
+        self.env_id = self.config.env_id or ctx.source_info.get("env_id", "")
         if not self.env_id:
             raise UserError("[task] env_id: the source names no environment; give the one to evaluate in")
 
-    def extra_specs(self) -> list:
-        """The action (and, when conditioning, return) modalities; the state one is the tokenizer's spec()."""
-        specs = self.tok.specs()
-        return [specs[r] for r in self.roles if r != "state"]
+    def model_specs(self, specs: dict[str, ModalitySpec]) -> list[ModalitySpec]:
+        """The tokenizers' modalities (the state one is the sar tokenizer's spec()), then the action
+        (and, when conditioning, return) modalities."""
+        mine = self.tok.specs()
+        return [*specs.values()] + [mine[r] for r in self.roles if r != "state"]
 
     def outputs(self) -> tuple[str, ...]:
         return ()
@@ -218,10 +244,9 @@ class DecisionTask:
         return nn.Linear(d_model, st.vocab_size if st.discrete else st.width)
 
     # -- data --------------------------------------------------------------------------------
+    @per_split
     def table(self, split: str) -> StepTable:
-        if split not in self._tables:
-            self._tables[split] = StepTable.build(self.tok, [ex[self.field] for ex in self.pipe.examples(split)])
-        return self._tables[split]
+        return StepTable.build(self.tok, list(self.ctx.values(self.modality, split)))
 
     def window_set(self, returns: Tensor, states: Tensor, actions: Tensor, time: Tensor, valid: Tensor,
                    targets: bool = True) -> TokenSet:
@@ -236,17 +261,18 @@ class DecisionTask:
         idx, valid = table.windows(ends, self.K)
         return self.window_set(table.returns[idx], table.states[idx], table.actions[idx], table.time[idx], valid)
 
-    def batches(self, split: str, train: bool) -> RandomWindowBatches:
-        return RandomWindowBatches(self.table(split), self.build_batch, self.pipe.recipe.train.seed * 8 + SPLIT_SALT[split])
+    def batches(self, split: str, train: bool) -> RandomBatches:
+        table = self.table(split)
+        return RandomBatches(len(table), partial(self.build_batch, table), self.ctx.split_seed(split))
 
-    def predict_actions(self, model, head, batch: TokenSet) -> Tensor:
+    def predict_actions(self, core, head, batch: TokenSet) -> Tensor:
         """Head output at every state token: (B, K, V) logits or (B, K, A) values."""
-        hidden = model(batch)
+        hidden = core(batch)
         slot = batch.inputs[self.tok.names["state"]].slot
         return head(hidden[torch.arange(hidden.shape[0], device=hidden.device)[:, None], slot])
 
-    def loss(self, model, head, batch: TokenSet):
-        out = self.predict_actions(model, head, batch).float()
+    def loss(self, core, head, batch: TokenSet):
+        out = self.predict_actions(core, head, batch).float()
         st = batch.inputs[self.tok.names["state"]]
         mask = st.loss_mask
         if self.tok.discrete_actions:
@@ -256,43 +282,40 @@ class DecisionTask:
         return loss, {"tokens": int(batch.valid.sum())}
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _modules(self):
-        module = self.pipe.module.eval()
-        return module.core, module.head, next(module.parameters()).device
-
     @torch.no_grad()
-    def action_loss(self, split: str, limit: int | None = None) -> float:
+    def action_loss(self, model, split: str, limit: int | None = None) -> float:
         """Mean action loss over `eval_windows` fixed windows of a split (`limit` caps the batches)."""
-        core, head, device = self._modules()
-        table, bs = self.table(split), self.config.eval_batch_size
-        ends = torch.randperm(len(table), generator=random_generator(self.config.eval_seed, SPLIT_SALT[split]))
-        ends = ends[: self.config.eval_windows]
-        chunks = list(ends.split(bs))[: limit or None]
-        total = 0.0
-        for chunk in chunks:
-            loss, _ = self.loss(core, head, self.build_batch(table, chunk).to(device))
-            total += float(loss) * len(chunk)
-        return total / sum(len(c) for c in chunks)
+        table = self.table(split)
+        ends = torch.randperm(len(table), generator=random_generator(self.config.eval_seed, SPLITS.index(split)))
+        total, count = 0.0, 0
+        for chunk in chunks(ends[: self.config.eval_windows], self.config.eval_batch_size, limit, f"action loss {split}"):
+            loss, _ = self.loss(model.core, model.head, self.build_batch(table, chunk).to(model.device))
+            total, count = total + float(loss) * len(chunk), count + len(chunk)
+        return total / count
 
-    def evaluate(self, pipeline, split: str = "val", limit: int | None = None, episodes: int | None = None,
-                 target_return: float | None = None, greedy: bool | None = None, **options) -> dict:
+    def evaluate(self, model, split: str, limit: int | None, options: DecisionEvalOptions) -> dict:
         """Play `episodes` episodes conditioned on `target_return`; returns and the split's action loss."""
-        if options:
-            raise UserError(f"the decision task has no evaluation option(s) {', '.join(sorted(options))}")
         c = self.config
-        episodes = c.episodes if episodes is None else episodes
-        target = c.target_return if target_return is None else target_return
-        greedy = c.greedy if greedy is None else greedy
-        if episodes < 1:
-            raise UserError(f"--episodes: expected at least 1, got {episodes}")
+        episodes = options.episodes or c.episodes
+        target = c.target_return if options.target_return is None else options.target_return
+        greedy = c.greedy if options.greedy is None else options.greedy
         t0 = time.perf_counter()
-        returns, lengths = self.rollout(target, episodes, greedy)
+        returns, lengths = self.rollout(model, target, episodes, greedy)
         seconds = time.perf_counter() - t0
         return {"mean_return": float(np.mean(returns)), "min_return": float(np.min(returns)),
                 "max_return": float(np.max(returns)), "std_return": float(np.std(returns)),
                 "mean_length": float(np.mean(lengths)), "episodes": episodes, "target_return": float(target),
                 "greedy": bool(greedy), "env_steps_per_s": round(float(np.sum(lengths)) / seconds, 1),
-                "action_loss": self.action_loss(split, limit)}
+                "action_loss": self.action_loss(model, split, limit)}
+
+    @property
+    def loss_label(self) -> str:
+        return "cross-entropy (nats/action)" if self.tok.discrete_actions else "mean squared error (per action)"
+
+    def metrics(self, model, split: str) -> dict[str, float]:
+        """Mean return of `metric_episodes` episodes at the `[task] target_return`."""
+        returns, _ = self.rollout(model, self.config.target_return, self.config.metric_episodes, self.config.greedy)
+        return {"mean_return": float(np.mean(returns))}
 
     def _envs(self, n: int) -> list:
         envs = [gym_data.make_env(self.env_id) for _ in range(n)]
@@ -307,9 +330,9 @@ class DecisionTask:
         return envs
 
     @torch.no_grad()
-    def rollout(self, target: float, n: int, greedy: bool = False, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def rollout(self, model, target: float, n: int, greedy: bool = False,
+                seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Play n episodes (reset seeds seed + i) at once, conditioned on `target`; (returns, lengths)."""
-        core, head, device = self._modules()
         seed = self.config.eval_seed if seed is None else seed
         envs, K, tok = self._envs(n), self.K, self.tok
         g = torch.Generator().manual_seed(seed)
@@ -318,11 +341,11 @@ class DecisionTask:
         rtg, total = np.full(n, float(target)), np.zeros(n)
         length, alive = np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
         cap = self.config.max_episode_steps or 100_000
-        for t in range(cap):
+        for t in progress(range(cap), f"playing {n} episodes", unit="steps"):
             win.push(t, rtg, state)
             live = np.flatnonzero(alive)
-            ts = self.window_set(*win.tokens(tok, live), targets=False).to(device)
-            out = self.predict_actions(core, head, ts)[:, -1]
+            ts = self.window_set(*win.tokens(tok, live), targets=False).to(model.device)
+            out = self.predict_actions(model.core, model.head, ts)[:, -1]
             actions = tok.choose_actions(out, greedy, g)
             win.set_actions(live, actions)
             for i, a in zip(live, actions):
@@ -343,24 +366,25 @@ class DecisionTask:
         return np.clip(np.asarray(action, dtype=np.float32).reshape(space.shape), space.low, space.high)
 
     # -- end-of-run pictures --------------------------------------------------------------------
-    def report(self, pipeline, run_dir: Path) -> None:
+    def report(self, model, run_dir: Path) -> list[Path]:
         """returns_vs_target.png/.json (achieved return per target) and dataset_returns.png."""
-        c = self.config
-        episodes = [ex[self.field] for ex in pipeline.examples("train")]
-        if episodes and hasattr(episodes[0], "total_return"):
-            gym_data.return_histogram_png(episodes, Path(run_dir) / "dataset_returns.png")
+        c, paths = self.config, []
+        episodes = list(self.ctx.values(self.modality, "train"))
+        if episodes and isinstance(episodes[0], gym_data.Episode):
+            paths.append(gym_data.return_histogram_png(episodes, Path(run_dir) / "dataset_returns.png"))
         if not c.report_targets:
-            return
+            return paths
         rows = []
-        for target in c.report_targets:
-            returns, _ = self.rollout(target, c.report_episodes, c.greedy)
+        for target in progress(c.report_targets, "returns by target", total=len(c.report_targets), unit="targets"):
+            returns, _ = self.rollout(model, target, c.report_episodes, c.greedy)
             rows.append({"target": target, "mean": float(np.mean(returns)), "std": float(np.std(returns)),
                          "returns": returns.tolist()})
         (Path(run_dir) / "returns_vs_target.json").write_text(json.dumps(rows, indent=1))
-        returns_plot(rows, Path(run_dir) / "returns_vs_target.png",
-                     f"{pipeline.recipe.path} ({'return-conditioned' if c.condition else 'behaviour cloning'})")
+        paths.append(returns_plot(rows, Path(run_dir) / "returns_vs_target.png",
+                                  f"{self.ctx.where} ({'return-conditioned' if c.condition else 'behaviour cloning'})"))
         print("seqmodel: achieved return by target: " + ", ".join(f"{r['target']:g} -> {r['mean']:.1f}" for r in rows),
               file=sys.stderr)
+        return paths
 
 
 class Window:
@@ -396,18 +420,13 @@ class Window:
 
 def returns_plot(rows: list[dict], path: Path, title: str) -> Path:
     """Achieved return (mean and spread over episodes) against target return, with y = x."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     targets = np.array([r["target"] for r in rows])
     means, stds = np.array([r["mean"] for r in rows]), np.array([r["std"] for r in rows])
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(targets, targets, "--", color="grey", label="achieved = target")
-    ax.errorbar(targets, means, yerr=stds, fmt="o-", capsize=3, label="achieved (mean ± std)")
-    ax.set(xlabel="target return", ylabel="achieved return", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.savefig(path, dpi=100)
+    with figure(path, size=(6, 4.5), dpi=100) as (fig, ax):
+        ax.plot(targets, targets, "--", color="grey", label="achieved = target")
+        ax.errorbar(targets, means, yerr=stds, fmt="o-", capsize=3, label="achieved (mean ± std)")
+        ax.set(xlabel="target return", ylabel="achieved return")
+        ax.set_title(title, fontsize=9, wrap=True)
+        ax.grid(alpha=0.3)
+        ax.legend()
     return path
