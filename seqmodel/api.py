@@ -170,9 +170,9 @@ def _with_saved_state(recipe: Recipe, run_dir: Path) -> Pipeline:
         if not (run_dir / "tokenizers" / m).is_dir():
             raise UserError(f"{run_dir}: the run has no tokenizer state for modality {m!r}; --force cannot add a modality")
         tok.load(run_dir / "tokenizers" / m)
-    if hasattr(pipe.task, "load") and (run_dir / "task").is_dir():
+    if can(pipe.task, "state") and (run_dir / "task").is_dir():
         pipe.task.load(run_dir / "task")
-    pipe.task.setup(pipe)
+    pipe.task.setup(pipe.context())
     return pipe
 
 

@@ -198,7 +198,7 @@ def test_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpo
         monkeypatch.setattr(checkpoint, "save_model", full)
     recipe = tiny_char_recipe(tmp_path, corpus, steps=4, checkpoint_every=2)
     done = seqmodel("run", recipe, "--out", tmp_path / "run", "--no-progress", check=False)
-    err = done.stderr.strip().splitlines()
+    err = errors(done)
     assert done.returncode == 2 and len(err) == 1 and "cannot write the checkpoint of step 2" in err[0], err
     assert leftovers(tmp_path / "run") == [] and checkpoint.latest(tmp_path / "run") is None
 
