@@ -73,11 +73,11 @@ def main() -> None:
     ran = sum(r.case.name.startswith("run ") for r in results if r.case.family == "recipes")
     print(f"recipes `check` accepted and `run` refused: {len(fuzzing.check_passes_run_fails(results))} (of {ran} runs)")
     gaps = [r for r in results if r.case.gap]
-    print(f"of which {len(gaps)} in known gaps (fuzzing.known_gap): " + ", ".join(
+    print(f"of which {len(gaps)} read by the saved-recipe loader or a plugin (fuzzing.state_read_by_plugins): " + ", ".join(
         f"{n} {o}" for o in fuzzing.OUTCOMES if (n := sum(r.outcome == o for r in gaps))))
     for r in results:
         if r.outcome not in fuzzing.GOOD:
-            print(f"\n[{r.case.family}]{' (known gap)' * r.case.gap} {r.case.name}: {r.outcome}\n{r.detail}")
+            print(f"\n[{r.case.family}]{' (plugin-read state)' * r.case.gap} {r.case.name}: {r.outcome}\n{r.detail}")
     if args.json:
         Path(args.json).write_text(json.dumps([{"family": r.case.family, "case": r.case.name, "outcome": r.outcome,
                                                 "detail": r.detail} for r in results], indent=1))

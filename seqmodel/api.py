@@ -162,25 +162,10 @@ def _environment_changes(run_dir: Path, pipe: Pipeline) -> list[str]:
     return problems
 
 
-def _with_saved_state(recipe: Recipe, run_dir: Path) -> Pipeline:
-    """A pipeline of `recipe` holding the run's fitted tokenizer and task state (what
-    `Pipeline.from_run` does with the saved recipe)."""
-    pipe = Pipeline(recipe, run_dir)
-    for m, tok in pipe.tokenizers.items():
-        if not (run_dir / "tokenizers" / m).is_dir():
-            raise UserError(f"{run_dir}: the run has no tokenizer state for modality {m!r}; --force cannot add a modality")
-        tok.load(run_dir / "tokenizers" / m)
-    if can(pipe.task, "state") and (run_dir / "task").is_dir():
-        pipe.task.load(run_dir / "task")
-    pipe.task.setup(pipe.context())
-    return pipe
-
-
 def check_resumable(run_dir: Path, recipe: Recipe | None, force: bool = False) -> Pipeline:
     """The pipeline to resume `run_dir` with: the saved one with `recipe`'s values of the
     `RESUMABLE` keys applied. Any other recipe change, a plugin version change or changed data
     is refused with a one-line error; `force` resumes anyway with every value of `recipe`."""
-    rundir.saved_recipe(run_dir)
     pipe = Pipeline.from_run(run_dir)
     changed = list(_differences(pipe.recipe.resolved(), recipe.resolved())) if recipe is not None else []
     problems = [f"recipe changed: {k} {old!r} -> {new!r}" for k, old, new in changed if not resumable(k)]
@@ -194,7 +179,7 @@ def check_resumable(run_dir: Path, recipe: Recipe | None, force: bool = False) -
     if recipe is None or not changed:
         return pipe
     if force and any(not resumable(k) for k, _, _ in changed):
-        pipe = _with_saved_state(recipe, run_dir)
+        pipe = Pipeline.from_run(run_dir, recipe)
     else:
         pipe.recipe.train, pipe.recipe.sample = recipe.train, recipe.sample
     return pipe

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import registry
 from .config import build
-from .errors import UserError
+from .errors import UserError, cut
 from .masks import MaskSchedule
 from .plugin import declared
 from .recipe import Recipe, parse_recipe
@@ -160,27 +160,37 @@ class Pipeline:
             self.task.save(d)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path) -> Pipeline:
-        """Rebuild the pipeline of a run directory (tokenizers loaded, not refitted)."""
+    def from_run(cls, run_dir: str | Path, recipe: Recipe | None = None) -> Pipeline:
+        """Rebuild the pipeline of a run directory: its saved recipe (or `recipe`, for a resume
+        that changes some keys) with the run's tokenizer and task state loaded, not refitted."""
         run_dir = Path(run_dir)
-        path = run_dir / "recipe.json"
-        if not path.is_file():
-            raise UserError(f"{run_dir}: not a seqmodel run directory (no recipe.json)")
-        try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"{path}: corrupt run recipe: {err}") from None
-        if not isinstance(raw, dict) or not isinstance(raw.get("tokenizers", {}), dict):
-            raise UserError(f"{path}: corrupt run recipe: expected a table of tables")
-        tables = raw.pop("tokenizers", {})
-        raw["tokenizers"] = {m: dict(t) | {"modality": m} if isinstance(t, dict) else t for m, t in tables.items()}
-        pipe = cls(parse_recipe(raw, str(path)), run_dir)
+        if recipe is None:
+            from .rundir import saved_recipe
+
+            raw = saved_recipe(run_dir)
+            tables = raw.pop("tokenizers", {})
+            raw["tokenizers"] = {m: dict(t) | {"modality": m} for m, t in tables.items()}
+            recipe = parse_recipe(raw, str(run_dir / "recipe.json"))
+        pipe = cls(recipe, run_dir)
         for m, tok in pipe.tokenizers.items():
-            tok.load(run_dir / "tokenizers" / m)
+            state = run_dir / "tokenizers" / m
+            if not state.is_dir():
+                raise UserError(f"{run_dir}: the run has no tokenizer state for modality {m!r}")
+            pipe._load_state(tok, state, registry.describe("tokenizer", recipe.tokenizers[m].name))
         if can(pipe.task, "state") and (run_dir / "task").is_dir():
-            pipe.task.load(run_dir / "task")
+            pipe._load_state(pipe.task, run_dir / "task", registry.describe("task", recipe.task.name))
         pipe.task.setup(pipe.context())
         return pipe
+
+    @staticmethod
+    def _load_state(plugin, directory: Path, who: str) -> None:
+        """`plugin.load(directory)`; a damaged state file is a one-line error naming the plugin."""
+        try:
+            plugin.load(directory)
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 -- whatever a plugin's reader raises on a damaged file
+            raise UserError(f"{directory}: damaged state of {who}: {type(err).__name__}: {cut(err, 160)}") from None
 
 
 def check_mask_modalities(recipe: Recipe, modalities: list[str]) -> None:

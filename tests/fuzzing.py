@@ -28,9 +28,8 @@ from seqmodel import cli
 
 OUTCOMES = ("exit 0", "exit 2, one line", "other exit", "traceback", "hang")
 GOOD = OUTCOMES[:2]
-# Known gaps are inputs that still end in a traceback in code outside this work: the run-directory
-# recipe read by `load()` and the tokenizers' own state files (`known_gap`). The tests keep them
-# apart, as a strict xfail.
+# Damage read by the saved-recipe loader and by plugins' own state readers (`state_read_by_plugins`)
+# once escaped as tracebacks; a test of its own samples those cases.
 
 
 class Hang(Exception):
@@ -43,7 +42,7 @@ class Case:
     name: str
     argv: list[str]
     prepare: Callable[[], None] | None = None  # makes the damaged files, just before the case runs
-    gap: bool = False  # a known gap outside this code (see known_gap)
+    gap: bool = False  # damage read by the saved-recipe loader or a plugin (see state_read_by_plugins)
 
 
 @dataclass
@@ -251,10 +250,9 @@ def run_dir_files(run: Path) -> list[Path]:
     return [p for p in names if p.exists()]
 
 
-def known_gap(rel: Path, command: str) -> bool:
-    """Damage that still gives a traceback outside this branch's code: `load()`/`Pipeline.from_run`
-    read recipe.json before `seqmodel.rundir.saved_recipe` checks it (eval/sample/score/tokenize),
-    and a tokenizer's own state files are read by the tokenizer plugin."""
+def state_read_by_plugins(rel: Path, command: str) -> bool:
+    """Damage to what `Pipeline.from_run` reads through the saved-recipe loader (recipe.json, for
+    eval/sample/score/tokenize) or through a tokenizer plugin's own `load()`."""
     return rel.parts[0] == "tokenizers" or rel.name == "recipe.json" and command != "run --resume"
 
 
@@ -277,7 +275,7 @@ def rundir_cases(rng: random.Random, trained: Path, recipe: Path, folder: Path, 
             _write(run / rel, content)
 
         yield Case("run directories", f"{command} with {rel} {name}", COMMANDS[command](run, recipe), prepare,
-                   known_gap(rel, command))
+                   state_read_by_plugins(rel, command))
 
 
 # -- files for predict ---------------------------------------------------------------------------
