@@ -70,15 +70,20 @@ class Run:
         return self.task.predict(self.model, [str(p) for p in inputs])
 
 
-def load(run_dir: str | Path, device: str | None = None) -> Run:
-    """Open a run directory: rebuild its pipeline and load the newest checkpoint's weights."""
+def load(run_dir: str | Path, device: str | None = None, which: str = "latest") -> Run:
+    """Open a run directory: rebuild its pipeline and load a checkpoint's weights.
+
+    Args:
+        which: "latest" (the newest), "best" (kept by `[train] keep_best`) or a step number.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     pipe = Pipeline.from_run(run_dir)
-    ckpt = checkpoint.latest(run_dir)
+    ckpt = checkpoint.named(run_dir, which)
     if ckpt is None:
-        raise UserError(f"{run_dir}: the run has no complete checkpoint yet")
+        kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*") if (p / "state.json").is_file())
+        raise UserError(f"{run_dir}: no complete checkpoint {which!r} (the run has: {', '.join(kept) or 'none yet'})")
     module = pipe.module
     checkpoint.load_weights(module, ckpt)
     module.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
@@ -130,7 +135,8 @@ def environment(pipe: Pipeline) -> dict:
 
 RESUMABLE = ("train.steps", "train.lr", "train.min_lr", "train.warmup", "train.weight_decay", "train.grad_clip",
              "train.eval_every", "train.eval_batches", "train.log_every", "train.checkpoint_every", "train.threads",
-             "train.log_with", "train.compile", "train.cpu_memory_cache", "train.fingerprint_batches", "sample.*")
+             "train.log_with", "train.compile", "train.cpu_memory_cache", "train.fingerprint_batches", "train.keep_best",
+             "train.best_mode", "sample.*")
 """Recipe keys `--resume` applies when they changed: the schedule, the learning rate (to continue
 after divergence), logging, evaluation, checkpoints, CPU threads and sampling. Any other change
 would make the resumed run a different run; only `--force` applies it."""
@@ -182,6 +188,7 @@ def check_resumable(run_dir: Path, recipe: Recipe | None, force: bool = False) -
         pipe = Pipeline.from_run(run_dir, recipe)
     else:
         pipe.recipe.train, pipe.recipe.sample = recipe.train, recipe.sample
+        pipe.task.setup(pipe.context())  # the task sees the new values (eval_batches ...)
     return pipe
 
 

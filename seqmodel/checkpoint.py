@@ -106,6 +106,38 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer_state: dict, stat
     return final
 
 
+def save_best(run_dir: Path, step: int, model: nn.Module, info: dict) -> Path:
+    """Write the weights of step `step` as ``checkpoints/best`` (weights and a state.json naming the
+    step and the metric; no optimizer state: it is for eval, sample and export, not resume),
+    replacing the previous best only once the new one is complete."""
+    root = run_dir / "checkpoints"
+    final, tmp, old = root / "best", root / f".best.tmp{os.getpid()}", root / f".best.old{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_model(model, str(tmp / "model.safetensors"))
+        write_atomic(tmp / "state.json", json.dumps({**info, "step": step}, indent=1))
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(root)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{root}: cannot write the best checkpoint (step {step}): {cut(err, 160)} ({_free(root)})") from None
+    return final
+
+
+def named(run_dir: Path, which: str) -> Path | None:
+    """A run's checkpoint by name: "latest", "best" or "step_N" (None when it does not exist)."""
+    if which == "latest":
+        return latest(run_dir)
+    path = run_dir / "checkpoints" / (which if which == "best" or NAME.fullmatch(which) else f"step_{int(which):07d}"
+                                      if which.isdigit() else which)
+    return path if (path / "state.json").is_file() and (path / "model.safetensors").is_file() else None
+
+
 def _free(path: Path) -> str:
     try:
         return f"{shutil.disk_usage(path).free / 2**20:,.1f} MiB free on its disk"
@@ -116,7 +148,8 @@ def _free(path: Path) -> str:
 def collect_temporary(run_dir: Path) -> None:
     """Remove what killed runs left half-written (call it holding the run's lock)."""
     root = run_dir / "checkpoints"
-    for leftover in (*root.glob(".step_*.tmp*"), *root.glob(".latest.tmp*"), *run_dir.glob(".*.tmp[0-9]*")):
+    for leftover in (*root.glob(".step_*.tmp*"), *root.glob(".latest.tmp*"), *root.glob(".best.*"),
+                     *run_dir.glob(".*.tmp[0-9]*")):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:

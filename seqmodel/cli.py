@@ -40,6 +40,7 @@ def _add_sample(sub):
     p.add_argument("--seed", type=int, help="seed of the sampler")
     p.add_argument("--greedy", action="store_true", default=None, help="take the most likely token each step")
     p.add_argument("--no-cache", action="store_true", help="recompute the context each step (no KV cache)")
+    _add_checkpoint(p)
 
 
 def _add_eval(sub):
@@ -52,6 +53,7 @@ def _add_eval(sub):
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="an evaluation option the run's task declares (repeatable); listed below")
     p.add_argument("--json", action="store_true")
+    _add_checkpoint(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
 
 
@@ -64,6 +66,11 @@ def _add_export(sub):
     p.add_argument("run", help="run directory")
     p.add_argument("--format", required=True, choices=["hf", "onnx"])
     p.add_argument("--out", help="output directory (default: RUN/export/FORMAT)")
+
+
+def _add_checkpoint(p) -> None:
+    p.add_argument("--checkpoint", default="latest", metavar="NAME",
+                   help="which weights: latest (default), best ([train] keep_best) or a step number")
 
 
 def _eval_options_help() -> str:
@@ -109,12 +116,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--text", required=True)
     p.add_argument("--json", action="store_true")
+    _add_checkpoint(p)
     _add_eval(sub)
     _add_export(sub)
     p = sub.add_parser("predict", help="run a trained model on input files")
     p.add_argument("run")
     p.add_argument("inputs", nargs="+", help="input files")
     p.add_argument("--json", action="store_true")
+    _add_checkpoint(p)
     p = sub.add_parser("tokenize", help="show how a run's tokenizer splits a text (or decodes ids)")
     p.add_argument("run")
     g = p.add_mutually_exclusive_group(required=True)
@@ -172,7 +181,7 @@ def cmd_run(args) -> int:
 def cmd_sample(args) -> int:
     from .api import load
 
-    r = load(args.run)
+    r = load(args.run, which=args.checkpoint)
     kw = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "greedy")}
     print(r.generate(args.prompt, use_cache=not args.no_cache, **kw))
     return 0
@@ -181,7 +190,7 @@ def cmd_sample(args) -> int:
 def cmd_score(args) -> int:
     from .api import load
 
-    out = load(args.run).score(args.text)
+    out = load(args.run, which=args.checkpoint).score(args.text)
     if args.json:
         print(json.dumps(out))
         return 0
@@ -207,7 +216,7 @@ def cmd_eval(args) -> int:
         if not sep or not key.strip():
             raise UserError(f"--set {text!r}: expected KEY=VALUE (the options of each task are listed by seqmodel eval --help)")
         options[key.strip()] = parse_value(value)
-    metrics = load(args.run).evaluate(args.split, args.limit, **options)
+    metrics = load(args.run, which=args.checkpoint).evaluate(args.split, args.limit, **options)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -284,7 +293,7 @@ def cmd_mask(args) -> int:
 def cmd_predict(args) -> int:
     from .api import load
 
-    rows = load(args.run).predict(args.inputs)
+    rows = load(args.run, which=args.checkpoint).predict(args.inputs)
     if args.json:
         print(json.dumps(rows))
     else:

@@ -83,6 +83,12 @@ class TrainConfig:
     """How several processes share the model: "ddp" (replicas) or "fsdp" (sharded; CUDA GPUs only)."""
     log_with: str | list[str] = ""
     """Experiment trackers through accelerate ("tensorboard", "wandb", ...); metrics.jsonl is always written."""
+    keep_best: str = ""
+    """Also keep the checkpoint with the best value of this metric ("val_loss", or one the task reports
+    at each evaluation: "accuracy", "exact_match", "mean_return" ...) as checkpoints/best; "" keeps none."""
+    best_mode: str = "auto"
+    """Whether `keep_best` minimises ("min") or maximises ("max") its metric; "auto": min for names with
+    loss, cer, error, bits, perplexity or mse in them, max otherwise."""
     fingerprint_batches: bool = False
     """Append "step micro rank sha1" of every training batch to batches.rankN.log (data-order audits)."""
     init_from: str = ""
@@ -112,6 +118,8 @@ class TrainConfig:
             bad.append(("precision", f"expected one of {', '.join(PRECISIONS)}, got {self.precision!r}"))
         if self.distributed not in ("ddp", "fsdp"):
             bad.append(("distributed", f"expected ddp or fsdp, got {self.distributed!r}"))
+        if self.best_mode not in ("auto", "min", "max"):
+            bad.append(("best_mode", f"expected auto, min or max, got {self.best_mode!r}"))
         if self.device not in ("auto", "cpu", "cuda"):
             bad.append(("device", f"expected auto, cpu or cuda, got {self.device!r}"))
         return bad

@@ -21,7 +21,8 @@ def loss_curve(history: list[dict], path: Path, title: str = "", unit: str = "na
         if val:
             ax.plot(*zip(*val), "o-", label="validation", lw=1.5, ms=3)
             ax.annotate(f"{val[-1][1]:.4f}", val[-1], textcoords="offset points", xytext=(-30, 8))
-        ax.set(xlabel="step", ylabel=f"loss ({unit})", title=title)
+        ax.set(xlabel="step", ylabel=f"loss: {unit}", title=title)
+        ax.margins(y=0.12)
         ax.grid(alpha=0.3)
         ax.legend()
     return path
@@ -29,8 +30,9 @@ def loss_curve(history: list[dict], path: Path, title: str = "", unit: str = "na
 
 def finish_run(pipeline: Pipeline, run_dir: Path, history: list[dict]) -> None:
     """Write the loss curve, end-of-run samples and whatever pictures the task draws."""
-    loss_curve(history, run_dir / "loss.png", title=f"{pipeline.recipe.path}")
     task, model = pipeline.task, pipeline.module.eval()
+    loss_curve(history, run_dir / "loss.png", title=f"{pipeline.recipe.path}",
+               unit=task.loss_label if can(task, "metrics") else "nats/token")
     if can(task, "report"):
         task.report(model, run_dir)
     if can(task, "sample") and pipeline.recipe.sample.num_samples > 0:

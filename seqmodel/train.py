@@ -31,6 +31,7 @@ from .errors import UserError
 from .pipeline import Pipeline
 from .recipe import TrainConfig
 from .task import Slice, random_generator
+from .tracking import Tracker
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FQN-keyed, gathered (FSDP) or plain
 
@@ -182,6 +183,7 @@ class Trainer:
     pending: dict | None = None  # a log record whose evaluation a signal cut short (done on resume)
     done: int | None = None  # the last step completed in this process
     logged: bool = False  # whether this process has written metrics.jsonl yet
+    tracker: Tracker | None = None  # task metrics, best checkpoint, loss curve, plain log lines
 
     def log(self, record: dict) -> None:
         """Append a record to metrics.jsonl; the first one of a process first rewrites the file with
@@ -253,6 +255,9 @@ class Trainer:
             self.history = [r for r in state.get("history", []) if r["step"] <= start]
             self.window = list(state.get("window", []))
             self.pending = state.get("pending")
+        self.tracker = Tracker(self.pipeline, self.run_dir, self.acc.is_main_process, plain=not self.show_bar)
+        if cfg.keep_best and cfg.distributed == "fsdp":
+            raise UserError("[train] keep_best: not available with distributed = \"fsdp\" yet; use ddp or keep_best = \"\"")
         if cfg.fingerprint_batches:
             self.fingerprints = open(self.run_dir / f"batches.rank{self.acc.process_index}.log", "a", buffering=1)
         if cfg.compile:
@@ -288,6 +293,15 @@ class Trainer:
                 lora.save_adapter(module.core, self.cfg.lora, self.run_dir / "adapter")
         self.acc.wait_for_everyone()
         return self.run_dir / "checkpoints" / f"step_{step:07d}"
+
+    @property
+    def show_bar(self) -> bool:
+        return self.progress and self.acc.is_main_process and sys.stderr.isatty()
+
+    def save_best(self, step: int, record: dict) -> None:
+        """Keep the weights of step `step` as checkpoints/best (this process; see `Tracker`)."""
+        name = self.cfg.keep_best
+        checkpoint.save_best(self.run_dir, step, self.acc.unwrap_model(self.model), {"metric": name, "value": record[name]})
 
     def train_step(self, step: int, stream) -> tuple[torch.Tensor, int]:
         """One optimizer step; returns this process's mean loss (a tensor) and its token count."""
@@ -338,15 +352,25 @@ class Trainer:
         loss = self.val_loss(self.model, val, interrupt)
         if loss is None:
             raise Interrupted(record["step"], checkpoint.latest(self.run_dir), self.run_dir)
-        self.log({**record, "val_loss": loss})
+        self.record(record, loss)
+
+    def record(self, rec: dict, loss: float | None) -> None:
+        """Log a record: with an evaluation, its validation loss and the task's metrics; then the
+        tracker's hooks (plain line, loss curve, best checkpoint)."""
+        if loss is not None:
+            rec = {**rec, "val_loss": loss, **self.tracker.metrics(self.acc.unwrap_model(self.model))}
+        self.log(rec)
+        self.tracker.logged(rec, self.history)
+        if self.tracker.best_so_far(rec, self.history):
+            self.save_best(rec["step"], rec)
 
     def train(self, start: int) -> dict:
         """Steps `start` .. `steps`, with logging, evaluation and checkpoints; a signal stops after
         the current step (or evaluation batch) with a checkpoint, raising `Interrupted`."""
         cfg, acc, task = self.cfg, self.acc, self.pipeline.task
         train, val = task.batches("train", True), task.batches("val", False)
-        bar = tqdm(total=cfg.steps, initial=start, disable=not (self.progress and acc.is_main_process),
-                   file=sys.stderr, dynamic_ncols=True, desc="train")
+        bar = tqdm(total=cfg.steps, initial=start, disable=not self.show_bar, file=sys.stderr, dynamic_ncols=True,
+                   desc="train")
         t0, window, win_tokens, win_t = time.perf_counter(), list(self.window), 0, time.perf_counter()
         elapsed0 = self.history[-1].get("elapsed_s", 0.0) if self.history else 0.0
         self.model.train()
@@ -370,7 +394,7 @@ class Trainer:
                     if evaluate and loss is None:
                         pending, stopping = rec, True  # evaluated on resume, before the next step
                     else:
-                        self.log(rec if loss is None else {**rec, "val_loss": loss})
+                        self.record(rec, loss)
                         bar.set_postfix(loss=f"{rec['train_loss']:.4f}", tok_s=f"{tps:,.0f}")
                     window, win_tokens, win_t = [], 0, time.perf_counter()
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:

@@ -18,6 +18,8 @@ def test_both_designs_train_and_caption(tmp_path, arch, mask):
         "--set", f'model.arch="{arch}"', "--set", f'model.mask="{mask}"')
     metrics = json.loads(cli("eval", out, "--split", "test", "--json").stdout)
     assert metrics["examples"] == 8 and 0 <= metrics["exact_match"] <= 1 and metrics["cer"] >= 0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= last["exact_match"] <= 1 and last["cer"] >= 0  # tracked during training too
     from PIL import Image
 
     Image.new("L", (16, 16)).save(tmp_path / "blank.png")

@@ -227,6 +227,8 @@ def test_run_and_eval_end_to_end(tmp_path):
         "--set", "task.report_targets=[50, 500]", "--set", "task.report_episodes=2")
     for name in ("returns_vs_target.png", "dataset_returns.png", "loss.png"):
         assert (run / name).stat().st_size > 1000
+    evaluations = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    assert [r["step"] for r in evaluations] == [6, 12] and all(r["mean_return"] > 0 for r in evaluations)
     rows = json.loads((run / "returns_vs_target.json").read_text())
     assert [r["target"] for r in rows] == [50, 500] and all(len(r["returns"]) == 2 for r in rows)
     out = json.loads(cli("eval", run, "--set", "episodes=3", "--set", "target_return=500", "--json").stdout)

@@ -31,6 +31,8 @@ def run_dir(tmp_path_factory):
 def test_run_leaves_pictures_and_labels(run_dir):
     for name in ("confusion_matrix.png", "val_predictions.png", "loss.png", "task/labels.json", "tokenizers/image/patches.json"):
         assert (run_dir / name).is_file(), name
+    evaluations = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    assert evaluations and all(0 <= r["accuracy"] <= 1 for r in evaluations)  # the task's metric at every evaluation
 
 
 def test_eval_json_reports_test_accuracy(run_dir):

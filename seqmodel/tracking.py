@@ -1,0 +1,78 @@
+"""What a training run reports besides its loss, as small hooks of the training loop: the task's
+own metrics at every evaluation (task capability "metrics"), the best checkpoint by a chosen
+metric (`[train] keep_best`), the loss curve refreshed as the run goes, and a plain
+``step N: train X, val Y, accuracy Z`` line per log step when there is no progress bar (a log
+file, ``--no-progress``)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from .task import can
+
+LOWER_IS_BETTER = ("loss", "cer", "error", "bits", "perplexity", "mse")
+"""A metric whose name contains one of these is minimised by `keep_best` (others are maximised)."""
+
+
+def better(name: str, mode: str, new: float, old: float | None) -> bool:
+    """Whether `new` beats `old` for metric `name` (`mode` "min", "max" or "auto")."""
+    if not isinstance(new, (int, float)) or not math.isfinite(new):
+        return False
+    lower = mode == "min" or mode == "auto" and any(word in name for word in LOWER_IS_BETTER)
+    return old is None or (new < old if lower else new > old)
+
+
+def log_line(record: dict) -> str:
+    """``step 250: train 1.8412, val 1.9021, accuracy 0.9350 (29,600 tok/s)``."""
+    parts = [f"train {record['train_loss']:.4f}"] if "train_loss" in record else []
+    skip = {"step", "train_loss", "lr", "tokens_per_s", "elapsed_s"}
+    for key, value in record.items():
+        if key in skip or not isinstance(value, (int, float)):
+            continue
+        parts.append(f"{key.removesuffix('_loss') if key == 'val_loss' else key} {value:.4f}")
+    speed = f" ({record['tokens_per_s']:,.0f} tok/s)" if "tokens_per_s" in record else ""
+    return f"step {record['step']}: {', '.join(parts)}{speed}"
+
+
+class Tracker:
+    """The hooks one run uses; `main` is whether this process writes (rank 0)."""
+
+    def __init__(self, pipeline, run_dir: Path, main: bool, plain: bool) -> None:
+        self.pipeline, self.run_dir, self.main, self.plain = pipeline, run_dir, main, plain
+        self.cfg = pipeline.recipe.train
+        task = pipeline.task
+        self.measures = can(task, "metrics")
+        self.loss_label = task.loss_label if self.measures else "nats/token"
+
+    def metrics(self, module) -> dict:
+        """The task's metrics on the validation split (this process only), the module back in training mode."""
+        if not (self.measures and self.main):
+            return {}
+        try:
+            return {k: float(v) for k, v in self.pipeline.task.metrics(module.eval(), "val").items()}
+        finally:
+            module.train()
+
+    def logged(self, record: dict, history: list[dict]) -> None:
+        """After a record is written: the plain line, and on evaluations the refreshed loss curve."""
+        if not self.main:
+            return
+        if self.plain:
+            print(f"seqmodel: {log_line(record)}", file=sys.stderr, flush=True)
+        if "val_loss" in record:
+            from .report import loss_curve
+
+            loss_curve(history, self.run_dir / "loss.png", title=self.pipeline.recipe.path, unit=self.loss_label)
+
+    def best_so_far(self, record: dict, history: list[dict]) -> bool:
+        """Whether `record` holds a new best value of `[train] keep_best`."""
+        name = self.cfg.keep_best
+        if not name or name not in record:
+            return False
+        earlier = [r[name] for r in history if r is not record and isinstance(r.get(name), (int, float))]
+        best = None
+        for value in earlier:
+            best = value if better(name, self.cfg.best_mode, value, best) else best
+        return better(name, self.cfg.best_mode, record[name], best)
