@@ -199,11 +199,20 @@ def start_run(recipe: Recipe, run_dir: Path, recipe_path: str) -> Pipeline:
     if is_main_process():
         try:
             pipe.save(run_dir)
-            (run_dir / "recipe.toml").write_text(Path(recipe_path).read_text() if Path(recipe_path).is_file() else "")
+            write_recipe_toml(pipe, run_dir, recipe_path)
             (run_dir / "run.json").write_text(json.dumps(environment(pipe) | warm_start.record(recipe), indent=2))
         except OSError as err:
             raise UserError(f"{run_dir}: cannot write the run directory: {err.strerror or err}") from None
     return pipe
+
+
+def write_recipe_toml(pipe: Pipeline, run_dir: Path, recipe_path: str) -> None:
+    """RUN/recipe.toml: every setting the run runs with (overrides and defaults included), as
+    annotated TOML that `seqmodel run` takes back."""
+    from .docs import recipe_doc
+
+    origin = f"# from {recipe_path}\n" if recipe_path else "# as resumed\n"
+    checkpoint.write_atomic(run_dir / "recipe.toml", f"# seqmodel run {run_dir / 'recipe.toml'}\n{origin}{recipe_doc(pipe.recipe)}\n")
 
 
 def _record_resumed(pipe: Pipeline, run_dir: Path) -> None:
@@ -212,6 +221,7 @@ def _record_resumed(pipe: Pipeline, run_dir: Path) -> None:
         return
     try:
         checkpoint.write_atomic(run_dir / "recipe.json", json.dumps(pipe.recipe.resolved(), indent=2))
+        write_recipe_toml(pipe, run_dir, "")
         before = rundir.saved_environment(run_dir)
         if before is not None:  # what else it records (a warm start's origin) stays
             checkpoint.write_atomic(run_dir / "run.json", json.dumps(before | environment(pipe), indent=2))
@@ -243,12 +253,30 @@ def _prepare(rec: Recipe, run_dir: Path, path: str, resume: bool, force: bool) -
     return start_run(rec, run_dir, path), False
 
 
+def recipe_of(recipe, overrides: list[str] = (), resume: bool = False) -> tuple[Recipe, str, Path | None]:
+    """(recipe, its path, the run directory it was recorded in) for what `run` is given: a recipe
+    file or a shipped recipe's name, a parsed `Recipe`, the tables as a dict, or -- to resume -- a
+    run directory, whose recorded recipe (overrides included) continues with `overrides` on top."""
+    if isinstance(recipe, Recipe):
+        rec, path, recorded = recipe, recipe.path, None
+    elif isinstance(recipe, dict):
+        rec, path, recorded = parse_recipe(apply_overrides(recipe, list(overrides)), "<recipe dict>"), "run", None
+    elif resume and rundir.is_run_directory(recipe):
+        recorded = Path(recipe)
+        rec, path = rundir.recorded_recipe(recorded, overrides), str(recorded / "recipe.json")
+    else:
+        path, recorded = str(resolve(recipe)), None
+        rec = load_recipe(path, overrides)
+    return warm_start.resolve(rec), path, recorded
+
+
 def run(recipe: str | Path | Recipe | dict, overrides: list[str] = (), out: str | Path | None = None,
         resume: bool = False, progress: bool = True, force: bool = False) -> Run:
     """Train a recipe (a path or a parsed `Recipe`); returns the finished `Run`.
 
     Args:
-        recipe: a recipe path, the name of a shipped recipe, a parsed `Recipe`, or the tables as a dict.
+        recipe: a recipe path, the name of a shipped recipe, a parsed `Recipe`, the tables as a
+            dict, or (with `resume`) a run directory: it continues with the recipe it recorded.
         overrides: ``section.key=value`` strings.
         out: run directory (default runs/<recipe name>, numbered when taken).
         resume: continue `out` from its newest checkpoint (exactly: same data order, same RNG),
@@ -263,17 +291,10 @@ def run(recipe: str | Path | Recipe | dict, overrides: list[str] = (), out: str 
     from .report import finish_run
     from .train import Interrupted, Trainer
 
-    if isinstance(recipe, Recipe):
-        rec, path = recipe, recipe.path
-    elif isinstance(recipe, dict):
-        rec, path = parse_recipe(apply_overrides(recipe, list(overrides)), "<recipe dict>"), "run"
-    else:
-        path = str(resolve(recipe))
-        rec = load_recipe(path, overrides)
-    rec = warm_start.resolve(rec)
+    rec, path, recorded_in = recipe_of(recipe, overrides, resume)
     launched = HELD_BY in os.environ  # by `--num-processes`, which has checked and warned already
     budget.preflight(rec, int(os.environ.get("WORLD_SIZE", "1")), warn=is_main_process() and not launched)
-    run_dir = Path(out) if out else default_run_dir(path, resume)
+    run_dir = Path(out) if out else recorded_in or default_run_dir(path, resume)
     if resume:
         check_resume_target(run_dir)
     with run_lock(run_dir):

@@ -22,9 +22,12 @@ WORKER_ERRORS = "SEQMODEL_WORKER_ERRORS"  # environment: folder where launched w
 
 
 def continue_command(args, run_dir, resume: bool = True) -> str:
-    """The command that continues (or restarts) this run, overrides included."""
-    cmd = ["seqmodel", "run", args.recipe, "--out", str(run_dir)] + ["--resume"] * resume
-    cmd += [f"--set={o}" for o in args.overrides] + ["--force"] * (args.force and resume)
+    """The command that continues this run (from the recipe its directory recorded, overrides
+    included), or restarts it."""
+    if resume:
+        cmd = ["seqmodel", "run", str(run_dir), "--resume"]
+    else:
+        cmd = ["seqmodel", "run", args.recipe, "--out", str(run_dir)] + [f"--set={o}" for o in args.overrides]
     cmd += [f"--num-processes={args.num_processes}"] * (args.num_processes != 1)
     return shlex.join(cmd)
 
@@ -57,17 +60,15 @@ def launch(args) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from . import budget, warm_start
-    from .api import check_resume_target, default_run_dir
+    from . import budget
+    from .api import check_resume_target, default_run_dir, recipe_of
     from .lock import HELD_BY, run_lock
-    from .presets import resolve
-    from .recipe import load_recipe
 
     if args.num_processes < 1:
         raise UserError(f"--num-processes: expected at least 1, got {args.num_processes}")
-    recipe = warm_start.resolve(load_recipe(resolve(args.recipe), args.overrides))
+    recipe, path, recorded = recipe_of(args.recipe, args.overrides, args.resume)
     budget.preflight(recipe, world=args.num_processes)  # before any worker starts
-    out = Path(args.out) if args.out else default_run_dir(resolve(args.recipe), args.resume)
+    out = Path(args.out) if args.out else recorded or default_run_dir(path, args.resume)
     if args.resume:
         check_resume_target(out)
     worker = ["-u", "-m", "seqmodel", "run", args.recipe, "--out", str(out)] + [f"--set={o}" for o in args.overrides]

@@ -19,7 +19,7 @@ from .config import build
 from .errors import UserError, cut
 from .masks import MaskSchedule
 from .plugin import declared
-from .recipe import Recipe, parse_recipe
+from .recipe import Recipe
 from .task import SPLITS, TaskContext, TrainModule, can
 
 
@@ -165,12 +165,9 @@ class Pipeline:
         that changes some keys) with the run's tokenizer and task state loaded, not refitted."""
         run_dir = Path(run_dir)
         if recipe is None:
-            from .rundir import saved_recipe
+            from .rundir import recorded_recipe
 
-            raw = saved_recipe(run_dir)
-            tables = raw.pop("tokenizers", {})
-            raw["tokenizers"] = {m: dict(t) | {"modality": m} for m, t in tables.items()}
-            recipe = parse_recipe(raw, str(run_dir / "recipe.json"))
+            recipe = recorded_recipe(run_dir)
         pipe = cls(recipe, run_dir)
         for m, tok in pipe.tokenizers.items():
             state = run_dir / "tokenizers" / m

@@ -45,6 +45,20 @@ def saved_recipe(run_dir: Path) -> dict:
     return raw
 
 
+def is_run_directory(path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "recipe.json").is_file()
+
+
+def recorded_recipe(run_dir: Path, overrides: list[str] = ()):
+    """The recipe a run ran with (its recipe.json, overrides included), with further ``--set``
+    `overrides` applied: what `seqmodel run --resume RUN_DIR` continues with."""
+    from .recipe import apply_overrides, parse_recipe
+
+    raw = saved_recipe(run_dir)
+    raw["tokenizers"] = {m: dict(t) | {"modality": m} for m, t in raw.get("tokenizers", {}).items()}
+    return parse_recipe(apply_overrides(raw, list(overrides)), str(Path(run_dir) / "recipe.json"))
+
+
 def saved_environment(run_dir: Path) -> dict | None:
     """``run.json`` (versions, plugins, data fingerprint), or None for a run without one."""
     path = Path(run_dir) / "run.json"

@@ -266,7 +266,7 @@ def test_second_ctrl_c_during_the_checkpoint_does_not_claim_it(tmp_path, corpus)
     code, err = finish(proc)
     assert code == 130 and "checkpoint saved" not in err, err
     assert "interrupted at step 5, before its checkpoint was written; the newest is step 4" in err
-    assert f"--out {run} --resume" in err
+    assert f"seqmodel run {run} --resume" in err
     assert checkpoint.step_of(checkpoint.latest(run)) == 4
 
 

@@ -1,6 +1,7 @@
 """End to end through the CLI: train, sample, score, eval, resume after SIGINT, bad recipes."""
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -61,10 +62,11 @@ def test_python_api_matches_cli(trained):
     assert text + "\n" == cli("sample", trained, "--prompt", "KING:", "--greedy", "--max-new-tokens", "80").stdout
 
 
-def test_sigint_then_resume_matches_uninterrupted(tmp_path, corpus):
+def test_sigint_then_the_printed_command_resumes_exactly(tmp_path, corpus):
     recipe = tiny_char_recipe(tmp_path, corpus, steps=200, eval_every=50, checkpoint_every=1000)
-    cli("run", recipe, "--out", tmp_path / "full", "--no-progress")
-    proc = subprocess.Popen([*SEQMODEL, "run", str(recipe), "--out", str(tmp_path / "cut"), "--no-progress"],
+    overrides = ["--set", "train.lr=0.02", "--set", "model.layers=1"]  # the hint must carry these
+    cli("run", recipe, "--out", tmp_path / "full", "--no-progress", *overrides)
+    proc = subprocess.Popen([*SEQMODEL, "run", str(recipe), "--out", str(tmp_path / "cut"), "--no-progress", *overrides],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -73,12 +75,14 @@ def test_sigint_then_resume_matches_uninterrupted(tmp_path, corpus):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    assert "--resume" in err
+    command = shlex.split(err.split("Continue with: ")[1].strip())
+    assert command == ["seqmodel", "run", str(tmp_path / "cut"), "--resume"]
     stopped = json.loads((tmp_path / "cut" / "checkpoints" / (tmp_path / "cut" / "checkpoints" / "latest").read_text() / "state.json").read_text())["step"]
     assert 20 <= stopped < 200
-    cli("run", recipe, "--out", tmp_path / "cut", "--resume", "--no-progress")
+    cli(*command[1:], "--no-progress")  # the printed command, as typed
     full, cut = last_metrics(tmp_path / "full"), last_metrics(tmp_path / "cut")
     assert (cut["step"], cut["val_loss"], cut["train_loss"]) == (full["step"], full["val_loss"], full["train_loss"])
+    assert "layers = 1" in (tmp_path / "cut" / "recipe.toml").read_text()  # what ran, overrides included
 
 
 BAD = {  # (text to replace in a good recipe, replacement, expected message)
