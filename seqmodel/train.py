@@ -123,6 +123,11 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
             acc.init_trackers(run_dir.name, config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))})
     except (ValueError, ImportError, ModuleNotFoundError) as err:
         raise UserError(f"[train] log_with: {err}") from None
+    started = {getattr(t, "name", "") for t in acc.trackers}
+    missing = [t for t in trackers if t not in started]
+    if missing and acc.is_main_process:  # accelerate only warns, and the run would go untracked
+        raise UserError(f"[train] log_with: tracker {missing[0]!r} is not available (is its package installed? "
+                        f"e.g. pip install {missing[0]}); remove it from log_with to train without it")
     warning = emulated_bf16_warning(cfg.precision, cpu)
     if warning and acc.is_main_process:
         print(warning, file=sys.stderr)

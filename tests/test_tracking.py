@@ -69,3 +69,13 @@ def test_log_line():
     line = log_line({"step": 250, "train_loss": 1.84123, "lr": 1e-3, "tokens_per_s": 29600.0, "elapsed_s": 3.0,
                      "val_loss": 1.90211, "accuracy": 0.935})
     assert line == "step 250: train 1.8412, val 1.9021, accuracy 0.9350 (29,600 tok/s)"
+
+
+def test_a_tracker_that_is_not_installed_is_an_error_not_an_untracked_run(tmp_path, corpus):
+    pytest.importorskip("tensorboard")
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    done = cli("run", tiny_char_recipe(tmp_path, corpus, steps=2, log_with="wandb"), "--out", tmp_path / "run", check=False)
+    assert "[train] log_with: tracker 'wandb' is not available" in one_line_error(done)
