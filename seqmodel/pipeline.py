@@ -45,12 +45,16 @@ class Pipeline:
     def examples(self, split: str):
         """The raw examples of a split (loaded once)."""
         if split not in self._examples:
-            try:
-                self._examples[split] = self.source.split(split)
-            except UserError as err:
-                where = self.recipe.path
-                raise UserError(str(err) if str(err).startswith(where) else f"{where}: [data] {err}") from None
+            self._examples[split] = self.from_source(self.source.split, split)
         return self._examples[split]
+
+    def from_source(self, method, *args):
+        """`method(*args)` of the source, its one-line errors naming the recipe's [data] table."""
+        try:
+            return method(*args)
+        except UserError as err:
+            where = self.recipe.path
+            raise UserError(str(err) if str(err).startswith(where) else f"{where}: [data] {err}") from None
 
     def check_fields(self) -> None:
         have = tuple(self.source.fields)
@@ -66,15 +70,25 @@ class Pipeline:
         plugins = {m: registry.describe("tokenizer", b.name) for m, b in r.tokenizers.items()}
         return TaskContext(tokenizers=dict(self.tokenizers), fields=dict(self.fields), model=r.model, seed=r.train.seed,
                            batch_size=r.train.batch_size, sample=r.sample, examples=self.examples,
-                           source_fields=tuple(self.source.fields), source_info=info, where=r.path, plugins=plugins)
+                           source_fields=tuple(self.source.fields), source_info=info, where=r.path, plugins=plugins,
+                           prepared=self.prepared)
+
+    @cached_property
+    def prepared(self):
+        """The split streams' prepared stores (`seqmodel.prepare.Prepared`)."""
+        from .prepare import Prepared
+
+        return Prepared(self)
 
     def fit(self) -> None:
-        """Fit every tokenizer on its field of the training split, then set up the task."""
+        """Fit every tokenizer on its field of the training split (or reuse the state an earlier fit
+        on the same data left, `seqmodel.prepare`), then set up the task."""
+        from .prepare import fit_tokenizer
+
         self.check_fields()
-        train = self.examples("train")
-        for m, tok in self.tokenizers.items():
+        for m in self.tokenizers:
             try:
-                tok.fit(ex[self.fields[m]] for ex in train)
+                fit_tokenizer(self, m, self.prepared.identity)
             except UserError:
                 raise
             except Exception as err:  # e.g. a tokenizer fed a field of the wrong kind
