@@ -48,6 +48,16 @@ def _add_eval(sub):
     p.add_argument("--json", action="store_true")
 
 
+def _add_prepare(sub):
+    p = sub.add_parser("prepare", help="fit the tokenizers and tokenize the splits once, for every later run",
+                       description="Fit a recipe's tokenizers and write its splits' prepared stores (what `run` does "
+                                   "first when they are missing); see docs/data.md.")
+    p.add_argument("recipe", help="path to a recipe .toml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--split", dest="splits", action="append", choices=["train", "val", "test"],
+                   help="a split to prepare (repeatable; default: train and val)")
+
+
 def _eval_options_help() -> str:
     """The evaluation options of every installed task (computed only when --help asks)."""
     from .docs import describe_fields
@@ -108,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, default=None, help="tokens to show (default: 32 for a pattern, the example's length for a recipe)")
     p.add_argument("--out", help="also write a PNG here")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    _add_prepare(sub)
     p = sub.add_parser("check", help="validate a recipe and build its model without training")
     p.add_argument("recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -220,6 +231,23 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from .pipeline import Pipeline
+    from .prepare import prepare
+    from .recipe import load_recipe
+
+    pipe = Pipeline(load_recipe(args.recipe, args.overrides))
+    pipe.fit()
+    rows = prepare(pipe, args.splits or ("train", "val"))
+    for row in rows:
+        print(f"{row['split']:<5}  {row['modality']}  {row['tokens']:>14,} tokens  {row['dtype']:<6}  "
+              f"{'prepared now' if row['built'] else 'ready':<12}  {row['folder']}")
+    if not rows:
+        print(f"{args.recipe}: tokenizers fitted; the {pipe.recipe.task.name!r} task reads its examples directly "
+              "(no token stream to prepare)")
+    return 0
+
+
 def cmd_mask(args) -> int:
     from .maskviz import show
 
@@ -308,7 +336,7 @@ def cmd_plugins(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "sample": cmd_sample, "score": cmd_score, "eval": cmd_eval, "predict": cmd_predict,
-            "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "plugins": cmd_plugins}
+            "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "prepare": cmd_prepare, "plugins": cmd_plugins}
 
 
 def main(argv: list[str] | None = None) -> int:

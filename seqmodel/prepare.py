@@ -115,13 +115,16 @@ def training_values(pipe: Pipeline, modality: str) -> Iterable[Any]:
     return (ex[field] for ex in pipe.examples("train"))
 
 
+def _config(tok: Any) -> Any:
+    return dataclasses.asdict(tok.config) if dataclasses.is_dataclass(getattr(tok, "config", None)) else repr(tok)
+
+
 def fit_key(pipe: Pipeline, modality: str, identity: dict) -> str:
     r, tok = pipe.recipe, pipe.tokenizers[modality]
     binding = r.tokenizers[modality]
-    config = dataclasses.asdict(tok.config) if dataclasses.is_dataclass(tok.config) else repr(tok.config)
     return digest({"what": "fit", "format": KEY_FORMAT, "seqmodel": __version__, "source": identity,
                    "source_plugin": plugin_key("source", r.data.name, pipe.source),
-                   "tokenizer_plugin": plugin_key("tokenizer", binding.name, tok), "config": config,
+                   "tokenizer_plugin": plugin_key("tokenizer", binding.name, tok), "config": _config(tok),
                    "config_files": config_files(tok.config), "field": pipe.fields[modality], "modality": modality})
 
 
@@ -133,7 +136,7 @@ def fit_tokenizer(pipe: Pipeline, modality: str, identity: dict) -> None:
         if store.is_complete(folder):
             try:
                 tok.load(folder)
-                say(f"{modality} tokenizer: fitted state reused from {folder}")
+                say(f"{pipe.recipe.tokenizers[modality].name} tokenizer ({modality}): fitted state reused from {folder}")
                 return
             except UserError as err:
                 say(f"the fitted state in {folder} is damaged ({err}); fitting again")
@@ -162,7 +165,8 @@ class Prepared:
         return digest({"what": "stream", "format": KEY_FORMAT, "store_format": store.FORMAT, "seqmodel": __version__,
                        "source": self.identity, "source_plugin": plugin_key("source", r.data.name, self.pipe.source),
                        "tokenizer_plugin": plugin_key("tokenizer", r.tokenizers[modality].name, tok),
-                       "tokenizer_state": state_digest(tok), "field": self.pipe.fields[modality],
+                       "tokenizer_config": _config(tok), "tokenizer_state": state_digest(tok),
+                       "field": self.pipe.fields[modality],
                        "modality": modality, "split": split})
 
     def folder(self, modality: str, split: str) -> Path:
@@ -274,6 +278,9 @@ def prepare(pipe: Pipeline, splits: Iterable[str] = ("train", "val")) -> list[di
     per store this process built or found."""
     for split in splits:
         pipe.task.batches(split, split == "train")
-    prepared = pipe.prepared
-    return [{"split": s, "modality": m, "folder": str(f), "built": any(r["folder"] == str(f) for r in prepared.built)}
-            for (m, s), f in prepared.opened.items()]
+    prepared, rows = pipe.prepared, []
+    for (modality, split), folder in prepared.opened.items():
+        stream = store.open_store(folder)
+        rows.append({"split": split, "modality": modality, "folder": str(folder), "tokens": len(stream),
+                     "dtype": stream.ids.dtype.name, "built": any(r["folder"] == str(folder) for r in prepared.built)})
+    return rows
