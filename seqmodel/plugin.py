@@ -109,6 +109,8 @@ class Source(Protocol):
 SOURCE_CAPABILITIES: dict[str, tuple[str, ...]] = {
     "info": ("info",),  # info() -> {"label_names": [...], "env_id": ...}: facts tasks may read
     "parts": ("parts",),  # parts(split, field) -> `Parts` (long values read piece by piece), or None for that field
+    "resume": ("resumable",),  # resumable(split) -> whether `split` gives an iterable with state_dict() and
+    # load_state_dict(state) (as datasets.IterableDataset): a preparation killed part-way continues from there
 }
 """Source capability -> the members a source declaring it must have."""
 

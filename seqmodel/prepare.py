@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .task import TaskContext
 
 KEY_FORMAT = 1
+PROGRESS_TOKENS = 1 << 24  # a resumable preparation records where it is after about this many tokens
 _HASHED_FILE_BYTES = 1 << 26  # config files up to this size are hashed by content, larger ones by size and time
 
 
@@ -194,13 +195,17 @@ class Prepared:
         what = {"source": pipe.recipe.data.name, "split": split, "modality": modality, "field": ctx.fields[modality],
                 "tokenizer": pipe.recipe.tokenizers[modality].name, "recipe": pipe.recipe.path}
         parts = pipe.from_source(source_parts, pipe.source, tok, split, ctx.fields[modality])
-        writer = store.StoreWriter(folder, store.id_dtype(tok.spec().vocab_size), what)
+        resumable = parts is None and "resume" in declared(pipe.source) and pipe.source.resumable(split)
+        writer = store.StoreWriter(folder, store.id_dtype(tok.spec().vocab_size), what, partial=resumable)
         t0 = time.perf_counter()
         try:
-            with progress_bar(parts, pipe, split) as bar:
-                read = write_stream(ctx, modality, split, parts, writer, bar)
+            with progress_bar(parts, pipe, split, len(writer.offsets)) as bar:
+                read = write_stream(ctx, modality, self.documents(split, parts, writer), parts is not None, writer, bar)
             seconds = time.perf_counter() - t0
             writer.commit({"seconds": round(seconds, 3), "source_bytes": read})
+        except KeyboardInterrupt:
+            writer.close() if resumable else writer.abort()  # Ctrl-C: a partial store continues next time
+            raise
         except BaseException:
             writer.abort()
             raise
@@ -211,23 +216,46 @@ class Prepared:
         say(f"prepared the {split} split ({modality}): {writer.tokens:,} tokens ({writer.dtype.name}, "
             f"{row['bytes'] / 1e6:,.1f} MB) in {seconds:.1f} s{rate} -> {folder}")
 
+    def documents(self, split: str, parts: Parts | None, writer: store.StoreWriter) -> Iterator[Any]:
+        """What a split's stream is made of: documents in parts, or the field values; a resumable
+        source's values continue after what a partial store holds, recording where they are."""
+        if parts is not None:
+            return iter(parts.documents)
+        modality = writer.what["modality"]
+        examples, field = self.pipe.examples(split), self.pipe.fields[modality]
+        if not writer.partial:
+            return (ex[field] for ex in examples)
+        if writer.progress is not None:
+            examples.load_state_dict(writer.progress)
+            say(f"continuing the preparation of the {split} split after {len(writer.offsets):,} examples "
+                f"({writer.tokens:,} tokens)")
+        return self._recorded(examples, field, writer)
 
-def write_stream(ctx: TaskContext, modality: str, split: str, parts: Parts | None, writer: store.StoreWriter,
-                 bar) -> int:
-    """Write a split's id stream (documents in order, the separator between them); returns the
-    bytes of text read (0 when the values were not read in parts)."""
+    @staticmethod
+    def _recorded(examples, field: str, writer: store.StoreWriter) -> Iterator[Any]:
+        last = writer.tokens
+        for ex in examples:
+            yield ex[field]
+            if writer.tokens - last >= PROGRESS_TOKENS:  # asked for the next one: `ex` is written
+                writer.save_progress(examples.state_dict())
+                last = writer.tokens
+
+
+def write_stream(ctx: TaskContext, modality: str, documents: Iterable[Any], in_parts: bool,
+                 writer: store.StoreWriter, bar) -> int:
+    """Write a split's id stream after what `writer` holds (documents in order, the separator
+    between them); returns the bytes of text read (0 when the values were not read in parts)."""
     tok = ctx.tokenizers[modality]
     eot = tok.eot_id if "separator" in declared(tok) else None
     separator = np.array([eot]) if eot is not None else None
     vocab, who = tok.spec().vocab_size, ctx.plugins.get(modality, f"the tokenizer of {modality!r}")
     counter = _Counter(bar)
-    documents = parts.documents if parts is not None else ([value] for value in ctx.values(modality, split))
-    for i, document in enumerate(documents):
+    for i, document in enumerate(documents, len(writer.offsets)):
         if i and separator is not None:
             writer.append(separator)
         writer.start_document()
-        if parts is None:
-            writer.append(ctx.encode(modality, document[0], stream=True).ids.numpy())
+        if not in_parts:
+            writer.append(ctx.encode(modality, document, stream=True).ids.numpy())
             bar.update(1)
             continue
         for ids in tok.encode_parts(counter.count(document)):
@@ -258,7 +286,7 @@ class _Counter:
             yield part
 
 
-def progress_bar(parts: Parts | None, pipe: Pipeline, split: str):
+def progress_bar(parts: Parts | None, pipe: Pipeline, split: str, done: int = 0):
     """A progress bar on stderr: bytes (MB/s, ETA) for parts, examples otherwise; shown on a
     terminal, by the main process."""
     from tqdm.auto import tqdm
@@ -268,8 +296,8 @@ def progress_bar(parts: Parts | None, pipe: Pipeline, split: str):
                     dynamic_ncols=True, mininterval=0.5, disable=None if is_main_process() else True)
     examples = pipe.examples(split)
     total = len(examples) if hasattr(examples, "__len__") else None
-    return tqdm(total=total, unit=" examples", desc=f"prepare {split}", file=sys.stderr, dynamic_ncols=True,
-                mininterval=0.5, disable=None if is_main_process() else True)
+    return tqdm(total=total, initial=done, unit=" examples", desc=f"prepare {split}", file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5, disable=None if is_main_process() else True)
 
 
 # -- `seqmodel prepare` --------------------------------------------------------------------------

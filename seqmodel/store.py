@@ -21,11 +21,13 @@ import contextlib
 import errno
 import functools
 import json
+import mmap
 import os
 import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,13 +64,18 @@ class TokenStream:
     stands for: ``len(s)``, ``s.shape``, ``s.numel()``; ``s[i]``, ``s[a:b]`` or ``s[index_tensor]``
     give int64 tensors, and ``s[:]`` (or ``s.tolist()``) the whole stream in memory.
 
+    After each read the mapped pages are handed back (``madvise(MADV_DONTNEED)``; they stay in
+    the page cache): random windows over a large file would otherwise keep every page they ever
+    touched in the process's resident memory, whole folios of them at a time (nanoGPT re-opens
+    its memmap every batch for the same reason).
+
     Attributes:
         ids: the mapped id array (its store dtype).
         offsets: start of each document in `ids`, then the end.
     """
 
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray) -> None:
-        self.ids, self.offsets = ids, offsets
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, mapping: mmap.mmap | None = None) -> None:
+        self.ids, self.offsets, self._mapping = ids, offsets, mapping
 
     dtype = torch.int64
 
@@ -83,12 +90,20 @@ class TokenStream:
         return len(self.ids)
 
     def tolist(self) -> list[int]:
-        return self.ids.tolist()
+        out = self.ids.tolist()
+        self._release()
+        return out
 
     def __getitem__(self, index) -> torch.Tensor:
         if isinstance(index, torch.Tensor):
             index = index.numpy()
-        return torch.from_numpy(np.array(self.ids[index], dtype=np.int64))
+        out = torch.from_numpy(np.array(self.ids[index], dtype=np.int64))
+        self._release()
+        return out
+
+    def _release(self) -> None:
+        if self._mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self._mapping.madvise(mmap.MADV_DONTNEED)
 
     @property
     def documents(self) -> int:
@@ -118,8 +133,11 @@ def open_store(folder: Path) -> TokenStream:
         raise Damaged(f"offsets.npy is unreadable ({err})") from None
     if offsets.shape != (docs + 1,) or int(offsets[-1]) != tokens:
         raise Damaged(f"offsets.npy does not end at token {tokens:,}")
-    ids = np.memmap(folder / "ids.bin", dtype=dtype, mode="r", shape=(tokens,)) if tokens else np.zeros(0, dtype)
-    return TokenStream(ids, offsets)
+    if not tokens:
+        return TokenStream(np.zeros(0, dtype), np.asarray(offsets))
+    with open(folder / "ids.bin", "rb") as f:
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return TokenStream(np.frombuffer(mapping, dtype=dtype), np.asarray(offsets), mapping)
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -141,19 +159,52 @@ def _writes(method):
 class StoreWriter:
     """Writes one store under a temporary name; `commit` renames it into place, `abort` removes it.
 
-    Ids are appended in order (`append`), each document opened by `start_document`."""
+    Ids are appended in order (`append`), each document opened by `start_document`. A `partial`
+    writer works in ``.<name>.partial``, a name that outlives the process: `save_progress` records
+    how far it got (with the reader's state), and a later writer of the same store continues from
+    there (`progress` is that state, None when starting afresh)."""
 
-    def __init__(self, folder: Path, dtype: np.dtype, what: dict) -> None:
-        self.folder, self.dtype, self.what = folder, np.dtype(dtype), what
-        self.tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    def __init__(self, folder: Path, dtype: np.dtype, what: dict, partial: bool = False) -> None:
+        self.folder, self.dtype, self.what, self.partial = folder, np.dtype(dtype), what, partial
+        self.tmp = folder.with_name(f".{folder.name}.partial" if partial else f".{folder.name}.tmp-{os.getpid()}")
         self.tokens, self.offsets, self._pending, self._buffered = 0, [], [], 0
-        self._file = None
+        self._file, self.progress = None, None
         self._open()
 
     @_writes
     def _open(self) -> None:
-        self.tmp.mkdir(parents=True)
-        self._file = open(self.tmp / "ids.bin", "wb")
+        saved = self._saved_progress()
+        if saved is None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir(parents=True)
+            self._file = open(self.tmp / "ids.bin", "wb")
+            return
+        self.tokens, documents, self.progress = int(saved["tokens"]), int(saved["documents"]), saved["state"]
+        self.offsets = np.load(self.tmp / "offsets.partial.npy")[:documents].tolist()
+        self._file = open(self.tmp / "ids.bin", "r+b")
+        self._file.truncate(self.tokens * self.dtype.itemsize)  # what was written after the last record
+        self._file.seek(0, os.SEEK_END)
+
+    def _saved_progress(self) -> dict | None:
+        try:
+            saved = json.loads((self.tmp / "progress.json").read_text())
+            size = (self.tmp / "ids.bin").stat().st_size
+            if saved["dtype"] != self.dtype.name or size < int(saved["tokens"]) * self.dtype.itemsize:
+                return None
+            return saved
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @_writes
+    def save_progress(self, state: Any) -> None:
+        """Record how far the store got and the reader's `state` (a JSON value) to continue from."""
+        self._flush()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        np.save(self.tmp / "offsets.partial.npy", np.asarray(self.offsets, dtype=np.int64))
+        record = {"tokens": self.tokens, "documents": len(self.offsets), "dtype": self.dtype.name, "state": state}
+        write_file(self.tmp / "progress.json.new", json.dumps(record))
+        os.replace(self.tmp / "progress.json.new", self.tmp / "progress.json")
 
     def start_document(self) -> None:
         self.offsets.append(self.tokens)
@@ -184,13 +235,19 @@ class StoreWriter:
         meta = {"format": FORMAT, "dtype": self.dtype.name, "tokens": self.tokens, "documents": len(self.offsets),
                 "ids_bytes": self.tokens * self.dtype.itemsize, **self.what, **(extra or {})}
         write_file(self.tmp / "meta.json", json.dumps(meta, indent=1))
+        for name in ("progress.json", "offsets.partial.npy"):
+            (self.tmp / name).unlink(missing_ok=True)
         _mark_and_move(self.tmp, self.folder)
         return self.folder
 
-    def abort(self) -> None:
+    def close(self) -> None:
+        """Stop writing, keeping a partial store's last recorded progress for the next writer."""
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
+
+    def abort(self) -> None:
+        self.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
