@@ -333,7 +333,8 @@ def locked(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"seqmodel: waiting for another process preparing {folder} ...", file=sys.stderr)
+            if int(os.environ.get("RANK", "0")) == 0:  # the other processes of a run wait silently
+                print(f"seqmodel: waiting for another process preparing {folder} ...", file=sys.stderr)
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:

@@ -64,14 +64,16 @@ class CharTokenizer:
     def fit(self, values: Iterable[str]) -> None:
         """The vocabulary: every character of the training split (up to `fit_max_chars`)."""
         seen: set[str] = set()
-        ascii_counts = np.zeros(128, dtype=np.int64)
+        known = b""  # the ASCII characters seen so far
         stream = TextStream(values, self.config.fit_max_chars, "char tokenizer")
         for text in stream:
-            if text.isascii():  # counting bytes in numpy is 3x faster than a set of characters
-                ascii_counts += np.bincount(np.frombuffer(text.encode("ascii"), np.uint8), minlength=128)
+            if text.isascii():  # deleting the known bytes leaves only new ones: ~10x faster than a set
+                new = text.encode("ascii").translate(None, known)
+                if new:
+                    known += bytes(np.flatnonzero(np.bincount(np.frombuffer(new, np.uint8))).astype(np.uint8))
             else:
                 seen.update(text)
-        seen.update(chr(c) for c in np.flatnonzero(ascii_counts))
+        seen.update(chr(c) for c in known)
         if not seen:
             raise UserError("char tokenizer: the training split has no text to build a vocabulary from")
         self._set_vocab(sorted(seen))
@@ -85,7 +87,7 @@ class CharTokenizer:
         every code point beyond the table)."""
         if self._table is None:
             top = max(ord(c) for c in self.chars) + 1
-            table = np.full(top + 1, -1, dtype=np.int32)
+            table = np.full(top + 1, -1, dtype=np.int16 if len(self.chars) < 2**15 else np.int32)
             table[[ord(c) for c in self.chars]] = np.arange(len(self.chars))
             self._table = table
         return self._table
@@ -94,14 +96,14 @@ class CharTokenizer:
         return self._ids(text).astype(np.int64)
 
     def _ids(self, text: str) -> np.ndarray:
-        """The ids of `text` (int32)."""
+        """The ids of `text` (int16, or int32 for vocabularies of 32,768 characters or more)."""
         table = self._lookup()
         if text.isascii():
             codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
         else:
             codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         top = len(table) - 1
-        ids = table[codes] if codes.dtype == np.uint8 and top > 255 else table[np.minimum(codes, top)]
+        ids = table[codes] if codes.dtype == np.uint8 and top >= 127 else table[np.minimum(codes, top)]  # ASCII < 128
         if (ids < 0).any():
             if self.config.unknown == "skip":
                 return ids[ids >= 0]
