@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, checkpoint, registry
+from . import __version__, checkpoint, registry, warm_start
 from .config import build
 from .errors import UserError
 from .generate import SampleConfig
 from .pipeline import Pipeline
 from .plugin import declared
-from .recipe import Recipe, load_recipe
+from .presets import resolve
+from .recipe import Recipe, apply_overrides, load_recipe, parse_recipe
 from .task import can
 
 
@@ -160,23 +161,23 @@ def check_resumable(run_dir: Path, recipe: Recipe | None) -> Pipeline:
 def start_run(recipe: Recipe, run_dir: Path, recipe_path: str) -> Pipeline:
     """Fit the pipeline and write the run directory's records (main process only)."""
     pipe = Pipeline(recipe, run_dir)
-    pipe.fit()
+    pipe.fit(warm_start.tokenizer_states(recipe))
     if is_main_process():
         try:
             pipe.save(run_dir)
             (run_dir / "recipe.toml").write_text(Path(recipe_path).read_text() if Path(recipe_path).is_file() else "")
-            (run_dir / "run.json").write_text(json.dumps(environment(pipe), indent=2))
+            (run_dir / "run.json").write_text(json.dumps(environment(pipe) | warm_start.record(recipe), indent=2))
         except OSError as err:
             raise UserError(f"{run_dir}: cannot write the run directory: {err.strerror or err}") from None
     return pipe
 
 
-def run(recipe: str | Path | Recipe, overrides: list[str] = (), out: str | Path | None = None,
+def run(recipe: str | Path | Recipe | dict, overrides: list[str] = (), out: str | Path | None = None,
         resume: bool = False, progress: bool = True, force: bool = False) -> Run:
     """Train a recipe (a path or a parsed `Recipe`); returns the finished `Run`.
 
     Args:
-        recipe: recipe path or parsed recipe.
+        recipe: a recipe path, the name of a shipped recipe, a parsed `Recipe`, or the tables as a dict.
         overrides: ``section.key=value`` strings.
         out: run directory (default runs/<recipe name>, numbered when taken).
         resume: continue `out` from its newest checkpoint (exactly: same data order, same RNG).
@@ -187,19 +188,21 @@ def run(recipe: str | Path | Recipe, overrides: list[str] = (), out: str | Path 
 
     if isinstance(recipe, Recipe):
         rec, path = recipe, recipe.path
+    elif isinstance(recipe, dict):
+        rec, path = parse_recipe(apply_overrides(recipe, list(overrides)), "<recipe dict>"), "run"
     else:
-        path = str(recipe)
-        rec = load_recipe(recipe, overrides)
+        path = str(resolve(recipe))
+        rec = load_recipe(path, overrides)
     run_dir = Path(out) if out else default_run_dir(path, resume)
     if resume and checkpoint.latest(run_dir) is not None:
-        pipe = check_resumable(run_dir, None if force else rec)
+        pipe = check_resumable(run_dir, None if force else warm_start.resolve(rec))
         if force:
             pipe.recipe.train.steps = rec.train.steps
     else:
         if not resume and checkpoint.latest(run_dir) is not None:
             raise UserError(f"{run_dir}: already holds a run; continue it with --resume or pick another --out")
         resume = False  # killed before its first checkpoint: start over
-        pipe = start_run(rec, run_dir, path)
+        pipe = start_run(warm_start.resolve(rec), run_dir, path)
     trainer = Trainer(pipe, run_dir, resume=resume, progress=progress)
     trainer.run()
     if trainer.acc.is_main_process:

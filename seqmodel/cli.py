@@ -11,7 +11,7 @@ from .errors import UserError
 
 def _add_run(sub):
     p = sub.add_parser("run", help="train a recipe", description="Train a recipe; writes a run directory.")
-    p.add_argument("recipe", help="path to a recipe .toml")
+    p.add_argument("recipe", help="a recipe .toml, or the name of a shipped recipe (seqmodel recipes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe value (repeatable), e.g. --set train.steps=100")
     p.add_argument("--out", help="run directory (default: runs/<recipe name>, numbered if taken)")
@@ -46,6 +46,18 @@ def _add_eval(sub):
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="an evaluation option the run's task declares (repeatable); listed below")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+
+
+def _add_export(sub):
+    p = sub.add_parser("export", help="write a trained run as a HuggingFace GPT-2 directory or an ONNX graph",
+                       description="Write a trained run for other tools: --format hf (a GPT-2 directory that "
+                                   "transformers' AutoModelForCausalLM and AutoTokenizer load; decoder-only language "
+                                   "models of GPT-2's shape) or --format onnx (any model; see docs/export.md). "
+                                   "LoRA adapters are merged into the weights.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", required=True, choices=["hf", "onnx"])
+    p.add_argument("--out", help="output directory (default: RUN/export/FORMAT)")
 
 
 def _add_prepare(sub):
@@ -93,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     ap.add_argument("--version", action="version", version=f"seqmodel {__version__}")
+    ap.set_defaults(no_progress=False)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     _add_run(sub)
     _add_sample(sub)
@@ -101,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True)
     p.add_argument("--json", action="store_true")
     _add_eval(sub)
+    _add_export(sub)
     p = sub.add_parser("predict", help="run a trained model on input files")
     p.add_argument("run")
     p.add_argument("inputs", nargs="+", help="input files")
@@ -122,9 +136,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a recipe and build its model without training")
     p.add_argument("recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p = sub.add_parser("plugins", help="list installed plugins; `plugins check NAME` runs the conformance kit")
-    p.add_argument("action", nargs="?", choices=["list", "check"], default="list")
-    p.add_argument("name", nargs="?", help="tokenizer plugin to check")
+    p.add_argument("--print", action="store_true", help="print every setting, defaults included, with its docstring")
+    sub.add_parser("recipes", help="list the recipes shipped with seqmodel (run them by name: seqmodel run char_lm)")
+    p = sub.add_parser("runs", help="a table of the run directories under a folder")
+    p.add_argument("folder", nargs="?", default="runs", help="where to look (default: runs)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("completion", help="print a shell completion script: seqmodel completion bash > ~/.seqmodel.bash")
+    p.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    p = sub.add_parser("plugins", help="list installed plugins; `plugins show NAME` lists a plugin's keys, "
+                                       "`plugins check NAME` runs the tokenizer conformance kit")
+    p.add_argument("action", nargs="?", choices=["list", "show", "check"], default="list")
+    p.add_argument("name", nargs="?", help="the plugin to show or check")
     p.add_argument("--json", action="store_true")
     return ap
 
@@ -139,7 +161,9 @@ def launch(args) -> int:
 
     if args.num_processes < 1:
         raise UserError(f"--num-processes: expected at least 1, got {args.num_processes}")
-    load_recipe(args.recipe, args.overrides)  # fail fast, before any worker starts
+    from .presets import resolve
+
+    load_recipe(resolve(args.recipe), args.overrides)  # fail fast, before any worker starts
     out = args.out or str(default_run_dir(args.recipe, args.resume))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.num_processes}",
            "-m", "seqmodel", "run", args.recipe, "--out", out]
@@ -217,17 +241,48 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    out = Path(args.out) if args.out else run_dir / "export" / args.format
+    if args.format == "hf":
+        from .hf_gpt2 import export_hf
+
+        check = export_hf(run_dir, out)
+    else:
+        from .onnx_export import export_onnx
+
+        check = export_onnx(run_dir, out)
+    print(f"wrote {out}; {check['checked_with']} reads it back: largest |output difference| "
+          f"{check['max_abs_difference']:.2e} on {check['probe']}")
+    return 0
+
+
 def cmd_check(args) -> int:
     from .pipeline import Pipeline
     from .recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    from . import warm_start
+    from .presets import resolve
+
+    recipe = warm_start.resolve(load_recipe(resolve(args.recipe), args.overrides))
+    if args.print:
+        from .docs import recipe_doc
+
+        print(recipe_doc(recipe))
     pipe = Pipeline(recipe)
-    pipe.fit()
+    pipe.fit(warm_start.tokenizer_states(recipe))
+    if recipe.train.init_from:
+        warm_start.load_weights(pipe.module, recipe)
+    losses = pipe.dry_run()
     n = pipe.module.core.num_parameters()
-    print(f"{args.recipe}: ok ({recipe.model.arch}, {recipe.model.layers} layers, d_model {recipe.model.d_model}, "
+    print(f"{recipe.path}: ok ({recipe.model.arch}, {recipe.model.layers} layers, d_model {recipe.model.d_model}, "
           f"{n / 1e6:.2f} M parameters; tokenizers: "
-          + ", ".join(f"{m}={b.name}" for m, b in recipe.tokenizers.items()) + f"; task {recipe.task.name})")
+          + ", ".join(f"{m}={b.name}" for m, b in recipe.tokenizers.items()) + f"; task {recipe.task.name}; "
+          + ", ".join(f"first {split} batch loss {loss:.3f}" for split, loss in losses.items()) + ")")
     return 0
 
 
@@ -324,6 +379,8 @@ def cmd_plugins(args) -> int:
         if not args.name:
             raise UserError("plugins check: name the tokenizer plugin to check, e.g. seqmodel plugins check char")
         return 0 if check_tokenizer(args.name) else 1
+    if args.action == "show":
+        return show_plugin(args.name)
 
     rows = iter_available(time_limit=PLUGIN_IMPORT_SECONDS)
     if args.json:
@@ -335,12 +392,62 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def cmd_recipes(args) -> int:
+    from .presets import shipped, summary
+
+    for name, path in shipped().items():
+        print(f"{name:22} {summary(path)}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from pathlib import Path
+
+    from .runs import format_rows, table
+
+    rows = table(Path(args.folder))
+    if args.json:
+        print(json.dumps(rows))
+    elif rows:
+        print(format_rows(rows))
+    else:
+        print(f"no run directories in {args.folder}", file=sys.stderr)
+    return 0
+
+
+def cmd_completion(args) -> int:
+    try:
+        import shtab
+    except ImportError:
+        raise UserError("completion: needs the `shtab` package (pip install shtab)") from None
+    print(shtab.complete(_parser(), args.shell))
+    return 0
+
+
+def show_plugin(name: str | None) -> int:
+    from .docs import plugin_doc
+    from .registry import GROUPS, available
+
+    if not name:
+        raise UserError("plugins show: name the plugin, e.g. seqmodel plugins show hf")
+    kinds = [k for k in GROUPS if any(r.name == name for r in available(k, check=False))]
+    if not kinds:
+        known = sorted({r.name for r in available(check=False)})
+        raise UserError(f"plugins show: no plugin named {name!r} (installed: {', '.join(known)})")
+    print("\n\n".join(plugin_doc(k, name) for k in kinds))
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "sample": cmd_sample, "score": cmd_score, "eval": cmd_eval, "predict": cmd_predict,
-            "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "prepare": cmd_prepare, "plugins": cmd_plugins}
+            "export": cmd_export, "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "prepare": cmd_prepare,
+            "plugins": cmd_plugins, "recipes": cmd_recipes, "runs": cmd_runs, "completion": cmd_completion}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import progress
+
     args = _parser().parse_args(argv)
+    progress.ENABLED = not args.no_progress
     try:
         return COMMANDS[args.command](args)
     except UserError as err:

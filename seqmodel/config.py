@@ -80,6 +80,9 @@ def build(cls, table: Any, where: str):
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f" (known keys: {', '.join(known)})"
             raise UserError(f"{where} {key}: unknown key{hint}")
+        if dataclasses.is_dataclass(hints[key]):  # a sub-table, e.g. [train] lora = {rank = 8}
+            values[key] = build(hints[key], value, f"{where} {key}")
+            continue
         try:
             values[key] = coerce(value, hints[key])
         except TypeError:

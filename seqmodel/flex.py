@@ -62,12 +62,13 @@ def works_on(device: torch.device, head_dim: int, dtype: torch.dtype) -> bool:
     return _uncompiled_probe()(device, head_dim, dtype)
 
 
-def flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask) -> Tensor:
+def flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask, enable_gqa: bool = False) -> Tensor:
+    """Attention under `block_mask`; with `enable_gqa`, k and v may have fewer heads than q."""
     if q.device.type == "cuda":
-        return _compiled()(q, k, v, block_mask=block_mask)
+        return _compiled()(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
     if torch.is_grad_enabled() and q.requires_grad:
         raise UserError(f'[model] attention = "flex": torch has no FlexAttention backward on {q.device.type}; '
                         'train there with attention = "auto" or "sdpa"')
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-        return _flex().flex_attention(q, k, v, block_mask=block_mask)
+        return _flex().flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)

@@ -6,7 +6,10 @@ and whether blocks cross-attend to an encoder's output. Every token is
 table (discrete modalities) or a linear projection (continuous ones).
 
 References: Vaswani et al. 2017 (Transformer); Radford et al. 2019 and karpathy/nanoGPT (pre-norm
-GPT, init); Dosovitskiy et al. 2020 (ViT patches); Su et al. 2021 (rotary positions).
+GPT, init); Dosovitskiy et al. 2020 (ViT patches); Su et al. 2021 (rotary positions); Ainslie et
+al. 2023 (grouped-query attention); Dehghani et al. 2023 and OLMo 2 (query-key normalisation);
+Chen et al. 2021 (Decision Transformer's embedding LayerNorm). The norms and MLPs to choose
+from are in seqmodel.layers, the KV cache in seqmodel.kv_cache.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ from torch import Tensor, nn
 from .dropout import Dropout, attention_with_dropout
 from .errors import UserError
 from .flex import block_mask, flex_attention, works_on as flex_works_on
+from .kv_cache import DecodeCache
+from .layers import ACTIVATIONS, MLP, NORMS, make_norm
 from .masks import MaskSchedule, TokenView, dense_mask, is_full, is_plain_causal, parse_mask
 from .plugin import ModalitySpec
 from .segments import ModalityInputs, TokenSet
 
 ARCHS = ("decoder", "encoder", "encoder_decoder")
 ATTENTION = ("auto", "sdpa", "flex")
+MLPS = tuple(ACTIVATIONS)
 
 
 @dataclass
@@ -69,6 +75,27 @@ class ModelConfig:
     """How masks without a fast path are applied: "sdpa" (a dense boolean mask), "flex"
     (FlexAttention's block-sparse mask; no attention dropout) or "auto" (flex on CUDA when no
     attention dropout is active, sdpa otherwise)."""
+    norm: str = "layernorm"
+    """Every normalisation layer (before attention, cross-attention, MLP, after the stack, and
+    `embed_norm`): "layernorm" or "rmsnorm" (Zhang & Sennrich 2019: no mean subtraction, no bias)."""
+    norm_eps: float = 1e-5
+    """Epsilon of every norm (`qk_norm` included); GPT-2 uses 1e-5, Llama-family models 1e-5 or 1e-6."""
+    mlp: str = "gelu"
+    """The MLP and its activation (what GPT-2 importers call `activation`): "gelu" (exact erf
+    GELU), "gelu_tanh" (GPT-2's tanh approximation, for released GPT-2 weights), "relu2" (squared
+    ReLU, So et al. 2021) or "swiglu" (Shazeer 2020: silu(x W_gate) * (x W_up), then W_down). SwiGLU
+    has three matrices instead of two, so its hidden width is 2/3 of mlp_ratio * d_model, rounded
+    to the nearest multiple of 8: the parameter count matches the GELU MLP's to within a few per cent."""
+    qk_norm: bool = False
+    """Normalise queries and keys per head (an RMSNorm over the head width, one learned scale
+    shared by the heads) before rotary positions and attention, as OLMo 2 and Gemma 3 do."""
+    kv_heads: int = 0
+    """Key/value heads: fewer than `heads` is grouped-query attention (1: multi-query; Ainslie et
+    al. 2023), each shared by heads / kv_heads query heads; the KV cache shrinks by the same
+    factor. Must divide `heads`; 0 means the same as `heads`."""
+    embed_norm: bool = False
+    """Normalise the summed token embeddings (input, position, modality) before the first block,
+    with the configured `norm`: the Decision Transformer's `embed_ln`."""
 
     def validate(self) -> list[tuple[str, str]]:
         """(key, problem) pairs; empty when valid."""
@@ -88,6 +115,13 @@ class ModelConfig:
             bad.append(("attention", "\"flex\" has no attention dropout; set dropout = 0 or attention = \"auto\""))
         if self.mlp_ratio <= 0:
             bad.append(("mlp_ratio", f"must be positive, got {self.mlp_ratio}"))
+        for key, allowed in (("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, key) not in allowed:
+                bad.append((key, f"expected one of {', '.join(allowed)}, got {getattr(self, key)!r}"))
+        if not self.norm_eps > 0:
+            bad.append(("norm_eps", f"must be positive, got {self.norm_eps}"))
+        if self.kv_heads < 0 or self.heads >= 1 and self.kv_heads and self.heads % self.kv_heads:
+            bad.append(("kv_heads", f"must divide heads={self.heads} (0: the same as heads), got {self.kv_heads}"))
         for key, texts in (("mask", [self.mask]), ("encoder_mask", [self.encoder_mask]), ("layer_masks", self.layer_masks)):
             for text in texts:
                 try:
@@ -105,40 +139,6 @@ class Plan(NamedTuple):
     block_mask: object = None  # a FlexAttention BlockMask, used instead of `mask`
 
 
-class LayerCache:
-    """Keys and values of one attention layer, preallocated for `capacity` tokens."""
-
-    def __init__(self) -> None:
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-
-    def append(self, k: Tensor, v: Tensor, start: int, capacity: int) -> tuple[Tensor, Tensor]:
-        n = k.shape[2]
-        if self.k is None:
-            self.k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
-            self.v = torch.empty_like(self.k)
-        self.k[:, :, start : start + n] = k
-        self.v[:, :, start : start + n] = v
-        return self.k[:, :, : start + n], self.v[:, :, : start + n]
-
-
-class DecodeCache:
-    """Everything incremental decoding keeps between steps: per-layer K/V, cross K/V (computed
-    once), and the metadata of the tokens seen so far (the masks read it)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.length = 0
-        self.self_kv: dict[int, LayerCache] = {}
-        self.cross_kv: dict[int, tuple[Tensor, Tensor]] = {}
-        self.meta: list[Tensor] | None = None  # index, segment, doc, time, modality, valid (B, length)
-        self.codes: dict | None = None
-        self.memory: tuple[Tensor, Tensor] | None = None  # encoder output and its valid mask
-
-    def layer(self, i: int) -> LayerCache:
-        return self.self_kv.setdefault(i, LayerCache())
-
-
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs (x[..., :d/2], x[..., d/2:]) by the per-token angles; x (B, H, L, Dh)."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -146,23 +146,31 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head attention over the set (self) or from the set to an encoder's output (cross)."""
+    """Multi-head attention over the set (self) or from the set to an encoder's output (cross),
+    with `kv_heads` key/value heads shared by groups of query heads."""
 
     def __init__(self, cfg: ModelConfig, cross: bool = False) -> None:
         super().__init__()
         D = cfg.d_model
         self.heads, self.cross, self.dropout = cfg.heads, cross, cfg.dropout
+        self.kv_heads = cfg.kv_heads or cfg.heads
+        self.head_dim = D // cfg.heads
+        self.widths = (D, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim)  # q, k, v
         if cross:
             self.q = nn.Linear(D, D, bias=cfg.bias)
-            self.kv = nn.Linear(D, 2 * D, bias=cfg.bias)
+            self.kv = nn.Linear(D, sum(self.widths[1:]), bias=cfg.bias)
         else:
-            self.qkv = nn.Linear(D, 3 * D, bias=cfg.bias)
+            self.qkv = nn.Linear(D, sum(self.widths), bias=cfg.bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.proj = nn.Linear(D, D, bias=cfg.bias)
         self.proj.is_residual = True
 
     def split(self, x: Tensor, n: int) -> list[Tensor]:
-        """n views (B, H, L, Dh) of x (B, L, n * D); backward joins their gradients with one `cat`."""
-        return [rearrange(part, "b l (h d) -> b h l d", h=self.heads) for part in x.chunk(n, dim=-1)]
+        """The head views (B, H or kv_heads, L, Dh) of a projection x: n = 3 (q, k, v), 2 (k, v)
+        or 1 (q); backward joins their gradients with one `cat`."""
+        widths = self.widths[:1] if n == 1 else self.widths[3 - n :]
+        return [rearrange(part, "b l (h d) -> b h l d", d=self.head_dim) for part in x.split(widths, dim=-1)]
 
     def forward(self, x, plan: Plan, rope=None, memory=None, cache: DecodeCache | None = None, layer: int = 0):
         if self.cross:
@@ -170,36 +178,32 @@ class Attention(nn.Module):
             if cache is not None and layer in cache.cross_kv:
                 k, v = cache.cross_kv[layer]
             else:
-                k, v = self.split(self.kv(memory), 2)
+                k, v = self.split(self.kv(memory), 2)  # (B, kv_heads, Lk, Dh)
+                k = k if self.k_norm is None else self.k_norm(k)
                 if cache is not None:
                     cache.cross_kv[layer] = (k, v)
+            q = q if self.q_norm is None else self.q_norm(q)
         else:
             q, k, v = self.split(self.qkv(x), 3)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
             if rope is not None:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:
                 k, v = cache.layer(layer).append(k, v, cache.length, cache.capacity)
+        return self.proj(rearrange(self.attend(q, k, v, plan), "b h l d -> b l (h d)"))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, plan: Plan) -> Tensor:
+        """softmax(q k^T / sqrt(Dh)) v under `plan`; k and v may have fewer heads than q."""
+        gqa = self.kv_heads != self.heads
         if plan.block_mask is not None:
-            y = flex_attention(q, k, v, plan.block_mask)
-        elif self.training and self.dropout and q.device.type == "cpu":  # see seqmodel.dropout
-            y = attention_with_dropout(q, k, v, plan.mask, plan.is_causal, self.dropout)
-        else:
-            p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, dropout_p=p, is_causal=plan.is_causal)
-        return self.proj(rearrange(y, "b h l d -> b l (h d)"))
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        hidden = int(cfg.mlp_ratio * cfg.d_model)
-        self.fc = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
-        self.proj = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
-        self.proj.is_residual = True
-        self.drop = Dropout(cfg.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+            return flex_attention(q, k, v, plan.block_mask, enable_gqa=gqa)
+        if self.training and self.dropout and q.device.type == "cpu":  # see seqmodel.dropout
+            if gqa:
+                k, v = (t.repeat_interleave(self.heads // self.kv_heads, dim=1) for t in (k, v))
+            return attention_with_dropout(q, k, v, plan.mask, plan.is_causal, self.dropout)
+        p = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, dropout_p=p, is_causal=plan.is_causal, enable_gqa=gqa)
 
 
 class Block(nn.Module):
@@ -207,11 +211,11 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, cross: bool) -> None:
         super().__init__()
-        self.ln_attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln_attn = make_norm(cfg, cfg.d_model)
         self.attn = Attention(cfg)
-        self.ln_cross = nn.LayerNorm(cfg.d_model, bias=cfg.bias) if cross else None
+        self.ln_cross = make_norm(cfg, cfg.d_model) if cross else None
         self.cross = Attention(cfg, cross=True) if cross else None
-        self.ln_mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln_mlp = make_norm(cfg, cfg.d_model)
         self.mlp = MLP(cfg)
         self.drop = Dropout(cfg.dropout)
 
@@ -223,14 +227,14 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-    """Blocks with a per-layer mask schedule, then a final LayerNorm."""
+    """Blocks with a per-layer mask schedule, then a final norm."""
 
     def __init__(self, cfg: ModelConfig, layers: int, schedule: MaskSchedule, cross: bool) -> None:
         super().__init__()
         self.schedule, self.attention, self.dropout = schedule, cfg.attention, cfg.dropout
         self.head_dim = cfg.d_model // cfg.heads
         self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln_f = make_norm(cfg, cfg.d_model)
 
     def forward(self, x, q: TokenView, k: TokenView, k_valid, q_valid, rope=None, memory=None, cross_plan=None, cache=None):
         plans: dict = {}
@@ -264,9 +268,15 @@ def fast_plan(mask, Lq: int, Lk: int, k_valid: Tensor) -> Plan | None:
     decoder) never waits for the device here, and compiles without a graph break."""
     if is_plain_causal(mask) and Lq == Lk:
         return Plan(None, is_causal=True)  # sets are right-padded: padded keys follow every valid query
-    if (is_plain_causal(mask) and Lq == 1 or is_full(mask)) and bool(k_valid.all()):
+    if (is_plain_causal(mask) and Lq == 1 or is_full(mask)) and all_valid(k_valid):
         return Plan(None)
     return None
+
+
+def all_valid(valid: Tensor) -> bool:
+    """Whether no token is padding, read on the host; False while `torch.export` traces the model
+    (an exported graph cannot branch on data, so it always applies the padding mask)."""
+    return not torch.compiler.is_exporting() and bool(valid.all())
 
 
 def masked_plan(mask, q: TokenView, k: TokenView, k_valid: Tensor, q_valid: Tensor, flex: bool) -> Plan:
@@ -310,7 +320,9 @@ class Transformer(nn.Module):
         self.modality_emb = nn.Embedding(len(specs), D) if cfg.modality_embedding else None
         self.rotary = {s.name for s in specs if s.position == "rotary"}
         if self.rotary and (D // cfg.heads) % 2:
-            raise ValueError(f"rotary positions need an even head width, got d_model/heads = {D}/{cfg.heads}")
+            raise UserError(f"[model] d_model / heads: rotary positions (modality {', '.join(sorted(self.rotary))}) need "
+                            f"an even head width, got d_model / heads = {D} / {cfg.heads} = {D // cfg.heads}")
+        self.embed_norm = make_norm(cfg, D) if cfg.embed_norm else None
         self.drop = Dropout(cfg.dropout)
         self.encoder = self.decoder = None
         if cfg.arch == "encoder_decoder":
@@ -357,15 +369,16 @@ class Transformer(nn.Module):
         B, L = ts.shape
         if len(ts.inputs) == 1 and next(iter(ts.inputs.values())).dense:
             name, inp = next(iter(ts.inputs.items()))
-            return self.drop(self.embed_modality(name, inp))
-        x = None
-        for name, inp in ts.inputs.items():
-            e = self.embed_modality(name, inp)  # (B, Tm, D)
-            if x is None:
-                x = e.new_zeros(B, L, e.shape[-1])
-            rows = torch.arange(B, device=e.device)[:, None].expand_as(inp.slot)
-            x = x.index_put((rows[inp.valid], inp.slot[inp.valid]), e[inp.valid])
-        return self.drop(x)
+            x = self.embed_modality(name, inp)
+        else:
+            x = None
+            for name, inp in ts.inputs.items():
+                e = self.embed_modality(name, inp)  # (B, Tm, D)
+                if x is None:
+                    x = e.new_zeros(B, L, e.shape[-1])
+                rows = torch.arange(B, device=e.device)[:, None].expand_as(inp.slot)
+                x = x.index_put((rows[inp.valid], inp.slot[inp.valid]), e[inp.valid])
+        return self.drop(x if self.embed_norm is None else self.embed_norm(x))
 
     def view(self, ts: TokenSet, offset: int = 0) -> TokenView:
         """Metadata of the set's tokens, modality codes in this model's numbering."""
@@ -407,7 +420,7 @@ class Transformer(nn.Module):
             if memory is None:
                 raise ValueError("an encoder_decoder model needs an encoder input (context)")
             mem_valid = memory[1]
-            cross_plan = Plan(None if bool(mem_valid.all()) else mem_valid[:, None, None, :])
+            cross_plan = Plan(None if all_valid(mem_valid) else mem_valid[:, None, None, :])
         out = self.decoder(self.embed(ts), q, k, k_valid, ts.valid, self.rope(ts, q), memory[0] if memory else None, cross_plan, cache)
         if cache is not None:
             cache.length += ts.shape[1]

@@ -9,6 +9,8 @@ pipeline builds for it.
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
@@ -66,12 +68,12 @@ class Pipeline:
     def context(self) -> TaskContext:
         """What the task sees of this recipe."""
         r = self.recipe
-        info = self.source.info() if "info" in declared(self.source) else {}
+        info = self.source.info if "info" in declared(self.source) else dict
         plugins = {m: registry.describe("tokenizer", b.name) for m, b in r.tokenizers.items()}
         return TaskContext(tokenizers=dict(self.tokenizers), fields=dict(self.fields), model=r.model, seed=r.train.seed,
                            batch_size=r.train.batch_size, sample=r.sample, examples=self.examples,
-                           source_fields=tuple(self.source.fields), source_info=info, where=r.path, plugins=plugins,
-                           prepared=self.prepared)
+                           source_fields=tuple(self.source.fields), info=info, eval_batches=r.train.eval_batches,
+                           where=r.path, plugins=plugins, prepared=self.prepared)
 
     @cached_property
     def prepared(self):
@@ -80,12 +82,18 @@ class Pipeline:
 
         return Prepared(self)
 
-    def fit(self) -> None:
+    def fit(self, states: Mapping[str, Path] | None = None) -> None:
         """Fit every tokenizer on its field of the training split (or reuse the state an earlier fit
-        on the same data left, `seqmodel.prepare`), then set up the task."""
+        on the same data left, `seqmodel.prepare`; or load each one's saved state from `states`,
+        modality -> directory: a warm start), then set up the task."""
         from .prepare import fit_tokenizer
 
         self.check_fields()
+        if states is not None:
+            for m, tok in self.tokenizers.items():
+                tok.load(states[m])
+            self.task.setup(self.context())
+            return
         for m in self.tokenizers:
             try:
                 fit_tokenizer(self, m, self.prepared.identity)
@@ -103,12 +111,31 @@ class Pipeline:
         specs = self.task.model_specs(specs) if can(self.task, "modalities") else list(specs.values())
         check_mask_modalities(self.recipe, [s.name for s in specs])
         core = Transformer(self.recipe.model, specs, outputs=self.task.outputs())
+        if self.recipe.train.lora.rank:
+            from .lora import wrap
+
+            wrap(core, self.recipe.train.lora, self.recipe.path)
         head = self.task.build_head(self.recipe.model.d_model)
         return TrainModule(core, head, self.task.loss)
 
     @cached_property
     def module(self) -> TrainModule:
         return self.build_model()
+
+    def dry_run(self, examples: int = 2) -> dict[str, float]:
+        """The loss of a first small batch of the train and val splits, without training: what
+        `seqmodel check` runs so that data and tokenizer problems surface before a run."""
+        import torch
+
+        from .task import Slice
+
+        module, losses = self.module.eval(), {}
+        for split, train in (("train", True), ("val", False)):
+            batch = self.task.batches(split, train).batch(Slice(0, 0, 0, examples, examples))
+            with torch.no_grad():
+                loss, _ = module(batch.to(module.device))
+            losses[split] = float(loss)
+        return losses
 
     def eval_options(self, options: dict):
         """The task's `EvalOptions` from ``{key: value}`` (one-line errors naming the key)."""
@@ -126,6 +153,9 @@ class Pipeline:
             raise UserError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
         if limit is not None and limit < 1:
             raise UserError(f"--limit: expected at least 1 batch, got {limit}")
+        if split == "test" and self.context().source_info.get("test_is_val"):
+            print(f"seqmodel: note: the {self.recipe.data.name!r} source has no test split of its own; "
+                  "its test split is the validation split", file=sys.stderr)
         return self.task.evaluate(self.module.eval(), split, limit, self.eval_options(options))
 
     # -- persistence ---------------------------------------------------------------------------

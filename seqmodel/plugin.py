@@ -91,6 +91,7 @@ TOKENIZER_CAPABILITIES: dict[str, tuple[str, ...]] = {
     "examples": ("examples",),  # examples() -> a few field values (`seqmodel plugins check`)
     "compare": ("same",),  # same(value, decoded) -> bool, for a lossy or re-represented decode
     "modalities": ("specs",),  # specs() -> {role: ModalitySpec}: a tokenizer of several modalities
+    "hf_tokenizer": ("hf_tokenizer",),  # hf_tokenizer() -> a HuggingFace `tokenizers.Tokenizer` (`seqmodel export --format hf`)
     "parts": ("encode_parts",),  # encode_parts(parts) -> the ids of the joined value, part by part; fit takes parts as values (see `Parts`)
 }
 """Tokenizer capability -> the members a tokenizer declaring it must have."""

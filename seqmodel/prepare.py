@@ -37,7 +37,8 @@ import numpy as np
 
 from . import __version__, registry, store
 from .errors import UserError
-from .plugin import Parts, declared
+from .plugin import ModalitySpec, Parts, declared, segment_problem
+from .segments import Segment
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -161,6 +162,11 @@ class Prepared:
     def identity(self) -> dict:
         return self.pipe.from_source(self.pipe.source.identity)
 
+    @cached_property
+    def test_is_val(self) -> bool:
+        source = self.pipe.source
+        return "info" in declared(source) and bool(source.info().get("test_is_val"))
+
     def key(self, modality: str, split: str) -> str:
         r, tok = self.pipe.recipe, self.pipe.tokenizers[modality]
         return digest({"what": "stream", "format": KEY_FORMAT, "store_format": store.FORMAT, "seqmodel": __version__,
@@ -174,6 +180,8 @@ class Prepared:
         return store.prepared_root() / "streams" / self.key(modality, split)
 
     def __call__(self, modality: str, split: str) -> store.TokenStream:
+        if split == "test" and self.test_is_val:
+            split = "val"  # one store for both
         folder = self.folder(modality, split)
         with store.locked(folder):
             try:
@@ -248,7 +256,7 @@ def write_stream(ctx: TaskContext, modality: str, documents: Iterable[Any], in_p
     tok = ctx.tokenizers[modality]
     eot = tok.eot_id if "separator" in declared(tok) else None
     separator = np.array([eot]) if eot is not None else None
-    vocab, who = tok.spec().vocab_size, ctx.plugins.get(modality, f"the tokenizer of {modality!r}")
+    spec, who = tok.spec(), ctx.plugins.get(modality, f"the tokenizer of {modality!r}")
     counter = _Counter(bar)
     for i, document in enumerate(documents, len(writer.offsets)):
         if i and separator is not None:
@@ -258,18 +266,31 @@ def write_stream(ctx: TaskContext, modality: str, documents: Iterable[Any], in_p
             writer.append(ctx.encode(modality, document, stream=True).ids.numpy())
             bar.update(1)
             continue
-        for ids in tok.encode_parts(counter.count(document)):
-            check_ids(ids, vocab, who)
-            writer.append(ids)
+        try:
+            for ids in tok.encode_parts(counter.count(document)):
+                writer.append(checked(ids, spec, who))
+        except UserError:
+            raise
+        except Exception as err:  # a plugin's failure names the plugin (as `TaskContext.encode` does)
+            raise UserError(f"{who}: encode failed: {type(err).__name__}: {err}") from err
     return counter.bytes
 
 
-def check_ids(ids: np.ndarray, vocab: int, who: str) -> None:
-    """The plugin boundary for parts: integer ids inside the vocabulary."""
-    if not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 1:
-        raise UserError(f"{who}: encode_parts gave {ids.dtype} {ids.shape}, not a 1-D array of integer ids")
-    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-        raise UserError(f"{who}: encode_parts gave ids in [{int(ids.min())}, {int(ids.max())}], outside [0, {vocab})")
+def checked(ids: np.ndarray | Segment, spec: ModalitySpec, who: str) -> np.ndarray:
+    """The plugin boundary for parts (as `TaskContext.encode` checks a value's segment): a 1-D
+    integer array of ids inside the vocabulary, or a segment that fits the spec."""
+    if isinstance(ids, Segment):
+        problem = segment_problem(ids, spec)
+        if problem:
+            raise UserError(f"{who}: encode gave a segment that does not fit: {problem}")
+        return ids.ids.numpy()
+    if not isinstance(ids, np.ndarray) or not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 1:
+        raise UserError(f"{who}: encode_parts gave {type(ids).__name__} {getattr(ids, 'shape', '')}, not a 1-D array "
+                        "of integer ids")
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= spec.vocab_size):
+        raise UserError(f"{who}: encode_parts gave ids spanning [{int(ids.min())}, {int(ids.max())}], outside "
+                        f"[0, vocab_size={spec.vocab_size})")
+    return ids
 
 
 class _Counter:

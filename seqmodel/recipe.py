@@ -24,6 +24,7 @@ from . import registry
 from .config import build, parse_override
 from .errors import UserError
 from .generate import SampleConfig
+from .lora import LoRAConfig
 from .model import ModelConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -83,6 +84,13 @@ class TrainConfig:
     """Experiment trackers through accelerate ("tensorboard", "wandb", ...); metrics.jsonl is always written."""
     fingerprint_batches: bool = False
     """Append "step micro rank sha1" of every training batch to batches.rankN.log (data-order audits)."""
+    init_from: str = ""
+    """Start from the weights of another run (its directory, or one of its checkpoint directories)
+    or of a GPT-2-family HuggingFace model ("hf:DIR" offline, "hf:NAME" from the hub), with its
+    tokenizer state (not refitted) and a fresh optimizer and schedule. The model's shape is the
+    source's; `[model]` keys the recipe sets override it."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """Low-rank adapters through `peft` (rank 0: off): only the adapters (and a task's head) train."""
 
     def validate(self) -> list[tuple[str, str]]:
         bad = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from .errors import UserError
 from .plugin import ModalitySpec, declared, segment_problem
+from .progress import progress
 from .segments import Segment, TokenSet
 
 if TYPE_CHECKING:
@@ -84,6 +86,15 @@ class Reports(Protocol):
         """End-of-run pictures and tables written into the run directory."""
 
 
+class Measures(Protocol):
+    loss_label: str
+    """What the loss is, for plots and logs: "cross-entropy (nats/token)"."""
+
+    def metrics(self, model: TrainModule, split: str) -> dict[str, float]:
+        """A few numbers worth tracking at every evaluation during training (accuracy, exact
+        match, mean return ...); cheap: a few batches, `TaskContext.eval_batches` at most."""
+
+
 class KeepsState(Protocol):
     def save(self, directory: Path) -> None: ...
 
@@ -95,14 +106,21 @@ class AddsModalities(Protocol):
         """The modalities the model is built with, given the tokenizers' (to add or widen some)."""
 
 
+class Exports(Protocol):
+    def export_outputs(self, core: Transformer, head: nn.Module | None, batch: TokenSet) -> dict[str, Tensor]:
+        """Named outputs an exported graph adds to the core's (a classifier's logits ...)."""
+
+
 CAPABILITIES: dict[str, tuple[type, tuple[str, ...]]] = {
     "generate": (Generates, ("generate",)),
     "score": (Scores, ("score",)),
     "predict": (Predicts, ("predict",)),
     "sample": (Samples, ("sample",)),
     "report": (Reports, ("report",)),
+    "metrics": (Measures, ("metrics", "loss_label")),
     "state": (KeepsState, ("save", "load")),
     "modalities": (AddsModalities, ("model_specs",)),
+    "export": (Exports, ("export_outputs",)),
     "eval_options": (object, ("EvalOptions",)),  # a dataclass of `seqmodel eval --set KEY=VALUE` options
 }
 """Task capability -> (its Protocol, the members a class declaring it must have)."""
@@ -124,9 +142,10 @@ class TaskContext:
         model: the `[model]` settings (arch, context, masks ...).
         seed: `[train] seed`; `split_seed` derives each split's.
         batch_size: `[train] batch_size` (examples per micro-step over all processes).
+        eval_batches: `[train] eval_batches`, the budget of an evaluation during training.
         sample: the `[sample]` settings.
         source_fields: the fields every example of the source has.
-        source_info: what the source says about its data ("label_names", "env_id" ...).
+        info: asks the source what it says about its data (`source_info`).
         examples: split name -> that split's raw examples (loaded once, lazily).
         where: the recipe's path, for error messages.
         plugins: modality -> "tokenizer plugin 'name' (distribution D V)", for error messages.
@@ -142,10 +161,17 @@ class TaskContext:
     sample: SampleConfig
     examples: Callable[[str], Sequence[dict]]
     source_fields: tuple[str, ...] = ()
-    source_info: Mapping[str, Any] = field(default_factory=dict)
+    info: Callable[[], Mapping[str, Any]] = dict
+    eval_batches: int = 20
     where: str = "<recipe>"
     plugins: Mapping[str, str] = field(default_factory=dict)
     prepared: Callable[[str, str], Any] | None = None
+
+    @cached_property
+    def source_info(self) -> Mapping[str, Any]:
+        """What the source says about its data ("label_names", "env_id" ...), asked on first use
+        (a run reloaded for sampling need not open its data)."""
+        return self.info()
 
     def split_seed(self, split: str) -> int:
         """The seed of a split's batch stream (distinct per split, fixed by `[train] seed`)."""
@@ -315,11 +341,12 @@ class RandomBatches:
 
 
 # -- evaluation scaffolding ------------------------------------------------------------------
-def chunks(items: Sequence[Any], size: int, limit: int | None = None) -> Iterator[Sequence[Any]]:
-    """`items` in consecutive chunks of `size` (the first `limit` chunks when given)."""
+def chunks(items: Sequence[Any], size: int, limit: int | None = None, desc: str = "") -> Iterator[Sequence[Any]]:
+    """`items` in consecutive chunks of `size` (the first `limit` chunks when given), with progress
+    reported as `desc` when given."""
     stop = len(items) if limit is None else min(len(items), limit * size)
-    for i in range(0, stop, size):
-        yield items[i : min(i + size, stop)]
+    parts = (items[i : min(i + size, stop)] for i in range(0, stop, size))
+    return progress(parts, desc, total=-(-stop // size), unit="batches") if desc else parts
 
 
 def per_split(build: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:

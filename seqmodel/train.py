@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, lora, warm_start
 from .cpu_memory import keep_freed_memory
 from .errors import UserError
 from .pipeline import Pipeline
@@ -208,6 +208,8 @@ class Trainer:
         ckpt = checkpoint.latest(self.run_dir) if self.resume else None
         if self.resume and ckpt is None:
             raise UserError(f"{self.run_dir}: nothing to resume (no complete checkpoint)")
+        if ckpt is None and cfg.init_from:
+            warm_start.load_weights(module, self.pipeline.recipe)
         if ckpt is not None:
             checkpoint.load_weights(module, ckpt)
             set_optimizer_state_dict(module, optimizer, checkpoint.load_optimizer(ckpt), options=FULL_STATE)
@@ -234,6 +236,8 @@ class Trainer:
         if self.acc.is_main_process:
             state = {"history": self.history, "window": window, "seed": self.cfg.seed}
             checkpoint.save(self.run_dir, step, module, optimizer, state, weights)
+            if self.cfg.lora.rank:
+                lora.save_adapter(module.core, self.cfg.lora, self.run_dir / "adapter")
         self.acc.wait_for_everyone()
 
     def train_step(self, step: int, stream) -> tuple[torch.Tensor, int]:

@@ -115,3 +115,11 @@ def cli(*args, check=True, cwd=None) -> Done:
     if check and done.returncode != 0:
         raise AssertionError(f"seqmodel {' '.join(argv)} exited {done.returncode}:\n{done.stderr[-3000:]}")
     return done
+
+
+def one_line_error(done: Done) -> str:
+    """The error a failed command printed, checked to be one line with exit code 2 and no traceback
+    (progress notes such as "seqmodel: char tokenizer: ..." may come before it)."""
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("seqmodel: ")]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]

@@ -23,6 +23,19 @@ def test_both_designs_train_and_caption(tmp_path, arch, mask):
     Image.new("L", (16, 16)).save(tmp_path / "blank.png")
     rows = json.loads(cli("predict", out, tmp_path / "blank.png", "--json").stdout)
     assert rows[0]["file"].endswith("blank.png") and isinstance(rows[0]["text"], str)
+    samples = (out / "samples.txt").read_text()
+    assert "input: Image (16, 16)" in samples and "<PIL" not in samples  # an image by its size, not its repr
+
+
+def test_the_report_draws_images_as_images(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "run"
+    cli("run", REPO / "recipes" / "caption_digits.toml", "--out", out, "--no-progress", *TINY,
+        "--set", "task.report_examples=2")
+    picture = np.asarray(Image.open(out / "val_transcriptions.png"))
+    assert picture.shape[0] > picture.shape[1] / 3  # two panels stacked, not two strips of a transposed spectrogram
 
 
 def test_modality_embeddings_can_be_switched_off():

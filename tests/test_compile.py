@@ -13,10 +13,14 @@ from seqmodel.task import Slice
 from conftest import tiny_char_recipe
 
 
-@pytest.mark.parametrize("layer_masks", [[], ["causal", "sliding_window:8"]], ids=["causal", "schedule"])
-def test_decoder_training_step_compiles_as_one_graph(tmp_path, corpus, layer_masks):
+OPTIONS = ["model.norm=rmsnorm", "model.mlp=swiglu", "model.qk_norm=true", "model.kv_heads=1", "model.embed_norm=true"]
+
+
+@pytest.mark.parametrize("layer_masks, options", [([], []), (["causal", "sliding_window:8"], []), (["causal", "sliding_window:8"], OPTIONS)],
+                         ids=["causal", "schedule", "schedule+options"])
+def test_decoder_training_step_compiles_as_one_graph(tmp_path, corpus, layer_masks, options):
     torch.manual_seed(0)
-    pipe = Pipeline(load_recipe(tiny_char_recipe(tmp_path, corpus), [f"model.layer_masks={json.dumps(layer_masks)}"]))
+    pipe = Pipeline(load_recipe(tiny_char_recipe(tmp_path, corpus), [f"model.layer_masks={json.dumps(layer_masks)}", *options]))
     pipe.fit()
     module = pipe.module
     batch = pipe.task.batches("train", True).batch(Slice(0, 0, 0, 8, 8))

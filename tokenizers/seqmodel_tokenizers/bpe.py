@@ -159,7 +159,7 @@ class BPETokenizer:
 
     Config = BPEConfig
     FILE = FILE
-    capabilities = ("pieces", "separator", "examples", "parts")
+    capabilities = ("pieces", "separator", "examples", "hf_tokenizer", "parts")
     eot_id: int | None = None
     """The end-of-text id (None without one), set by `fit`/`load`."""
 
@@ -253,16 +253,18 @@ class BPETokenizer:
     def encode(self, value: str, *, train: bool = False) -> Segment:
         return Segment(self.modality, ids=torch.from_numpy(self.encode_ids(value)))
 
-    def encode_parts(self, parts: Iterable[str]) -> Iterator[np.ndarray]:
+    def encode_parts(self, parts: Iterable[str]) -> Iterator[np.ndarray | Segment]:
         """The ids of a text given in parts cut before a newline that follows a non-space
         character (`seqmodel.plugin.Parts`): part by part, as the batch encoder cuts long texts;
-        joined first when this tokenizer's settings make such cuts inexact."""
+        joined first when this tokenizer's settings make such cuts inexact. A subclass's own
+        `encode`, when it has one, encodes each part."""
         self._need()
-        if not self._cuttable:
+        if type(self).encode is not BPETokenizer.encode:
+            yield from (self.encode(part) for part in parts)
+        elif not self._cuttable:
             yield self.encode_ids("".join(parts))
-            return
-        for part in parts:
-            yield self.encode_ids(part)
+        else:
+            yield from (self.encode_ids(part) for part in parts)
 
     def decode_ids(self, ids) -> str:
         """The text of a list of ids (invalid UTF-8 at a cut multi-byte character becomes U+FFFD)."""
@@ -285,6 +287,10 @@ class BPETokenizer:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             return "".join(chr(b) if b < 0x80 else f"<0x{b:02X}>" for b in raw)
+
+    def hf_tokenizer(self) -> Tokenizer:
+        """The state itself: a HuggingFace `tokenizers.Tokenizer` (a copy)."""
+        return Tokenizer.from_str(self._need().to_str())
 
     def examples(self) -> list[str]:
         """Samples for the conformance check."""

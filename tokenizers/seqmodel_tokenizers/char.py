@@ -33,6 +33,9 @@ class CharConfig:
     fit_max_chars: int = 0
     """Build the vocabulary from at most this many characters of the training split, in document
     order (0: all of it). Characters only found later are then unknown (see `unknown`)."""
+    include: str = ""
+    """Characters in the vocabulary whether or not the training split has them (e.g. those of a
+    corpus a later run fine-tunes on: a warm start keeps this vocabulary)."""
 
     def validate(self):
         bad = []
@@ -50,7 +53,7 @@ class CharTokenizer:
 
     Config = CharConfig
     FILE = "chars.json"
-    capabilities = ("pieces", "examples", "parts")
+    capabilities = ("pieces", "examples", "hf_tokenizer", "parts")
 
     def __init__(self, config: CharConfig, modality: str = "text") -> None:
         self.config, self.modality = config, modality
@@ -76,8 +79,8 @@ class CharTokenizer:
         seen.update(chr(c) for c in known)
         if not seen:
             raise UserError("char tokenizer: the training split has no text to build a vocabulary from")
-        self._set_vocab(sorted(seen))
-        stream.report(f"{len(seen):,} characters")
+        self._set_vocab(sorted(seen | set(self.config.include)))
+        stream.report(f"{len(self.chars):,} characters")
 
     def spec(self) -> ModalitySpec:
         return ModalitySpec(self.modality, vocab_size=len(self.chars), position=self.config.position)
@@ -115,8 +118,11 @@ class CharTokenizer:
     def encode(self, value: str, *, train: bool = False) -> Segment:
         return Segment(self.modality, ids=torch.from_numpy(self.encode_ids(value)))
 
-    def encode_parts(self, parts: Iterable[str]) -> Iterator[np.ndarray]:
-        """The ids of a text given in parts (each character on its own: any cut is exact)."""
+    def encode_parts(self, parts: Iterable[str]) -> Iterator[np.ndarray | Segment]:
+        """The ids of a text given in parts (each character on its own: any cut is exact); a
+        subclass's own `encode`, when it has one, encodes each part."""
+        if type(self).encode is not CharTokenizer.encode:
+            return (self.encode(part) for part in parts)
         return (self._ids(part) for part in parts)
 
     def decode_ids(self, ids) -> str:
@@ -139,6 +145,16 @@ class CharTokenizer:
         except (OSError, ValueError, KeyError, TypeError, AssertionError):
             raise UserError(f"{path}: missing or corrupt char vocabulary") from None
         self._set_vocab(chars)
+
+    def hf_tokenizer(self):
+        """The vocabulary as a HuggingFace `tokenizers.Tokenizer` (one word per character, joined
+        back without spaces): the same ids for every text this tokenizer encodes."""
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+        tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(self.chars)}, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        return tok
 
     def examples(self) -> list[str]:
         """Samples for the conformance check."""

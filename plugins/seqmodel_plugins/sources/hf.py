@@ -241,8 +241,10 @@ class HFSource:
         return Rows(dataset.select(keep, keep_in_memory=True), columns)
 
     def info(self) -> dict:
-        """What tasks may read: the class names of a `datasets.ClassLabel` label column."""
-        return {"label_names": self.label_names} if self.label_names else {}
+        """What tasks may read: the class names of a `datasets.ClassLabel` label column, and
+        whether the test split is the validation split (a dataset without a test split)."""
+        info = {"label_names": self.label_names} if self.label_names else {}
+        return info | {"test_is_val": self.config.test_split not in self._splits}
 
     @property
     def label_names(self) -> list[str] | None:

@@ -85,7 +85,8 @@ class ClassifyTask:
     """See the module docstring."""
 
     Config = ClassifyConfig
-    capabilities = ("predict", "report", "state", "modalities")
+    capabilities = ("predict", "report", "state", "modalities", "metrics", "export")
+    loss_label = "cross-entropy (nats/example)"
     FILE = "labels.json"
 
     def __init__(self, config: ClassifyConfig) -> None:
@@ -191,6 +192,10 @@ class ClassifyTask:
         """(B, classes) logits of a batch."""
         return head(self.pool(core(batch), batch)).float()
 
+    def export_outputs(self, core, head, batch) -> dict[str, torch.Tensor]:
+        """What an exported graph adds: the class logits (B, classes)."""
+        return {"logits": self.logits(core, head, batch)}
+
     def loss(self, core, head, batch):
         logits = self.logits(core, head, batch)
         loss = F.cross_entropy(logits, batch.extras["labels"], label_smoothing=self.config.label_smoothing)
@@ -200,7 +205,7 @@ class ClassifyTask:
     def scores(self, model, values: list, limit: int | None = None) -> torch.Tensor:
         """(N, classes) logits of input values, `eval_batch_size` at a time (the first `limit` batches)."""
         out = [self.logits(model.core, model.head, collate([self.segments(v) for v in chunk]).to(model.device)).cpu()
-               for chunk in chunks(values, self.config.eval_batch_size, limit)]
+               for chunk in chunks(values, self.config.eval_batch_size, limit, desc="classifying")]
         return torch.cat(out) if out else torch.zeros(0, len(self.label_names))
 
     # -- evaluation, prediction, pictures ------------------------------------------------------
@@ -215,6 +220,10 @@ class ClassifyTask:
                      if bool((labels == k).any())}
         return {"accuracy": float(right.float().mean()), "loss": float(F.cross_entropy(logits, labels)),
                 "examples": len(labels), "per_class_accuracy": per_class}
+
+    def metrics(self, model, split: str) -> dict[str, float]:
+        """Accuracy on the split (its first `eval_batches` batches of `eval_batch_size` examples)."""
+        return {"accuracy": self.evaluate(model, split, self.ctx.eval_batches, None)["accuracy"]}
 
     def predict(self, model, paths: list[str]) -> list[dict]:
         """The most likely class of each input file: [{"file", "label", "prob"}, ...]."""

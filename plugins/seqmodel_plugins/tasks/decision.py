@@ -41,6 +41,7 @@ from seqmodel.errors import UserError
 from seqmodel.masks import TokenView, require_no_future
 from seqmodel.plots import figure
 from seqmodel.plugin import ModalitySpec, declared
+from seqmodel.progress import progress
 from seqmodel.segments import ModalityInputs, Segment, TokenSet
 from seqmodel.task import SPLITS, RandomBatches, TaskContext, chunks, per_split, random_generator
 
@@ -77,11 +78,13 @@ class DecisionConfig:
     """Target returns of the end-of-run achieved-vs-target plot (empty: no plot)."""
     report_episodes: int = 10
     """Episodes per target return in that plot."""
+    metric_episodes: int = 5
+    """Episodes played at `target_return` at every evaluation during training (mean_return in metrics.jsonl)."""
 
     def validate(self) -> list[tuple[str, str]]:
         """(key, problem) pairs; empty when valid."""
         bad = [(k, f"must be at least 1, got {getattr(self, k)}")
-               for k in ("context_steps", "episodes", "eval_windows", "eval_batch_size", "report_episodes")
+               for k in ("context_steps", "episodes", "eval_windows", "eval_batch_size", "report_episodes", "metric_episodes")
                if getattr(self, k) < 1]
         if self.max_episode_steps < 0:
             bad.append(("max_episode_steps", f"must not be negative, got {self.max_episode_steps}"))
@@ -193,7 +196,7 @@ class DecisionTask:
 
     Config = DecisionConfig
     EvalOptions = DecisionEvalOptions
-    capabilities = ("report", "modalities", "eval_options")
+    capabilities = ("report", "modalities", "eval_options", "metrics")
 
     def __init__(self, config: DecisionConfig) -> None:
         self.config = config
@@ -285,7 +288,7 @@ class DecisionTask:
         table = self.table(split)
         ends = torch.randperm(len(table), generator=random_generator(self.config.eval_seed, SPLITS.index(split)))
         total, count = 0.0, 0
-        for chunk in chunks(ends[: self.config.eval_windows], self.config.eval_batch_size, limit):
+        for chunk in chunks(ends[: self.config.eval_windows], self.config.eval_batch_size, limit, f"action loss {split}"):
             loss, _ = self.loss(model.core, model.head, self.build_batch(table, chunk).to(model.device))
             total, count = total + float(loss) * len(chunk), count + len(chunk)
         return total / count
@@ -304,6 +307,15 @@ class DecisionTask:
                 "mean_length": float(np.mean(lengths)), "episodes": episodes, "target_return": float(target),
                 "greedy": bool(greedy), "env_steps_per_s": round(float(np.sum(lengths)) / seconds, 1),
                 "action_loss": self.action_loss(model, split, limit)}
+
+    @property
+    def loss_label(self) -> str:
+        return "cross-entropy (nats/action)" if self.tok.discrete_actions else "mean squared error (per action)"
+
+    def metrics(self, model, split: str) -> dict[str, float]:
+        """Mean return of `metric_episodes` episodes at the `[task] target_return`."""
+        returns, _ = self.rollout(model, self.config.target_return, self.config.metric_episodes, self.config.greedy)
+        return {"mean_return": float(np.mean(returns))}
 
     def _envs(self, n: int) -> list:
         envs = [gym_data.make_env(self.env_id) for _ in range(n)]
@@ -329,7 +341,7 @@ class DecisionTask:
         rtg, total = np.full(n, float(target)), np.zeros(n)
         length, alive = np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
         cap = self.config.max_episode_steps or 100_000
-        for t in range(cap):
+        for t in progress(range(cap), f"playing {n} episodes", unit="steps"):
             win.push(t, rtg, state)
             live = np.flatnonzero(alive)
             ts = self.window_set(*win.tokens(tok, live), targets=False).to(model.device)
@@ -363,7 +375,7 @@ class DecisionTask:
         if not c.report_targets:
             return paths
         rows = []
-        for target in c.report_targets:
+        for target in progress(c.report_targets, "returns by target", total=len(c.report_targets), unit="targets"):
             returns, _ = self.rollout(model, target, c.report_episodes, c.greedy)
             rows.append({"target": target, "mean": float(np.mean(returns)), "std": float(np.std(returns)),
                          "returns": returns.tolist()})

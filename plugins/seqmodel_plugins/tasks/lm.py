@@ -47,7 +47,8 @@ class LMTask:
 
     Config = LMConfig
     EvalOptions = LMEvalOptions
-    capabilities = ("generate", "score", "sample", "eval_options")
+    capabilities = ("generate", "score", "sample", "eval_options", "metrics")
+    loss_label = "cross-entropy (nats/token)"
 
     def __init__(self, config: LMConfig) -> None:
         self.config = config
@@ -105,7 +106,7 @@ class LMTask:
         if len(starts) < 1:
             raise UserError(f"the {split} split is shorter than one context window ({T + 1} tokens)")
         total, windows = 0.0, 0
-        for chunk in chunks(starts, options.batch_size, limit):
+        for chunk in chunks(starts, options.batch_size, limit, f"eval {split}"):
             batch = self.windows(ids, chunk).to(model.device)
             logits = model.core.output(self.modality, model.core(batch), batch).float()
             targets = batch.inputs[self.modality].targets
@@ -117,6 +118,10 @@ class LMTask:
         chars = len(self.tok.decode(Segment(self.modality, ids=text_ids)))
         return {"loss": total / tokens, "bits_per_char": total / math.log(2) / max(chars, 1),
                 "tokens": tokens, "chars": chars}
+
+    def metrics(self, model, split: str) -> dict[str, float]:
+        """Bits per character over the split's first windows (`eval_batches` batches of them)."""
+        return {"bits_per_char": self.evaluate(model, split, self.ctx.eval_batches, LMEvalOptions())["bits_per_char"]}
 
     def encode_prompt(self, text: str) -> torch.Tensor:
         ids = self.ctx.encode(self.modality, text, stream=True).ids

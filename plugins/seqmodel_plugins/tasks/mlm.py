@@ -57,7 +57,8 @@ class MLMTask:
     """See the module docstring."""
 
     Config = MLMConfig
-    capabilities = ("generate", "predict", "modalities")
+    capabilities = ("generate", "predict", "modalities", "metrics")
+    loss_label = "cross-entropy (nats/hidden token)"
 
     def __init__(self, config: MLMConfig) -> None:
         self.config = config
@@ -98,7 +99,8 @@ class MLMTask:
         """Hide tokens of every window: targets at the hidden ones, [MASK] / random / kept inputs."""
         ids = ts.inputs[self.modality].ids
         chosen = torch.rand(ids.shape, generator=g) < self.config.mask_prob
-        chosen[torch.arange(len(ids)), torch.randint(ids.shape[1], (len(ids),), generator=g)] = True
+        pick, empty = torch.randint(ids.shape[1], (len(ids),), generator=g), ~chosen.any(1)
+        chosen[empty, pick[empty]] = True  # a window with nothing hidden gets one hidden token
         how = torch.rand(ids.shape, generator=g)
         random_ids = torch.randint(self.mask_id, ids.shape, generator=g)
         inputs = torch.where(chosen & (how < 0.8), self.mask_id, torch.where(chosen & (how < 0.9), random_ids, ids))
@@ -125,13 +127,17 @@ class MLMTask:
         ids = self.ids(split)
         g = random_generator(self.ctx.seed, SPLITS.index(split), 3)
         total = right = count = 0
-        for starts in chunks(torch.arange(len(ids) // self.T) * self.T, self.config.eval_batch_size, limit):
+        for starts in chunks(torch.arange(len(ids) // self.T) * self.T, self.config.eval_batch_size, limit, f"eval {split}"):
             batch = self.hide(dense_set(self.modality, ids=self.window(ids, starts)), g).to(model.device)
             logits, targets = self.logits(model.core, batch), batch.inputs[self.modality].targets
             keep = targets != -100
             total += float(F.cross_entropy(logits[keep], targets[keep], reduction="sum"))
             right, count = right + int((logits[keep].argmax(-1) == targets[keep]).sum()), count + int(keep.sum())
         return {"loss": total / count, "accuracy": right / count, "masked_tokens": count}
+
+    def metrics(self, model, split: str) -> dict[str, float]:
+        """Accuracy on hidden tokens of the split's first windows (`eval_batches` batches)."""
+        return {"accuracy": self.evaluate(model, split, self.ctx.eval_batches, None)["accuracy"]}
 
     # -- filling in blanks ---------------------------------------------------------------------
     @torch.no_grad()

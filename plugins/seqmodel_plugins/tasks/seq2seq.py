@@ -40,6 +40,7 @@ from seqmodel.generate import SampleConfig, choose_token, generate
 from seqmodel.masks import layout_view, require_no_future
 from seqmodel.plots import figure
 from seqmodel.plugin import ModalitySpec
+from seqmodel.progress import progress
 from seqmodel.segments import Segment, TokenSet, collate
 from seqmodel.task import EpochBatches, TaskContext, chunks, per_split
 
@@ -130,7 +131,8 @@ class Seq2SeqTask:
 
     Config = Seq2SeqConfig
     EvalOptions = Seq2SeqEvalOptions
-    capabilities = ("generate", "predict", "sample", "report", "modalities", "eval_options")
+    capabilities = ("generate", "predict", "sample", "report", "modalities", "eval_options", "metrics")
+    loss_label = "cross-entropy (nats/target token)"
 
     def __init__(self, config: Seq2SeqConfig) -> None:
         self.config = config
@@ -309,7 +311,7 @@ class Seq2SeqTask:
     def split_loss(self, model, items: list) -> float:
         """Teacher-forced cross-entropy per target token (EOS included, no label smoothing)."""
         total, count = 0.0, 0
-        for chunk in chunks(items, self.config.eval_batch_size):
+        for chunk in chunks(items, self.config.eval_batch_size, desc="teacher-forced loss"):
             losses, counts = self.token_losses(model.core, self.collate(chunk).to(model.device))
             total += float(losses[counts].sum())
             count += int(counts.sum())
@@ -325,12 +327,17 @@ class Seq2SeqTask:
         cfg = replace(self.ctx.sample, greedy=True) if options.greedy else self.ctx.sample
         g = torch.Generator().manual_seed(cfg.seed)
         edits = chars = exact = 0
-        for values, ids in items:
+        for values, ids in progress(items, f"decoding {split}", total=len(items), unit="examples"):
             ref = self.decode(ids)
             hyp = self.transcribe(model, self.encoder_segments(values), cfg, generator=g)
             edits, chars, exact = edits + edit_distance(ref, hyp), chars + len(ref), exact + (hyp == ref)
         return {"exact_match": exact / len(items), "cer": edits / max(chars, 1),
                 "loss": self.split_loss(model, items), "examples": len(items)}
+
+    def metrics(self, model, split: str) -> dict[str, float]:
+        """Greedy exact match and CER on the split's first `eval_batch_size` examples."""
+        m = self.evaluate(model, split, 1, Seq2SeqEvalOptions())
+        return {"exact_match": m["exact_match"], "cer": m["cer"]}
 
     # -- pictures ----------------------------------------------------------------------------
     @decoding_threads()
@@ -362,9 +369,10 @@ def describe_value(value: Any) -> str:
 def features_png(shown: list[tuple[Any, str, str]], path: Path) -> Path:
     """One panel per example, "reference -> decoded" above it: a (time, features) array as a
     spectrogram (time across), an image (rows, columns[, channels]) as itself."""
-    with figure(path, grid=(len(shown), 1), size=(8, 1.9 * len(shown))) as (fig, axes):
+    images = shown[0][0].ndim == 3 or shown[0][0].dtype.kind in "ub"
+    with figure(path, grid=(len(shown), 1), size=(4.5, 2.6 * len(shown)) if images else (8, 1.9 * len(shown))) as (fig, axes):
         for ax, (picture, ref, hyp) in zip(axes[:, 0], shown):
-            if picture.ndim == 3 or picture.dtype.kind in "ub":  # an image
+            if images:
                 ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
                 ax.axis("off")
             else:  # (frames, features): time along x

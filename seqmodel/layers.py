@@ -1,0 +1,67 @@
+"""The configurable parts of a block besides attention: normalisation layers (`[model] norm`)
+and MLPs (`[model] mlp`).
+
+References: Zhang & Sennrich 2019 (RMSNorm); Hendrycks & Gimpel 2016 (GELU and its tanh
+approximation, used by GPT-2); Shazeer 2020 (SwiGLU); So et al. 2021 (squared ReLU, Primer).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .dropout import Dropout
+
+if TYPE_CHECKING:
+    from .model import ModelConfig
+
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(cfg: ModelConfig, width: int) -> nn.Module:
+    """The configured normalisation layer (`[model] norm`, `norm_eps`) over `width` features."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(width, eps=cfg.norm_eps)
+    return nn.LayerNorm(width, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def swiglu(h: Tensor) -> Tensor:
+    """silu(gate) * up, with h = [gate | up] along the last dimension."""
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def gelu_tanh(h: Tensor) -> Tensor:
+    return F.gelu(h, approximate="tanh")
+
+
+def relu2(h: Tensor) -> Tensor:
+    return F.relu(h).square()
+
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "swiglu": swiglu, "relu2": relu2}
+
+
+def mlp_hidden(cfg: ModelConfig) -> int:
+    """The MLP's hidden width: mlp_ratio * d_model, or 2/3 of it to a multiple of 8 for SwiGLU."""
+    hidden = int(cfg.mlp_ratio * cfg.d_model)
+    return max(8, 8 * round(hidden * 2 / 3 / 8)) if cfg.mlp == "swiglu" else hidden
+
+
+class MLP(nn.Module):
+    """x -> proj(activation(fc(x))); for SwiGLU `fc` holds the gate and up matrices stacked."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = mlp_hidden(cfg)
+        self.activation = ACTIVATIONS[cfg.mlp]
+        self.fc = nn.Linear(cfg.d_model, 2 * hidden if cfg.mlp == "swiglu" else hidden, bias=cfg.bias)
+        self.proj = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
+        self.proj.is_residual = True
+        self.drop = Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.proj(self.activation(self.fc(x))))

@@ -1,0 +1,157 @@
+"""Any run's model as an ONNX graph (`torch.onnx.export`, the dynamo exporter), checked with
+onnxruntime.
+
+The graph takes the tensors of a collated `TokenSet` -- the same ones the model reads in training
+-- as named inputs with dynamic batch and length dimensions: per modality ``M.ids`` (discrete) or
+``M.values`` (continuous), ``M.positions``, ``M.slot``, ``M.valid``; for the whole set ``valid``,
+``modality``, ``segment``, ``doc``, ``time``; an encoder-decoder's encoder set the same names
+under ``context.``. It returns the final hidden states ``hidden`` and each output head's
+``M.logits`` (or values), plus what the task declares under its "export" capability (a
+classifier's ``logits``). ``signature.json`` beside ``model.onnx`` lists every input and output
+with its dtype and shape; docs/export.md says how to build them without seqmodel.
+
+The example inputs are two validation batches of the run's own data (so its source must be
+available): the graph is traced on one and both are checked against PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .errors import UserError
+from .segments import ModalityInputs, TokenSet
+from .task import Slice, can
+
+SET_FIELDS = ("valid", "modality", "segment", "doc", "time")
+
+
+def _onnx():
+    try:
+        import onnxruntime
+        import onnxscript  # noqa: F401 -- torch.onnx's dynamo exporter needs it
+    except ImportError as err:
+        raise UserError(f"export --format onnx needs the `{err.name}` package: pip install 'seqmodel[export]'") from None
+    return onnxruntime
+
+
+def flatten(ts: TokenSet, prefix: str = "") -> dict[str, Tensor]:
+    """The model-facing tensors of a token set, by input name (encoder set under ``context.``)."""
+    out = {}
+    for m, inp in ts.inputs.items():
+        data = ("ids", inp.ids) if inp.ids is not None else ("values", inp.values)
+        out |= {f"{prefix}{m}.{data[0]}": data[1], f"{prefix}{m}.positions": inp.positions,
+                f"{prefix}{m}.slot": inp.slot, f"{prefix}{m}.valid": inp.valid}
+    out |= {f"{prefix}{k}": getattr(ts, k) for k in SET_FIELDS}
+    if ts.context is not None:
+        out |= flatten(ts.context, "context.")
+    return out
+
+
+class Graph(nn.Module):
+    """The module torch.onnx traces: named tensors in, the model's outputs out."""
+
+    def __init__(self, module: nn.Module, task, example: TokenSet) -> None:
+        super().__init__()
+        self.module, self.task = module, task
+        self.layout = self._layout(example)
+        self.names = list(flatten(example))
+        self.outputs = [m for m in module.core.heads if m in example.inputs]
+
+    @staticmethod
+    def _layout(ts: TokenSet | None):
+        if ts is None:
+            return None
+        return ts.modalities, {m: "ids" if i.ids is not None else "values" for m, i in ts.inputs.items()}, Graph._layout(ts.context)
+
+    def rebuild(self, named: dict[str, Tensor], layout, prefix: str = "") -> TokenSet | None:
+        if layout is None:
+            return None
+        modalities, kinds, context = layout
+        inputs = {m: ModalityInputs(slot=named[f"{prefix}{m}.slot"], valid=named[f"{prefix}{m}.valid"],
+                                    positions=named[f"{prefix}{m}.positions"], **{kind: named[f"{prefix}{m}.{kind}"]})
+                  for m, kind in kinds.items()}  # dense=False: the general path, right for any padding
+        return TokenSet(inputs, modalities, *(named[prefix + k] for k in SET_FIELDS),
+                        context=self.rebuild(named, context, "context."))
+
+    def forward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        ts = self.rebuild(dict(zip(self.names, tensors)), self.layout)
+        core = self.module.core
+        hidden = core(ts, context=ts.context)
+        outs = [hidden] + [core.output(m, hidden, ts) for m in self.outputs]
+        if can(self.task, "export"):
+            outs += list(self.task.export_outputs(core, self.module.head, ts).values())
+        return tuple(outs)
+
+    def output_names(self, example: TokenSet) -> list[str]:
+        extra = list(self.task.export_outputs(self.module.core, self.module.head, example)) if can(self.task, "export") else []
+        return ["hidden"] + [f"{m}.{'logits' if self.module.core.specs[m].discrete else 'values'}" for m in self.outputs] + extra
+
+
+def example_batches(pipe) -> list[TokenSet]:
+    """Two validation batches (2 and 3 examples): the trace input and a second check of other sizes."""
+    stream = pipe.task.batches("val", False)
+    return [stream.batch(Slice(k, 0, 0, n, n)) for k, n in ((0, 2), (1, 3))]
+
+
+def dim_name(name: str, axis: int) -> str:
+    """A readable name of a dynamic axis: batch, tokens (the set), M_tokens (modality M's), context_tokens ..."""
+    if axis == 0:
+        return "batch"
+    prefix, _, last = name.rpartition(".")
+    if last in SET_FIELDS or not prefix:
+        return f"{prefix}_tokens" if prefix else "tokens"
+    return f"{prefix.replace('.', '_')}_tokens"
+
+
+def signature(session) -> dict:
+    """Every input and output of the written graph: dtype and shape, dynamic axes by name."""
+    def rows(args):
+        return [{"name": a.name, "dtype": a.type.removeprefix("tensor(").removesuffix(")"),
+                 "shape": [d if isinstance(d, int) else dim_name(a.name, i) for i, d in enumerate(a.shape)]} for a in args]
+
+    return {"inputs": rows(session.get_inputs()), "outputs": rows(session.get_outputs())}
+
+
+def export_onnx(run_dir: Path, out: Path) -> dict:
+    """Write run `run_dir` as ``out/model.onnx`` and ``out/signature.json``; returns the check:
+    the largest difference between onnxruntime's outputs and PyTorch's on two validation batches."""
+    from . import api
+    from .lora import merge
+
+    ort = _onnx()
+    run = api.load(run_dir, device="cpu")
+    pipe = run.pipeline
+    if pipe.recipe.train.lora.rank:
+        merge(pipe.module.core)
+    module = pipe.module.eval()
+    batches = example_batches(pipe)
+    graph = Graph(module, pipe.task, batches[0]).eval()
+    tensors = list(flatten(batches[0]).values())
+    auto = torch.export.Dim.AUTO
+    dynamic = tuple({0: auto, 1: auto} for _ in tensors)
+    out.mkdir(parents=True, exist_ok=True)
+    names = graph.output_names(batches[0])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(graph, tuple(tensors), dynamo=True, dynamic_shapes={"tensors": dynamic}, input_names=graph.names,
+                                    output_names=names, verbose=False)
+    program.save(str(out / "model.onnx"))
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in batches:
+        feed = flatten(batch)
+        with torch.no_grad():
+            expected = graph(*feed.values())
+        got = session.run(names, {k: v.numpy() for k, v in feed.items()})
+        worst = max(worst, *(float((torch.from_numpy(g) - e.float()).abs().max()) for g, e in zip(got, expected)))
+    codes = {"modalities": list(batches[0].modalities)}
+    if batches[0].context is not None:
+        codes["context.modalities"] = list(batches[0].context.modalities)
+    (out / "signature.json").write_text(json.dumps(signature(session) | codes | {"run": str(run_dir)}, indent=1))
+    return {"checked_with": "onnxruntime", "max_abs_difference": worst, "probe": "two validation batches (all outputs)"}
+

@@ -1,0 +1,185 @@
+"""GPT-2 in and out of HuggingFace transformers: `init_from = "hf:DIR"` and `export --format hf`.
+
+The reference is transformers itself: a small GPT-2 with random weights (every LayerNorm and bias
+perturbed, so a dropped or transposed weight shows) saved with `save_pretrained`, its tokenizer a
+byte-level BPE trained here.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli, make_text, tiny_char_recipe
+
+transformers = pytest.importorskip("transformers")
+import seqmodel  # noqa: E402
+from seqmodel.generate import generate  # noqa: E402
+from seqmodel.segments import Segment, dense_set  # noqa: E402
+
+CONTEXT = 48
+
+
+def hf_tokenizer(text: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text], trainer)
+    return transformers.GPT2TokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                          unk_token="<|endoftext|>")
+
+
+def save_gpt2(directory: Path, activation: str, tied: bool = True, seed: int = 0) -> Path:
+    tok = hf_tokenizer(make_text(800, seed=3))
+    config = transformers.GPT2Config(vocab_size=len(tok), n_positions=CONTEXT, n_embd=32, n_layer=2, n_head=4,
+                                     activation_function=activation, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     layer_norm_epsilon=1e-5, tie_word_embeddings=tied)
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name and name.endswith("weight"):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    model.save_pretrained(str(directory))
+    tok.save_pretrained(str(directory))
+    return directory
+
+
+def bpe_recipe(tmp: Path, corpus: Path, init_from: str) -> Path:
+    path = tmp / "from_hf.toml"
+    path.write_text(f"""
+[train]
+init_from = "{init_from}"
+steps = 1
+lr = 0.0
+min_lr = 0.0
+warmup = 0
+batch_size = 2
+eval_every = 1
+eval_batches = 1
+threads = 1
+[data]
+source = "text"
+paths = ["{corpus}"]
+[tokenizer]
+kind = "bpe"
+[task]
+kind = "lm"
+[sample]
+num_samples = 0
+""")
+    return path
+
+
+def imported(tmp: Path, corpus: Path, hf_dir: Path):
+    run = tmp / "run"
+    cli("run", bpe_recipe(tmp, corpus, f"hf:{hf_dir}"), "--out", run, "--no-progress")
+    return seqmodel.load(run, device="cpu"), run
+
+
+def logits(run, ids: torch.Tensor) -> torch.Tensor:
+    core = run.model.core
+    batch = dense_set("text", ids=ids)
+    with torch.no_grad():
+        return core.output("text", core(batch), batch)
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu"])
+def test_a_gpt2_imports_with_the_same_logits_and_greedy_generation(tmp_path, corpus, activation):
+    hf_dir = save_gpt2(tmp_path / "gpt2", activation)
+    run, run_dir = imported(tmp_path, corpus, hf_dir)
+    assert run.pipeline.recipe.model.mlp == {"gelu_new": "gelu_tanh", "gelu": "gelu"}[activation]
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+    text = "The king doth speak; thou art not my lord.\nJULIET: Sweet night!"
+    ours_ids = run.pipeline.tokenizers["text"].encode(text).ids
+    assert ours_ids.tolist() == tok(text)["input_ids"]  # the tokenizer came over too
+    ids = torch.randint(len(tok), (2, CONTEXT), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = reference(ids).logits
+    assert (logits(run, ids) - theirs).abs().max() < 1e-5
+    prompt = ours_ids[None, :8]
+    with torch.no_grad():
+        hf_out = reference.generate(prompt, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0,
+                                    attention_mask=torch.ones_like(prompt))[0, 8:].tolist()
+    ours = generate(run.model.core, [Segment("text", ids=prompt[0])], 24, lambda lg: int(lg.argmax()))
+    assert ours == hf_out
+    record = __import__("json").loads((run_dir / "run.json").read_text())["init_from"]
+    assert record["hf"] == str(hf_dir) and record["model_type"] == "gpt2"
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu"])
+def test_export_hf_gives_transformers_the_same_logits(tmp_path, corpus, activation):
+    hf_dir = save_gpt2(tmp_path / "gpt2", activation)
+    run, run_dir = imported(tmp_path, corpus, hf_dir)
+    out = tmp_path / "exported"
+    done = cli("export", run_dir, "--format", "hf", "--out", out)
+    assert "transformers reads it back" in done.stdout
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    assert model.config.activation_function == activation
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    text = "Good sir, what love hath the queen?"
+    assert tok(text)["input_ids"] == run.pipeline.tokenizers["text"].encode(text).ids.tolist()
+    assert tok.decode(tok(text)["input_ids"]) == text
+    ids = torch.randint(len(tok), (2, CONTEXT), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (model(ids).logits - logits(run, ids)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("settings", [{}, {"model.tie_embeddings": "false", "model.bias": "true"}])
+def test_a_char_run_exports_as_gpt2(tmp_path, corpus, settings):
+    """bias = false (zeros in GPT-2), the learned modality vector (folded into the position table),
+    an untied head; the char vocabulary as a `tokenizers` WordLevel model."""
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=6)
+    run_dir = tmp_path / "char"
+    cli("run", recipe, "--out", run_dir, "--no-progress", *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")])
+    run = seqmodel.load(run_dir, device="cpu")
+    assert run.model.core.modality_emb.weight.abs().sum() > 0  # trained away from its zero start
+    cli("export", run_dir, "--format", "hf", "--out", tmp_path / "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    text = "Come, good night!\nKING: Thou art"
+    ids = run.pipeline.tokenizers["text"].encode(text).ids
+    assert tok(text)["input_ids"] == ids.tolist() and tok.decode(ids.tolist()) == text
+    with torch.no_grad():
+        assert (model(ids[None]).logits - logits(run, ids[None])).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("setting, reason", [
+    ("tokenizer.position=\"rotary\"", "rotary positions"),
+    ("model.norm=\"rmsnorm\"", "rmsnorm"),
+    ("model.mlp=\"swiglu\"", "swiglu"),
+    ("model.mask=\"sliding_window:8\"", "causally"),
+    ("model.kv_heads=1", "kv_heads"),
+])
+def test_export_hf_refuses_what_gpt2_cannot_express(tmp_path, corpus, setting, reason):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1)
+    run_dir = tmp_path / "r"
+    cli("run", recipe, "--out", run_dir, "--no-progress", "--set", setting)
+    done = cli("export", run_dir, "--format", "hf", check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    assert "cannot write this model as GPT-2" in done.stderr and reason in done.stderr
+
+
+def test_init_from_hf_errors_are_one_line(tmp_path, corpus):
+    done = cli("run", bpe_recipe(tmp_path, corpus, f"hf:{tmp_path / 'nothing'}"), "--out", tmp_path / "r",
+               "--no-progress", check=False)
+    assert done.returncode == 2 and "no such model directory" in done.stderr and done.stderr.count("\n") == 1
+    hf_dir = save_gpt2(tmp_path / "gpt2", "gelu_new")
+    recipe = bpe_recipe(tmp_path, corpus, f"hf:{hf_dir}")
+    done = cli("run", recipe, "--out", tmp_path / "r2", "--no-progress", "--set", 'tokenizer.kind="char"', check=False)
+    assert done.returncode == 2 and "'bpe'" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_export_of_what_is_not_a_run_is_a_one_line_error(tmp_path):
+    for target in (tmp_path / "missing", tmp_path):
+        done = cli("export", target, "--format", "hf", check=False)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    done = cli("export", tmp_path, "--format", "tflite", check=False)
+    assert done.returncode == 2 and "invalid choice" in done.stderr

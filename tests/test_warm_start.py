@@ -1,0 +1,180 @@
+"""`[train] init_from = RUN_DIR`: a new run starts from another run's weights and tokenizer state."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import cli, make_text, tiny_char_recipe
+
+import seqmodel
+from seqmodel import checkpoint
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, corpus):
+    """A finished tiny char run (the pretrained model)."""
+    tmp = tmp_path_factory.mktemp("source")
+    recipe = tiny_char_recipe(tmp, corpus, steps=20)
+    cli("run", recipe, "--out", tmp / "run", "--no-progress")
+    return tmp / "run"
+
+
+def weights(run: Path) -> dict:
+    return load_file(str(checkpoint.latest(run) / "model.safetensors"))
+
+
+def test_a_warm_start_begins_at_the_source_weights_and_keeps_its_tokenizer(tmp_path, source):
+    other = tmp_path / "other.txt"
+    other.write_text(make_text(400, seed=5).replace("e", "é"))  # a character the source never saw
+    recipe = tiny_char_recipe(tmp_path, other, steps=1, lr=0.0, min_lr=0.0, warmup=0)
+    run = tmp_path / "ft"
+    done = cli("run", recipe, "--out", run, "--no-progress", "--set", f'train.init_from="{source}"',
+               "--set", 'tokenizer.unknown="skip"')
+    assert "init_from" in done.stderr and "tensors loaded" in done.stderr
+    assert json.loads((run / "tokenizers/text/chars.json").read_text()) == json.loads((source / "tokenizers/text/chars.json").read_text())
+    before, after = weights(source), weights(run)
+    assert before.keys() == after.keys()
+    for k in before:  # lr 0: the optimizer moved nothing, so the weights are the source's exactly
+        assert torch.equal(before[k], after[k]), k
+    record = json.loads((run / "run.json").read_text())["init_from"]
+    assert record["init_from"] == str(source) and record["checkpoint"] == checkpoint.latest(source).name
+    assert len(record["weights_sha256"]) == 64
+
+
+def test_a_warm_start_takes_the_source_shape_and_a_fresh_schedule(tmp_path, source, corpus):
+    recipe = tmp_path / "ft.toml"
+    recipe.write_text(f"""
+[train]
+init_from = "{source}"
+steps = 4
+batch_size = 4
+eval_every = 4
+eval_batches = 1
+warmup = 2
+threads = 1
+[data]
+source = "text"
+paths = ["{corpus}"]
+[tokenizer]
+kind = "char"
+[task]
+kind = "lm"
+[sample]
+num_samples = 0
+""")
+    run = tmp_path / "ft"
+    cli("run", recipe, "--out", run, "--no-progress")
+    saved = json.loads((run / "recipe.json").read_text())
+    src = json.loads((source / "recipe.json").read_text())
+    assert saved["model"] == src["model"]  # layers 2, d_model 32 ... though this recipe names none
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == 4  # counted from 0, not from the source's step 20
+    state = torch.load(checkpoint.latest(run) / "optimizer.pt", weights_only=True)
+    steps = {int(s["step"]) for s in state["state"].values()}
+    assert steps == {4}  # AdamW's moments started fresh
+
+
+def test_a_position_table_is_cut_to_a_shorter_context(tmp_path, source, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1, lr=0.0, min_lr=0.0, warmup=0)
+    run = tmp_path / "short"
+    cli("run", recipe, "--out", run, "--no-progress", "--set", f'train.init_from="{source}"', "--set", "model.context=16")
+    table = "core.positions.text.tables.0.weight"
+    assert torch.equal(weights(run)[table], weights(source)[table][:16])
+
+
+def test_init_from_a_checkpoint_directory(tmp_path, source, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1, lr=0.0, min_lr=0.0, warmup=0)
+    ckpt = checkpoint.latest(source)
+    cli("run", recipe, "--out", tmp_path / "r", "--no-progress", "--set", f'train.init_from="{ckpt}"')
+    assert torch.equal(weights(tmp_path / "r")["core.decoder.ln_f.weight"], weights(source)["core.decoder.ln_f.weight"])
+
+
+def test_resuming_a_warm_started_run_continues_its_own_checkpoint(tmp_path, source, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=4, checkpoint_every=2)
+    run = tmp_path / "r"
+    init = f'train.init_from="{source}"'
+    cli("run", recipe, "--out", run, "--no-progress", "--set", init, "--set", "train.steps=2")
+    cli("run", recipe, "--out", run, "--no-progress", "--set", init, "--set", "train.steps=4", "--resume")
+    assert checkpoint.read_state(checkpoint.latest(run))["step"] == 4
+    seqmodel.load(run).generate("the", max_new_tokens=5, greedy=True)
+
+
+def one_line_error(done, *needles):
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("seqmodel:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "not_a_run", "no_checkpoint", "corrupt_weights"])
+def test_bad_init_from_is_a_one_line_error(tmp_path, source, corpus, case):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1)
+    target = tmp_path / "bad"
+    if case == "file":
+        target.write_text("not a run")
+    elif case == "not_a_run":
+        target.mkdir()
+    elif case == "no_checkpoint":
+        target.mkdir()
+        (target / "recipe.json").write_text((source / "recipe.json").read_text())
+    elif case == "corrupt_weights":
+        fake = target / "checkpoints" / "step_0000001"
+        fake.mkdir(parents=True)
+        (target / "recipe.json").write_text((source / "recipe.json").read_text())
+        (fake / "model.safetensors").write_text("this is not a safetensors file")
+        (fake / "state.json").write_text('{"step": 1}')
+        for m in ("tokenizers",):
+            import shutil
+            shutil.copytree(source / m, target / m)
+    done = cli("run", recipe, "--out", tmp_path / "r", "--no-progress", "--set", f'train.init_from="{target}"', check=False)
+    expected = {"missing": "no such run directory", "file": "not a run directory", "not_a_run": "no recipe.json",
+                "no_checkpoint": "no complete checkpoint", "corrupt_weights": "not a checkpoint"}[case]
+    one_line_error(done, "init_from", expected)
+
+
+def test_a_run_of_another_architecture_is_a_one_line_error(tmp_path, source, corpus):
+    recipe = tmp_path / "enc.toml"
+    recipe.write_text(f"""
+[model]
+arch = "encoder"
+mask = "full"
+[train]
+init_from = "{source}"
+steps = 1
+[data]
+source = "text"
+paths = ["{corpus}"]
+[tokenizer]
+kind = "char"
+[task]
+kind = "mlm"
+""")
+    done = cli("run", recipe, "--out", tmp_path / "r", "--no-progress", check=False)
+    one_line_error(done, "another architecture", "'decoder'", "'encoder'")
+
+
+def test_a_shape_that_does_not_fit_names_the_parameter(tmp_path, source, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1)
+    done = cli("run", recipe, "--out", tmp_path / "r", "--no-progress", "--set", f'train.init_from="{source}"',
+               "--set", "model.d_model=48", check=False)
+    one_line_error(done, "core.adapters.text.weight", "(", "48)")
+
+
+def test_another_tokenizer_kind_is_a_one_line_error(tmp_path, source, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1)
+    done = cli("run", recipe, "--out", tmp_path / "r", "--no-progress", "--set", f'train.init_from="{source}"',
+               "--set", 'tokenizer.kind="bpe"', "--set", "tokenizer.vocab_size=300", check=False)
+    one_line_error(done, "kind", "'bpe'", "'char'")
+
+
+def test_check_validates_a_warm_start_against_the_source_weights(tmp_path, source, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus)
+    done = cli("check", recipe, "--set", f'train.init_from="{source}"')
+    assert "tensors loaded" in done.stderr and ": ok (" in done.stdout
+    done = cli("check", recipe, "--set", f'train.init_from="{source}"', "--set", "model.layers=3", check=False)
+    assert done.returncode == 2 and "no parameter 'core.decoder.blocks.2" in done.stderr
