@@ -118,7 +118,8 @@ def training_values(pipe: Pipeline, modality: str) -> Iterable[Any]:
 
 
 def _config(tok: Any) -> Any:
-    return dataclasses.asdict(tok.config) if dataclasses.is_dataclass(getattr(tok, "config", None)) else repr(tok)
+    config = getattr(tok, "config", None)
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else repr(config)
 
 
 def fit_key(pipe: Pipeline, modality: str, identity: dict) -> str:
