@@ -7,9 +7,10 @@ generated images (default 20,000), each in a fresh prepared-data folder:
    tokenization rate the preparation reports for the training split;
 2. `seqmodel run RECIPE` twice at the baby shape (4 layers x 128, context 64, batch 12): the
    first run finds the stores `prepare` wrote; the second is timed from process start to its
-   first training step (the first line of metrics.jsonl, `log_every = 1`), its peak RSS is the
-   process's ru_maxrss, and the batch path's share of the step is the time spent drawing batches
-   over the time of the training steps, measured inside the process.
+   first training step (the first line of metrics.jsonl, `log_every = 1`) and to the start of
+   that step (inside the process: what the data costs, without the step's own compute), its peak
+   RSS is the process's ru_maxrss, and the batch path's share of the step is the time spent
+   drawing batches over the time of the training steps, measured inside the process.
 
     python benchmarks/data_scale.py                           # every size, JSON to benchmarks/results/data_scale.json
     python benchmarks/data_scale.py --sizes 5,50 --images 0 --tokenizer bpe
@@ -151,7 +152,7 @@ def timed_run(recipe: Path, out: Path, env: dict) -> dict:
     """A `seqmodel run` in a child process that times the batch path: seconds to the first
     step, peak RSS, and the batch path's share of the training steps."""
     timings = out.with_suffix(".timings.json")
-    cmd = [sys.executable, __file__, "--child-run", str(recipe), str(out), str(timings)]
+    cmd = [sys.executable, __file__, "--child-run", str(recipe), str(out), str(timings), repr(time.time())]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     first = None
@@ -164,21 +165,24 @@ def timed_run(recipe: Path, out: Path, env: dict) -> dict:
     if proc.returncode:
         raise SystemExit(f"seqmodel run {recipe} failed:\n{err[-3000:]}")
     record = json.loads(timings.read_text())
-    return {"first_step_s": round(first, 2) if first is not None else None,
+    return {"first_step_s": round(first, 2) if first is not None else None, "to_loop_s": record["to_loop_s"],
             "peak_rss_mb": round(record["peak_rss_kb"] / 1024, 1), "batch_share": record["batch_share"],
             "step_ms": record["step_ms"], "batch_ms": record["batch_ms"]}
 
 
-def child_run(recipe: str, out: str, timings: str) -> None:
-    """`seqmodel run RECIPE --out OUT`, with the time of each batch draw and training step kept."""
+def child_run(recipe: str, out: str, timings: str, started: str) -> None:
+    """`seqmodel run RECIPE --out OUT`, with the time of each batch draw and training step kept,
+    and the time from `started` (when the parent launched this process) to the first step's start."""
     import resource
 
     from seqmodel import cli, task, train
 
-    spent = {"batch": 0.0, "step": 0.0, "steps": 0, "in_step": False}
+    spent = {"batch": 0.0, "step": 0.0, "steps": 0, "in_step": False, "to_loop": None}
 
     def timing(method, key):
         def timed(*args, **kwargs):
+            if spent["to_loop"] is None and key == "step":
+                spent["to_loop"] = time.time() - float(started)
             t0 = time.perf_counter()
             spent["in_step"] |= key == "step"
             try:
@@ -198,7 +202,7 @@ def child_run(recipe: str, out: str, timings: str) -> None:
     code = cli.main(["run", recipe, "--out", out, "--no-progress"])
     steps = max(spent["steps"], 1)
     Path(timings).write_text(json.dumps({
-        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "to_loop_s": round(spent["to_loop"], 2),
         "batch_share": round(spent["batch"] / max(spent["step"], 1e-9), 4),
         "step_ms": round(1000 * spent["step"] / steps, 2), "batch_ms": round(1000 * spent["batch"] / steps, 3)}))
     sys.exit(code)
@@ -239,12 +243,12 @@ def profile(megabytes: float, tokenizer: str, work: Path) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| data | size | prepare | prepare MB/s | tokenize MB/s | run -> first step | peak RSS | step | batch path |\n"
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    head = ("| data | size | prepare | prepare MB/s | tokenize MB/s | run -> first step (-> its start) | peak RSS | step "
+            "| batch path |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['data']} | {r['bytes'] / 1e6:,.0f} MB | {r['prepare_s']:.1f} s | {r['prepare_mb_s']:.1f} | "
-                     f"{r['tokenize_mb_s'] if r['tokenize_mb_s'] is not None else '-'} | {r['first_step_s']} s | "
+                     f"{r['tokenize_mb_s'] if r['tokenize_mb_s'] is not None else '-'} | {r['first_step_s']} s ({r['to_loop_s']} s) | "
                      f"{r['peak_rss_mb']:,.0f} MB | {r['step_ms']:.0f} ms | {100 * r['batch_share']:.2f} % |")
     return "\n".join(lines)
 
@@ -259,7 +263,7 @@ def main() -> None:
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "data_scale.json"))
     ap.add_argument("--keep", action="store_true", help="keep the generated corpora")
     ap.add_argument("--profile", type=float, metavar="MB", help="only profile preparing a corpus of this size")
-    ap.add_argument("--child-run", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--child-run", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_run:
         return child_run(*args.child_run)
