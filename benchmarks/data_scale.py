@@ -5,12 +5,13 @@ generated images (default 20,000), each in a fresh prepared-data folder:
 
 1. `seqmodel prepare RECIPE` (a process of its own): wall time and MB/s of corpus, and the
    tokenization rate the preparation reports for the training split;
-2. `seqmodel run RECIPE` twice at the baby shape (4 layers x 128, context 64, batch 12): the
-   first run finds the stores `prepare` wrote; the second is timed from process start to its
-   first training step (the first line of metrics.jsonl, `log_every = 1`) and to the start of
-   that step (inside the process: what the data costs, without the step's own compute), its peak
-   RSS is the process's ru_maxrss, and the batch path's share of the step is the time spent
-   drawing batches over the time of the training steps, measured inside the process.
+2. `seqmodel run RECIPE` 1 + `--repeats` times at the baby shape (4 layers x 128, context 64,
+   batch 12): the first run finds the stores `prepare` wrote; the others (medians) are timed
+   from process start to their first training step (the first line of metrics.jsonl,
+   `log_every = 1`) and to the start of that step (inside the process: what the data costs,
+   without the step's own compute); peak RSS is the largest ru_maxrss of those processes, and
+   the batch path's share of the step is the time spent drawing training batches over the time
+   of the training steps, measured inside the process.
 
     python benchmarks/data_scale.py                           # every size, JSON to benchmarks/results/data_scale.json
     python benchmarks/data_scale.py --sizes 5,50 --images 0 --tokenizer bpe
@@ -29,6 +30,7 @@ import os
 import pstats
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -214,13 +216,17 @@ def tokenize_rate(stderr: str) -> float | None:
     return float(found.group(1).replace(",", "")) if found else None
 
 
-def measure(name: str, recipe: Path, nbytes: int, work: Path, base_env: dict) -> dict:
+def measure(name: str, recipe: Path, nbytes: int, work: Path, base_env: dict, repeats: int) -> dict:
     env = {**base_env, "SEQMODEL_STORES": str(work / f"stores-{name}")}
     prep_s, _, prep_err = seqmodel("prepare", str(recipe), env=env)
     row = {"data": name, "bytes": nbytes, "prepare_s": round(prep_s, 2), "prepare_mb_s": round(nbytes / prep_s / 1e6, 1),
            "tokenize_mb_s": tokenize_rate(prep_err)}
-    timed_run(recipe, work / f"run-{name}-1", env)  # the first run after `prepare`
-    row.update(timed_run(recipe, work / f"run-{name}-2", env))
+    timed_run(recipe, work / f"run-{name}-0", env)  # the first run after `prepare`: warms the file cache
+    runs = [timed_run(recipe, work / f"run-{name}-{k + 1}", env) for k in range(repeats)]
+    for key in ("first_step_s", "to_loop_s", "batch_share", "step_ms", "batch_ms"):
+        row[key] = statistics.median(r[key] for r in runs)
+        row[key + "_all"] = [r[key] for r in runs]
+    row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     shutil.rmtree(work / f"stores-{name}", ignore_errors=True)
     for run in work.glob(f"run-{name}-*"):
         shutil.rmtree(run, ignore_errors=True) if run.is_dir() else run.unlink()
@@ -242,6 +248,36 @@ def profile(megabytes: float, tokenizer: str, work: Path) -> None:
     shutil.rmtree(work / "stores-profile", ignore_errors=True)
 
 
+def bpe_breakdown(megabytes: float, work: Path) -> None:
+    """Where byte-level BPE encoding spends its time: the same pieces through the trained
+    tokenizer, through its pre-tokenizer with a one-entry word table (the regex split alone),
+    and through a whitespace split with the same table."""
+    from seqmodel_tokenizers.bpe import BPEConfig, BPETokenizer, pieces
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    corpus = work / f"corpus-{megabytes:g}MB.txt"
+    if not corpus.is_file():
+        write_corpus(corpus, megabytes)
+    text = corpus.read_text()
+    bpe = BPETokenizer(BPEConfig(vocab_size=1000), "text")
+    bpe.fit([text[:4_000_000]])
+    parts = pieces(text)
+
+    def split_only(pre):
+        tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre
+        return lambda: tok.encode_batch_fast(parts, add_special_tokens=False)
+
+    rows = [("BPE encode (GPT-2 regex split + merges), batch encoder", lambda: bpe.encode_ids(text)),
+            ("GPT-2 regex split alone (+ one word lookup)", split_only(pre_tokenizers.ByteLevel(add_prefix_space=False))),
+            ("whitespace split alone (+ one word lookup)", split_only(pre_tokenizers.WhitespaceSplit()))]
+    print(f"| {megabytes:g} MB of generated text, 2 cores | MB/s |\n| --- | ---: |")
+    for name, run in rows:
+        t0 = time.perf_counter()
+        run()
+        print(f"| {name} | {len(text.encode()) / (time.perf_counter() - t0) / 1e6:.2f} |")
+
+
 def table(rows: list[dict]) -> str:
     head = ("| data | size | prepare | prepare MB/s | tokenize MB/s | run -> first step (-> its start) | peak RSS | step "
             "| batch path |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -259,6 +295,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=20000, help="generated images (0: none)")
     ap.add_argument("--tokenizer", choices=["char", "bpe"], default="char")
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per corpus (medians; the largest peak RSS)")
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "data_scale_work"))
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "data_scale.json"))
     ap.add_argument("--keep", action="store_true", help="keep the generated corpora")
@@ -270,7 +307,10 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.profile:
-        return profile(args.profile, args.tokenizer, work)
+        profile(args.profile, args.tokenizer, work)
+        if args.tokenizer == "bpe":
+            bpe_breakdown(args.profile, work)
+        return None
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins"), str(REPO / "tokenizers"),
                                                         os.environ.get("PYTHONPATH", "")])}
     rows = []
@@ -279,12 +319,12 @@ def main() -> None:
             corpus = work / f"corpus-{size:g}MB.txt"
             nbytes = corpus.stat().st_size if corpus.is_file() else write_corpus(corpus, size)
             recipe = text_recipe(work / f"text-{size:g}.toml", corpus, args.tokenizer, args.steps)
-            rows.append(measure(f"text {size:g} MB ({args.tokenizer})", recipe, nbytes, work, env))
+            rows.append(measure(f"text {size:g} MB ({args.tokenizer})", recipe, nbytes, work, env, args.repeats))
         if args.images:
             folder = work / f"images-{args.images}"
             nbytes = sum(p.stat().st_size for p in folder.rglob("*.png")) if folder.is_dir() else write_images(folder, args.images)
             recipe = image_recipe(work / "images.toml", folder, args.steps)
-            rows.append(measure(f"{args.images:,} images (patches)", recipe, nbytes, work, env))
+            rows.append(measure(f"{args.images:,} images (patches)", recipe, nbytes, work, env, args.repeats))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

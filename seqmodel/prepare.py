@@ -302,7 +302,7 @@ class _Counter:
 
     def count(self, parts: Iterable[Any]) -> Iterator[Any]:
         for part in parts:
-            n = len(part.encode("utf-8")) if isinstance(part, str) else len(part)
+            n = (len(part) if part.isascii() else len(part.encode("utf-8"))) if isinstance(part, str) else len(part)
             self.bytes += n
             self.bar.update(n)
             yield part

@@ -279,3 +279,25 @@ def test_a_full_disk_while_saving_a_fit_is_one_line(stores, tmp_path, two_files,
     errors = [ln for ln in done.stderr.splitlines() if not ln.startswith("seqmodel: ")]
     assert done.returncode == 2 and len(errors) == 1 and "no space left on the device" in errors[0]
     assert not [p for p in (stores / "fits").iterdir() if p.is_dir()]
+
+
+@pytest.mark.parametrize("alphabet", ["ab\n", "abcdefghij klmnopqrstuvwxyz\n.,", "aé日🎉\n", "".join(map(chr, range(32, 700)))])
+def test_char_ids_equal_a_naive_lookup_in_every_table_dtype(alphabet):
+    from seqmodel.errors import UserError
+    from seqmodel_tokenizers.char import CharConfig, CharTokenizer
+
+    rng = random.Random(len(alphabet))
+    train = alphabet + "".join(rng.choice(alphabet) for _ in range(3000))
+    tok = CharTokenizer(CharConfig(), "text")
+    tok.fit([train])
+    assert tok.chars == sorted(set(train))
+    text = "".join(rng.choice(alphabet) for _ in range(500))
+    naive = [tok.chars.index(c) for c in text]
+    assert tok.encode_ids(text).tolist() == naive and tok.encode_ids(text).dtype == np.int64
+    assert [int(i) for part in tok.encode_parts([text[:100], text[100:]]) for i in part] == naive
+    with pytest.raises(UserError) as error:
+        tok.encode_ids(text + "\uffff\x00")
+    assert "2 character(s) not in this run's vocabulary: '\\x00\\uffff'" in str(error.value)
+    skipping = CharTokenizer(CharConfig(unknown="skip"), "text")
+    skipping.fit([train])
+    assert skipping.encode_ids("\x01" + text + "\x00\uffff").tolist() == naive

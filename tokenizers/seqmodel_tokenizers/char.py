@@ -86,11 +86,13 @@ class CharTokenizer:
         return ModalitySpec(self.modality, vocab_size=len(self.chars), position=self.config.position)
 
     def _lookup(self) -> np.ndarray:
-        """code point -> id, -1 for characters outside the vocabulary (the last entry stands for
-        every code point beyond the table)."""
+        """code point -> id, `_unknown` for characters outside the vocabulary (the last entry
+        stands for every code point beyond the table). The table's dtype is the smallest that
+        holds every id and the marker (uint8 up to 255 characters), so ids need no conversion."""
         if self._table is None:
             top = max(ord(c) for c in self.chars) + 1
-            table = np.full(top + 1, -1, dtype=np.int16 if len(self.chars) < 2**15 else np.int32)
+            dtype = np.uint8 if len(self.chars) < 255 else np.uint16 if len(self.chars) < 65535 else np.uint32
+            table = np.full(top + 1, np.iinfo(dtype).max, dtype=dtype)
             table[[ord(c) for c in self.chars]] = np.arange(len(self.chars))
             self._table = table
         return self._table
@@ -99,7 +101,7 @@ class CharTokenizer:
         return self._ids(text).astype(np.int64)
 
     def _ids(self, text: str) -> np.ndarray:
-        """The ids of `text` (int16, or int32 for vocabularies of 32,768 characters or more)."""
+        """The ids of `text`, in the table's dtype."""
         table = self._lookup()
         if text.isascii():
             codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
@@ -107,10 +109,11 @@ class CharTokenizer:
             codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         top = len(table) - 1
         ids = table[codes] if codes.dtype == np.uint8 and top >= 127 else table[np.minimum(codes, top)]  # ASCII < 128
-        if (ids < 0).any():
+        unknown = ids == np.iinfo(table.dtype).max
+        if unknown.any():
             if self.config.unknown == "skip":
-                return ids[ids >= 0]
-            missing = sorted({chr(c) for c in codes[ids < 0]})
+                return ids[~unknown]
+            missing = sorted({chr(c) for c in codes[unknown]})
             raise UserError(f"char tokenizer: {len(missing)} character(s) not in this run's vocabulary: "
                             f"{''.join(missing[:20])!r} (set [tokenizer] unknown = \"skip\" to drop them)")
         return ids
