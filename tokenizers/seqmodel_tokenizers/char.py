@@ -59,10 +59,11 @@ class CharTokenizer:
         self.config, self.modality = config, modality
         self.chars: list[str] = []
         self._table: np.ndarray | None = None
+        self._translate: bytes | None = None
 
     def _set_vocab(self, chars: list[str]) -> None:
         self.chars = chars
-        self._table = None
+        self._table = self._translate = None
 
     def fit(self, values: Iterable[str]) -> None:
         """The vocabulary: every character of the training split (up to `fit_max_chars`)."""
@@ -97,12 +98,23 @@ class CharTokenizer:
             self._table = table
         return self._table
 
+    def _bytes_table(self) -> bytes:
+        """`_lookup` as a `bytes.translate` table for ASCII text (a vocabulary under 255 characters)."""
+        if self._translate is None:
+            table = self._lookup()
+            self._translate = bytes(table[np.minimum(np.arange(256), len(table) - 1)])
+        return self._translate
+
     def encode_ids(self, text: str) -> np.ndarray:
         return self._ids(text).astype(np.int64)
 
     def _ids(self, text: str) -> np.ndarray:
         """The ids of `text`, in the table's dtype."""
         table = self._lookup()
+        if text.isascii() and table.dtype == np.uint8:  # bytes.translate: several times faster than numpy indexing
+            translated = text.encode("ascii").translate(self._bytes_table())
+            if b"\xff" not in translated:  # no unknown character (else the general path names or skips them)
+                return np.frombuffer(translated, dtype=np.uint8)
         if text.isascii():
             codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
         else:

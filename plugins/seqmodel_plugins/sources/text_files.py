@@ -64,7 +64,9 @@ def decoded_blocks(path: str, start: int = 0) -> Iterator[tuple[int, str]]:
                                     "the text source reads UTF-8 files") from None
                 pos += len(block)
                 carry = "\r" if block and text.endswith("\r") else ""
-                text = (text[:-1] if carry else text).replace("\r\n", "\n")
+                text = text[:-1] if carry else text
+                if "\r" in text:  # a search is ~10x faster than a replace that finds nothing
+                    text = text.replace("\r\n", "\n")
                 if text:
                     yield begins, text
                 begins = pos - len(decoder.getstate()[0]) - len(carry)
