@@ -73,6 +73,16 @@ def _add_checkpoint(p) -> None:
                    help="which weights: latest (default), best ([train] keep_best) or a step number")
 
 
+def _add_prepare(sub):
+    p = sub.add_parser("prepare", help="fit the tokenizers and tokenize the splits once, for every later run",
+                       description="Fit a recipe's tokenizers and write its splits' prepared stores (what `run` does "
+                                   "first when they are missing); see docs/data.md.")
+    p.add_argument("recipe", help="a recipe .toml, or the name of a shipped recipe (seqmodel recipes)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--split", dest="splits", action="append", choices=["train", "val", "test"],
+                   help="a split to prepare (repeatable; default: train and val)")
+
+
 def _eval_options_help() -> str:
     """The evaluation options of every installed task (computed only when --help asks)."""
     from .docs import describe_fields
@@ -137,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, default=None, help="tokens to show (default: 32 for a pattern, the example's length for a recipe)")
     p.add_argument("--out", help="also write a PNG here")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    _add_prepare(sub)
     p = sub.add_parser("check", help="validate a recipe and build its model without training")
     p.add_argument("recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -267,6 +278,24 @@ def cmd_check(args) -> int:
           f"{n / 1e6:.2f} M parameters; tokenizers: "
           + ", ".join(f"{m}={b.name}" for m, b in recipe.tokenizers.items()) + f"; task {recipe.task.name}; "
           + ", ".join(f"first {split} batch loss {loss:.3f}" for split, loss in losses.items()) + ")")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from .pipeline import Pipeline
+    from .prepare import prepare
+    from .presets import resolve
+    from .recipe import load_recipe
+
+    pipe = Pipeline(load_recipe(resolve(args.recipe), args.overrides))
+    pipe.fit()
+    rows = prepare(pipe, args.splits or ("train", "val"))
+    for row in rows:
+        print(f"{row['split']:<5}  {row['modality']}  {row['tokens']:>14,} tokens  {row['dtype']:<6}  "
+              f"{'prepared now' if row['built'] else 'ready':<12}  {row['folder']}")
+    if not rows:
+        print(f"{args.recipe}: tokenizers fitted; the {pipe.recipe.task.name!r} task reads its examples directly "
+              "(no token stream to prepare)")
     return 0
 
 
@@ -414,8 +443,8 @@ def show_plugin(name: str | None) -> int:
 
 
 COMMANDS = {"run": cmd_run, "sample": cmd_sample, "score": cmd_score, "eval": cmd_eval, "predict": cmd_predict,
-            "export": cmd_export, "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "plugins": cmd_plugins,
-            "recipes": cmd_recipes, "runs": cmd_runs, "completion": cmd_completion}
+            "export": cmd_export, "tokenize": cmd_tokenize, "mask": cmd_mask, "check": cmd_check, "prepare": cmd_prepare,
+            "plugins": cmd_plugins, "recipes": cmd_recipes, "runs": cmd_runs, "completion": cmd_completion}
 
 
 def not_utf8(argv: list[str]) -> str | None:

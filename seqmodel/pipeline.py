@@ -47,12 +47,16 @@ class Pipeline:
     def examples(self, split: str):
         """The raw examples of a split (loaded once)."""
         if split not in self._examples:
-            try:
-                self._examples[split] = self.source.split(split)
-            except UserError as err:
-                where = self.recipe.path
-                raise UserError(str(err) if str(err).startswith(where) else f"{where}: [data] {err}") from None
+            self._examples[split] = self.from_source(self.source.split, split)
         return self._examples[split]
+
+    def from_source(self, method, *args):
+        """`method(*args)` of the source, its one-line errors naming the recipe's [data] table."""
+        try:
+            return method(*args)
+        except UserError as err:
+            where = self.recipe.path
+            raise UserError(str(err) if str(err).startswith(where) else f"{where}: [data] {err}") from None
 
     def check_fields(self) -> None:
         have = tuple(self.source.fields)
@@ -69,21 +73,30 @@ class Pipeline:
         return TaskContext(tokenizers=dict(self.tokenizers), fields=dict(self.fields), model=r.model, seed=r.train.seed,
                            batch_size=r.train.batch_size, sample=r.sample, examples=self.examples,
                            source_fields=tuple(self.source.fields), info=info, eval_batches=r.train.eval_batches,
-                           where=r.path, plugins=plugins)
+                           where=r.path, plugins=plugins, prepared=self.prepared)
+
+    @cached_property
+    def prepared(self):
+        """The split streams' prepared stores (`seqmodel.prepare.Prepared`)."""
+        from .prepare import Prepared
+
+        return Prepared(self)
 
     def fit(self, states: Mapping[str, Path] | None = None) -> None:
-        """Fit every tokenizer on its field of the training split (or load each one's saved state
-        from `states`, modality -> directory: a warm start), then set up the task."""
+        """Fit every tokenizer on its field of the training split (or reuse the state an earlier fit
+        on the same data left, `seqmodel.prepare`; or load each one's saved state from `states`,
+        modality -> directory: a warm start), then set up the task."""
+        from .prepare import fit_tokenizer
+
         self.check_fields()
         if states is not None:
             for m, tok in self.tokenizers.items():
                 tok.load(states[m])
             self.task.setup(self.context())
             return
-        train = self.examples("train")
-        for m, tok in self.tokenizers.items():
+        for m in self.tokenizers:
             try:
-                tok.fit(ex[self.fields[m]] for ex in train)
+                fit_tokenizer(self, m, self.prepared.identity)
             except UserError:
                 raise
             except Exception as err:  # e.g. a tokenizer fed a field of the wrong kind

@@ -92,6 +92,7 @@ TOKENIZER_CAPABILITIES: dict[str, tuple[str, ...]] = {
     "compare": ("same",),  # same(value, decoded) -> bool, for a lossy or re-represented decode
     "modalities": ("specs",),  # specs() -> {role: ModalitySpec}: a tokenizer of several modalities
     "hf_tokenizer": ("hf_tokenizer",),  # hf_tokenizer() -> a HuggingFace `tokenizers.Tokenizer` (`seqmodel export --format hf`)
+    "parts": ("encode_parts",),  # encode_parts(parts) -> the ids of the joined value, part by part; fit takes parts as values (see `Parts`)
 }
 """Tokenizer capability -> the members a tokenizer declaring it must have."""
 
@@ -108,8 +109,31 @@ class Source(Protocol):
 
 SOURCE_CAPABILITIES: dict[str, tuple[str, ...]] = {
     "info": ("info",),  # info() -> {"label_names": [...], "env_id": ...}: facts tasks may read
+    "parts": ("parts",),  # parts(split, field) -> `Parts` (long values read piece by piece), or None for that field
+    "resume": ("resumable",),  # resumable(split) -> whether `split` gives an iterable with state_dict() and
+    # load_state_dict(state) (as datasets.IterableDataset): a preparation killed part-way continues from there
 }
 """Source capability -> the members a source declaring it must have."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A split's values of one field, each read in parts: what a source declaring "parts" gives,
+    so that a value too long to hold (a 2 GB text file) never becomes one Python object.
+
+    Joined, a document's parts are the value `split` would give; the documents come in the order
+    of `split`. A source and a tokenizer that both declare "parts" agree on where a value may be
+    cut: for text, only before a line break that follows a non-space character, where no text
+    tokenizer of this project joins characters into one token. The tokenizer then encodes the
+    parts (`encode_parts`) and fits on them as if they were the values.
+
+    Attributes:
+        documents: one iterable of parts per example.
+        nbytes: the size of what is read, in bytes, when known (progress bars).
+    """
+
+    documents: Iterable[Iterable[Any]]
+    nbytes: int | None = None
 
 
 def declared(obj: Any) -> frozenset[str]:

@@ -33,6 +33,7 @@ from .segments import Segment, TokenSet
 if TYPE_CHECKING:
     from .generate import SampleConfig
     from .model import ModelConfig, Transformer
+    from .store import TokenStream
 
 SPLITS = ("train", "val", "test")
 
@@ -148,6 +149,8 @@ class TaskContext:
         examples: split name -> that split's raw examples (loaded once, lazily).
         where: the recipe's path, for error messages.
         plugins: modality -> "tokenizer plugin 'name' (distribution D V)", for error messages.
+        prepared: (modality, split) -> that split's id stream from its prepared store
+            (`seqmodel.prepare.Prepared`); None encodes streams in memory.
     """
 
     tokenizers: Mapping[str, Any]
@@ -162,6 +165,7 @@ class TaskContext:
     eval_batches: int = 20
     where: str = "<recipe>"
     plugins: Mapping[str, str] = field(default_factory=dict)
+    prepared: Callable[[str, str], Any] | None = None
 
     @cached_property
     def source_info(self) -> Mapping[str, Any]:
@@ -211,9 +215,18 @@ class TaskContext:
             raise UserError(f"{who}: encode gave a segment that does not fit: {problem}")
         return seg
 
-    def stream(self, modality: str, split: str) -> Tensor:
-        """A split's values of `modality` as one id stream (int64), in document order, with the
-        tokenizer's separator id between documents when it declares "separator"."""
+    def stream(self, modality: str, split: str) -> Tensor | TokenStream:
+        """A split's values of `modality` as one id stream, in document order, with the
+        tokenizer's separator id between documents when it declares "separator": memory-mapped
+        from its prepared store (a `TokenStream`, tokenized once for every run) when the pipeline
+        gives one, else encoded here into an int64 tensor. Both index alike: ``len(s)``, and
+        ``s[a:b]`` or ``s[index_tensor]`` give int64 tensors."""
+        if self.prepared is not None:
+            return self.prepared(modality, split)
+        return self.encode_stream(modality, split)
+
+    def encode_stream(self, modality: str, split: str) -> Tensor:
+        """`stream` encoded in memory (the reference the prepared stores are built to equal)."""
         tok = self.tokenizers[modality]
         eot = tok.eot_id if can(tok, "separator") else None
         parts = []

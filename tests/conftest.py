@@ -1,11 +1,14 @@
 """Shared fixtures: a small deterministic text corpus and an in-process CLI runner."""
 
+import atexit
 import contextlib
 import io
 import json
 import os
 import random
+import shutil
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SEQMODEL = [sys.executable, "-m", "seqmodel"]
+
+if "SEQMODEL_STORES" not in os.environ:  # the test runs' prepared stores stay out of the user's cache
+    os.environ["SEQMODEL_STORES"] = tempfile.mkdtemp(prefix="seqmodel-test-stores-")
+    atexit.register(shutil.rmtree, os.environ["SEQMODEL_STORES"], True)
 
 WORDS = ("the king queen lord doth thou art not my good sir shall be to and of what love "
          "death night day sweet fair heart hath speak come go well now").split()

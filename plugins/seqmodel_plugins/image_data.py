@@ -196,8 +196,8 @@ def imagefolder_examples(root: str | os.PathLike) -> tuple[list[dict], list[str]
     """Load a class-per-folder image tree: ``root/<class name>/<image file>``.
 
     Classes are the sub-folders in sorted name order (label i is ``label_names[i]``); images are
-    read eagerly with `load_image` in sorted file order. Hidden files and folders are skipped;
-    files directly under ``root`` are ignored.
+    read eagerly with `load_image` in sorted file order (`imagefolder_files` lists them without
+    reading). Hidden files and folders are skipped; files directly under ``root`` are ignored.
 
     Args:
         root: the folder holding one sub-folder per class.
@@ -209,6 +209,13 @@ def imagefolder_examples(root: str | os.PathLike) -> tuple[list[dict], list[str]
         UserError: ``root`` is missing or not a folder, holds no class folders, a class folder
             holds no images, or a file there is not a readable image.
     """
+    files, names = imagefolder_files(root)
+    return [{"image": load_image(file), "label": label} for file, label in files], names
+
+
+def imagefolder_files(root: str | os.PathLike) -> tuple[list[tuple[Path, int]], list[str]]:
+    """The (image file, label) pairs of a class-per-folder tree and the class names, checked as
+    `imagefolder_examples` checks them but without reading the images."""
     root = Path(root)
     if not root.exists():
         raise UserError(f"image folder {root} does not exist; expected {_EXPECTED}")
@@ -217,7 +224,7 @@ def imagefolder_examples(root: str | os.PathLike) -> tuple[list[dict], list[str]
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise UserError(f"image folder {root} has no class sub-folders; expected {_EXPECTED}")
-    examples = []
+    found = []
     for label, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.iterdir() if not p.name.startswith("."))
         if not files:
@@ -228,5 +235,5 @@ def imagefolder_examples(root: str | os.PathLike) -> tuple[list[dict], list[str]
                     f"{file} is not an image file; class folder {class_dir} may hold only "
                     f"{_EXTENSIONS} files"
                 )
-            examples.append({"image": load_image(file), "label": label})
-    return examples, [p.name for p in class_dirs]
+            found.append((file, label))
+    return found, [p.name for p in class_dirs]

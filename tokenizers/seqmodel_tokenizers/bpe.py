@@ -18,7 +18,9 @@ they are special tokens, the string itself is left out). Training streams the sp
 
 Long texts are encoded in parallel with the library's batch encoder, cut before every newline
 that follows a non-space character: no GPT-2 pre-token spans such a point and the regex has no
-look-behind, so the pieces encode exactly as the whole text would.
+look-behind, so the pieces encode exactly as the whole text would. For the same reason a text
+read in parts cut at such points (capability "parts": a large file) trains and encodes part by
+part exactly as the whole text would.
 
 References:
     Sennrich et al., "Neural Machine Translation of Rare Words with Subword Units", ACL 2016.
@@ -157,7 +159,7 @@ class BPETokenizer:
 
     Config = BPEConfig
     FILE = FILE
-    capabilities = ("pieces", "separator", "examples", "hf_tokenizer")
+    capabilities = ("pieces", "separator", "examples", "hf_tokenizer", "parts")
     eot_id: int | None = None
     """The end-of-text id (None without one), set by `fit`/`load`."""
 
@@ -250,6 +252,19 @@ class BPETokenizer:
 
     def encode(self, value: str, *, train: bool = False) -> Segment:
         return Segment(self.modality, ids=torch.from_numpy(self.encode_ids(value)))
+
+    def encode_parts(self, parts: Iterable[str]) -> Iterator[np.ndarray | Segment]:
+        """The ids of a text given in parts cut before a newline that follows a non-space
+        character (`seqmodel.plugin.Parts`): part by part, as the batch encoder cuts long texts;
+        joined first when this tokenizer's settings make such cuts inexact. A subclass's own
+        `encode`, when it has one, encodes each part."""
+        self._need()
+        if type(self).encode is not BPETokenizer.encode:
+            yield from (self.encode(part) for part in parts)
+        elif not self._cuttable:
+            yield self.encode_ids("".join(parts))
+        else:
+            yield from (self.encode_ids(part) for part in parts)
 
     def decode_ids(self, ids) -> str:
         """The text of a list of ids (invalid UTF-8 at a cut multi-byte character becomes U+FFFD)."""

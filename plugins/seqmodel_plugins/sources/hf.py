@@ -16,13 +16,16 @@ Offline, use the local builders: ``name = "text"`` (one example per line; ``opti
 the hub into the datasets cache (``cache_dir`` or ``$HF_DATASETS_CACHE``); pin ``revision`` so a
 run's data cannot change under it.
 
-Streaming (``streaming = true``) reads examples lazily from the files or the hub instead of
-preparing the whole dataset on disk first: `split` returns an iterable that starts a new pass on
-each iteration. Tasks still read what they need from it (the `lm` task reads a split once into
-one id stream; map-style tasks collect the split into a list), so memory is not saved, only the
-Arrow preparation. A resumed run reads the stream again from its start, so it continues exactly
-only if the data behind the stream has not changed (pin `revision`); the run's data fingerprint
-cannot see a remote change in streaming mode.
+Without streaming, the prepared dataset stays in `datasets`' memory-mapped Arrow files; rows
+are converted when read. Streaming (``streaming = true``) reads examples lazily from the files or
+the hub instead of preparing the whole dataset on disk first: `split` returns an iterable that
+starts a new pass on each iteration. A token-stream task (`lm`, `mlm`) reads it once, example by
+example, into its prepared store (`seqmodel.prepare`), which every later run maps; a preparation
+killed part-way continues where it stopped (`Stream.state_dict`, on `datasets`'
+`IterableDataset.state_dict`). Map-style tasks collect the split into a list. The identity (the
+store's key and the resume guard's data fingerprint) holds the size and modification time of
+local data files, so a changed local file is a new store and a refused resume; a remote stream
+is only known by its name and `revision`, so pin the revision.
 """
 
 from __future__ import annotations
@@ -133,15 +136,46 @@ class Rows(Sequence):
 
 class Stream:
     """A streamed split: each iteration is a new pass; `part` picks "all", "train" or "val"
-    examples by `in_val`."""
+    examples by `in_val`. `state_dict()` is the position after the example last yielded;
+    `load_state_dict(state)` makes the next pass start there (then passes start over)."""
 
     def __init__(self, dataset, columns: dict[str, str], part: str = "all", seed: int = 0, fraction: float = 0.0) -> None:
         self.dataset, self.columns, self.part, self.seed, self.fraction = dataset, columns, part, seed, fraction
+        self._index, self._start = 0, 0
 
     def __iter__(self) -> Iterator[dict]:
-        for index, row in enumerate(self.dataset):
+        start, self._start = self._start, 0
+        for index, row in enumerate(self.dataset, start):
+            self._index = index + 1
             if self.part == "all" or in_val(self.seed, index, self.fraction) == (self.part == "val"):
                 yield convert(row, self.columns)
+
+    def state_dict(self) -> dict:
+        return {"dataset": self.dataset.state_dict(), "index": self._index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.load_state_dict(state["dataset"])
+        self._start = self._index = int(state["index"])
+
+
+def local_files(data_files, data_dir: str) -> dict[str, list[int]]:
+    """path -> [size, modification time (ns)] of the local files `data_files` (a path or glob, a
+    list or a table of them) and `data_dir` name; hub names match no local file."""
+    import glob
+    import os
+
+    patterns = []
+    for value in (data_files.values() if isinstance(data_files, dict) else [data_files]):
+        patterns += value if isinstance(value, list) else [value] if value else []
+    if data_dir:
+        patterns.append(os.path.join(data_dir, "**", "*"))
+    found = {}
+    for pattern in patterns:
+        for path in sorted(glob.glob(os.path.expanduser(str(pattern)), recursive=True)):
+            if os.path.isfile(path):
+                st = os.stat(path)
+                found[os.path.abspath(path)] = [st.st_size, st.st_mtime_ns]
+    return found
 
 
 def check_local_files(data_files) -> None:
@@ -167,7 +201,7 @@ class HFSource:
     """A HuggingFace `datasets` dataset; see the module docstring."""
 
     Config = HFConfig
-    capabilities = ("info",)
+    capabilities = ("info", "resume")
 
     def __init__(self, config: HFConfig) -> None:
         self.config = config
@@ -212,6 +246,10 @@ class HFSource:
             return self._wrap(splits[named[name]], "all")
         return self._wrap(splits[c.train_split], name)
 
+    def resumable(self, split: str) -> bool:
+        """Streamed splits can say where they are and start there (`Stream.state_dict`)."""
+        return self.config.streaming
+
     def _wrap(self, dataset, part: str) -> Rows | Stream:
         columns, c = self.config.columns(), self.config
         dataset = dataset.select_columns(list(dict.fromkeys(columns.values())))
@@ -239,7 +277,8 @@ class HFSource:
     def identity(self) -> dict:
         c = self.config
         fingerprints = {k: getattr(v, "_fingerprint", None) for k, v in self._splits.items()}
-        return {"source": "hf", "name": c.name, "config": c.config, "data_files": c.data_files, "data_dir": c.data_dir,
+        local = local_files(c.data_files, c.data_dir) if c.streaming else {}
+        return {"source": "hf", "name": c.name, **({"local_files": local} if local else {}), "config": c.config, "data_files": c.data_files, "data_dir": c.data_dir,
                 "revision": c.revision, "options": c.options, "columns": c.columns(), "streaming": c.streaming,
                 "splits": [c.train_split, c.val_split, c.test_split], "val_fraction": c.val_fraction,
                 "seed": c.seed, "fingerprints": fingerprints}

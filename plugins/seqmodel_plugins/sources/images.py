@@ -8,12 +8,15 @@ same proportion in train, val and test) and a pure function of `split_seed`.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 from seqmodel.errors import UserError
 
-from seqmodel_plugins.image_data import DIGIT_NAMES, digits_examples, imagefolder_examples, stratified_split
+from seqmodel_plugins.image_data import DIGIT_NAMES, digits_examples, imagefolder_files, load_image, stratified_split
 
 SPLITS = ("train", "val", "test")
 
@@ -116,8 +119,35 @@ class ImageFolderConfig:
         return _fraction_problems(self.val_fraction, self.test_fraction)
 
 
+class ImageFile(Mapping):
+    """One example of an image folder, ``{"image": ..., "label": ...}``, whose image is decoded
+    (`load_image`) each time it is read: a folder of any size costs only its file list in memory."""
+
+    def __init__(self, path: Path, label: int) -> None:
+        self.path, self.label = path, label
+
+    def __getitem__(self, key: str):
+        if key == "image":
+            return load_image(self.path)
+        if key == "label":
+            return self.label
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in ("image", "label")
+
+    def __iter__(self):
+        return iter(("image", "label"))
+
+    def __len__(self) -> int:
+        return 2
+
+
 class ImageFolderSource:
-    """Local images, one sub-folder per class (classes in sorted folder-name order)."""
+    """Local images, one sub-folder per class (classes in sorted folder-name order). Images are
+    decoded per example when read; the first time a tree is seen every image is decoded once, to
+    check it and to compute the identity, which is then kept (keyed by every file's path, size
+    and times) so a later run starts without reading the images."""
 
     Config = ImageFolderConfig
     fields = ("image", "label")
@@ -135,12 +165,14 @@ class ImageFolderSource:
         return self._loaded[1]
 
     @cached_property
-    def _loaded(self) -> tuple[dict[str, list[dict]], list[str]]:
+    def _loaded(self) -> tuple[dict[str, list[ImageFile]], list[str]]:
         c = self.config
         if c.path:
-            examples, names = imagefolder_examples(c.path)
+            files, names = imagefolder_files(c.path)
+            examples = [ImageFile(f, y) for f, y in files]
             return _split(examples, c.split_seed, c.val_fraction, c.test_fraction), names
-        examples, names = imagefolder_examples(c.train)
+        files, names = imagefolder_files(c.train)
+        examples = [ImageFile(f, y) for f, y in files]
         own = {s: self._folder(getattr(c, s), names) for s in ("val", "test") if getattr(c, s)}
         val = 0.0 if "val" in own else c.val_fraction
         test = 0.0 if "test" in own else c.test_fraction
@@ -148,19 +180,43 @@ class ImageFolderSource:
         return {**splits, **own}, names
 
     @staticmethod
-    def _folder(folder: str, names: list[str]) -> list[dict]:
-        examples, own_names = imagefolder_examples(folder)
+    def _folder(folder: str, names: list[str]) -> list[ImageFile]:
+        files, own_names = imagefolder_files(folder)
         for name in own_names:
             if name not in names:
                 raise UserError(f"{folder}: class folder {name!r} is not one of the training classes ({', '.join(names)})")
         remap = [names.index(n) for n in own_names]
-        return [{**ex, "label": remap[ex["label"]]} for ex in examples]
+        return [ImageFile(f, remap[y]) for f, y in files]
 
-    def split(self, name: str) -> list[dict]:
+    def split(self, name: str) -> list[ImageFile]:
         _check_split(name)
+        self._digests  # the first sight of a tree reads (and so checks) every image
         return self._loaded[0].get(name, [])
 
-    def identity(self) -> dict:
+    @cached_property
+    def _digests(self) -> dict[str, str]:
+        """split -> sha256 of its decoded images and labels, kept per state of the files."""
+        from seqmodel import store
+
         splits = self._loaded[0]
-        return {"source": "imagefolder", **self.config.__dict__,
-                "sha256": {s: _digest(splits.get(s, [])) for s in SPLITS}}
+        rows = [[str(ex.path), *_file_state(ex.path), ex.label] for s in SPLITS for ex in splits.get(s, [])]
+        folder = store.prepared_root() / "images" / hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+        with store.locked(folder):
+            if store.is_complete(folder):
+                try:
+                    return json.loads((folder / "digests.json").read_text())
+                except (OSError, ValueError):
+                    pass
+            digests = {s: _digest([{"image": ex["image"], "label": ex.label} for ex in splits.get(s, [])]) for s in SPLITS}
+            store.remove_leftovers(folder)
+            with store.new_folder(folder) as tmp:
+                (tmp / "digests.json").write_text(json.dumps(digests))
+            return digests
+
+    def identity(self) -> dict:
+        return {"source": "imagefolder", **self.config.__dict__, "sha256": self._digests}
+
+
+def _file_state(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino

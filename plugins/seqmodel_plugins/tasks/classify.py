@@ -11,6 +11,7 @@ stays modality-agnostic (ViT, Dosovitskiy et al. 2021). Label names travel with 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -62,6 +63,22 @@ class ClassifyConfig:
         if self.report_images < 0:
             bad.append(("report_images", f"must not be negative, got {self.report_images}"))
         return bad
+
+
+class Labelled(Sequence):
+    """(input value, class index) pairs of a split's examples; the value is read from its example
+    each time (an image folder decodes the image then), so a large split is not held in memory."""
+
+    def __init__(self, examples: Sequence, field: str, labels: list[int]) -> None:
+        self.examples, self.field, self.labels = examples, field, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return self.examples[i][self.field], self.labels[i]
 
 
 class ClassifyTask:
@@ -131,16 +148,19 @@ class ClassifyTask:
         return index
 
     @per_split
-    def items(self, split: str) -> list[tuple[object, int]]:
-        """(input value, class index) for every example of a split."""
-        field = self.ctx.fields[self.modality]
-        try:
-            rows = [(ex[field], self.label_index(ex[self.config.label_field])) for ex in self.ctx.examples(split)]
-        except KeyError as err:
-            raise UserError(f"[task] label_field: an example of the {split} split has no field {err}") from None
-        if not rows:
+    def items(self, split: str) -> Labelled:
+        """(input value, class index) for every example of a split (a value is read when asked)."""
+        field, examples = self.ctx.fields[self.modality], self.ctx.examples(split)
+        examples = examples if isinstance(examples, Sequence) else list(examples)  # a stream is read once
+        labels = []
+        for ex in examples:
+            for key in (field, self.config.label_field):
+                if key not in ex:
+                    raise UserError(f"[task] label_field: an example of the {split} split has no field {key!r}")
+            labels.append(self.label_index(ex[self.config.label_field]))
+        if not labels:
             raise UserError(f"[data] the {split} split has no examples")
-        return rows
+        return Labelled(examples, field, labels)
 
     def segments(self, value, train: bool = False, generator: torch.Generator | None = None) -> list[Segment]:
         """One example's token set: [class token,] the input's segment."""
