@@ -18,7 +18,8 @@ The best combination takes, from each group of alternatives (the MLP, the K/V he
 with the lowest mean loss at equal steps (`--criterion time`: at equal wall time, `speed`: at
 equal paced time) when it beats the baseline's; `--best a,b` names it instead. Seeds are the
 outer loop of training, so contention spreads over all options alike. `--from-json` re-reads the
-training runs of an earlier result (and re-measures speed).
+training runs of an earlier result (and re-measures speed); `--resume` continues an interrupted
+ablation from the runs its `--json` file holds.
 
     python benchmarks/ablate.py --shape baby --seeds 3 --json benchmarks/results/ablate_baby.json
     python benchmarks/ablate.py --shape default --seeds 1 --steps 300 --options baseline,swiglu
@@ -180,27 +181,41 @@ def resolve(names: list[str], heads: int) -> dict[str, list[str]]:
 
 
 def run_all(recipe: Path, options: dict[str, list[str]], seeds: list[int], common: list[str], tmp: Path,
-            runs: dict[str, list[dict]]) -> None:
+            runs: dict[str, list[dict]], save) -> None:
+    """Train each (seed, option) not in `runs` yet (runs[name] stay in seed order); `save()` after each."""
     for seed in seeds:
         for name, overrides in options.items():
-            r = train_one(recipe, [*common, f"train.seed={seed}", *overrides], tmp / f"{name}-{seed}")
+            full = [*common, f"train.seed={seed}", *overrides]
+            if any(r["overrides"] == full for r in runs.get(name, [])):
+                continue
+            r = train_one(recipe, full, tmp / f"{name}-{seed}")
             runs.setdefault(name, []).append(r)
+            save()
             print(f"  {name} seed {seed}: val {r['val_loss']:.4f} at step {r['steps']}, {r['train_s']:.0f} s, "
                   f"{r['tokens_per_s']:,.0f} tok/s", file=sys.stderr, flush=True)
 
 
 def train_all(args, recipe: Path, options: dict[str, list[str]], common: list[str], tmp: Path, heads: int) -> dict[str, list[dict]]:
-    """Each option over the seeds, then the best combination (added to `options`)."""
+    """Each option over the seeds, then the best combination (added to `options`). With `--resume`
+    the runs already in `--json` are kept; the file is rewritten after every run."""
     seeds = list(range(args.seeds))
     runs: dict[str, list[dict]] = {}
-    run_all(recipe, options, seeds, common, tmp, runs)
+    if args.resume and args.json and args.json.is_file():
+        runs = json.loads(args.json.read_text())["runs"]
+
+    def save():
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"partial": True, "common": common, "runs": runs}, indent=1))
+
+    run_all(recipe, options, seeds, common, tmp, runs, save)
     best = args.best.split(",") if args.best is not None else choose_best(summarise(runs), args.criterion)
     best = [b for b in best if b]
     if len(best) > 1:
         combo = resolve(best, heads)
         name = "best: " + "+".join(best)
         options[name] = [o for b in best for o in combo[b]]
-        run_all(recipe, {name: options[name]}, seeds, common, tmp, runs)
+        run_all(recipe, {name: options[name]}, seeds, common, tmp, runs, save)
     return runs
 
 
@@ -211,20 +226,23 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
     ap.add_argument("--steps", type=int, help="override the recipe's train.steps (the schedule follows)")
     ap.add_argument("--eval-every", type=int, help="override the recipe's train.eval_every")
+    ap.add_argument("--threads", type=int, help="train.threads (1 is far faster than 2 on a 2-core machine others also use)")
     ap.add_argument("--options", default=DEFAULT_OPTIONS, help=f"comma-separated, of: {', '.join(OPTIONS)}")
     ap.add_argument("--best", help="the combination to run, comma-separated ('' skips it; default: chosen)")
     ap.add_argument("--criterion", default="steps", choices=["steps", "time", "speed"], help="how the best combination is chosen")
     ap.add_argument("--speed-rounds", type=int, default=3, help="side-by-side speed rounds (0: pace each run by itself)")
     ap.add_argument("--speed-steps", type=int, default=60)
     ap.add_argument("--from-json", type=Path, help="take the training runs from an earlier result")
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, help="write the result here (and the runs so far after each run)")
+    ap.add_argument("--resume", action="store_true", help="keep the runs already in --json")
     args = ap.parse_args(argv)
 
     from seqmodel.recipe import load_recipe
 
     recipe = (args.recipe or SHAPES[args.shape]).resolve()
     common = ["sample.num_samples=0", "train.checkpoint_every=1000000"]
-    common += [f"train.steps={args.steps}"] * (args.steps is not None) + [f"train.eval_every={args.eval_every}"] * (args.eval_every is not None)
+    for key, value in (("steps", args.steps), ("eval_every", args.eval_every), ("threads", args.threads)):
+        common += [f"train.{key}={value}"] * (value is not None)
     names = [n for n in args.options.split(",") if n]
     heads = load_recipe(recipe).model.heads
     options = resolve(["baseline", *[n for n in names if n != "baseline"]], heads)
@@ -240,7 +258,7 @@ def main(argv=None) -> dict:
     rows = summarise(runs, speed)
     seeds = sorted({int(o.split("=")[1]) for rs in runs.values() for r in rs for o in r["overrides"] if o.startswith("train.seed=")})
     print(f"\n{recipe.name}, seeds {seeds}, common overrides {' '.join(common)}; started {started}, "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads\n")
+          f"{platform.processor() or platform.machine()}\n")
     print(table(rows, options))
     result = {"recipe": str(recipe), "seeds": seeds, "common": common, "started": started, "argv": sys.argv[1:],
               "torch": torch.__version__, "rows": rows, "speed": speed, "runs": runs}

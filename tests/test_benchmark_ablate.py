@@ -57,6 +57,9 @@ def test_a_tiny_ablation_end_to_end(tmp_path, corpus, capsys):
     assert "| best: swiglu+mqa |" in capsys.readouterr().out and (tmp_path / "out.json").is_file()
     assert set(result["speed"]) == set(result["rows"]) and result["rows"]["mqa"]["paced_by"] == "side-by-side"
     again = ablate.main(["--recipe", str(recipe), "--from-json", str(tmp_path / "out.json"), "--speed-rounds", "0"])
+    resumed = ablate.main(["--recipe", str(recipe), "--seeds", "1", "--options", "baseline,swiglu,mqa", "--best", "swiglu,mqa",
+                           "--speed-rounds", "0", "--json", str(tmp_path / "out.json"), "--resume"])
+    assert resumed["runs"] == again["runs"]  # nothing retrained
     assert again["runs"] == json.loads(json.dumps(result["runs"])) and again["rows"]["best: swiglu+mqa"]["val_loss"] == result["rows"]["best: swiglu+mqa"]["val_loss"]
 
 
