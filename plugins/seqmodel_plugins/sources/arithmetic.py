@@ -11,7 +11,9 @@ Lengths: problem i of a split is a `digits`-digit problem, `digits` cycling thro
 lengths (train and val: `min_digits` .. `max_digits`; test: `test_digits`, which may hold lengths
 longer than any seen in training). One operand has exactly `digits` digits, the other between
 min(`min_digits`, `digits`) and `digits` (which of the two is longer is a coin flip); a one-digit
-operand is 0-9. For "-" the larger operand comes first, so no answer is negative.
+operand is 0-9. For "-" the larger operand comes first, so no answer is negative. With `pad`,
+both operands are written with `digits` digits and the answer with the most it can have
+("045+123=", "8610" reversed): every digit of a length then sits at a fixed position.
 
 Held-out problems: a hash of (`seed`, a, op, b) assigns every problem of the training lengths to
 exactly one split (`held_out` of them to val, as many to test, the rest to train); a split's
@@ -58,7 +60,7 @@ class ArithmeticConfig:
     pad: bool = False
     """Zero-pad both operands to the problem's length and the answer to the longest answer of that
     length ("123+045=", "0168" before reversing), so each digit of a length has a fixed position
-    (as the minGPT adder does)."""
+    (minGPT's adder pads likewise)."""
     train_size: int = 200_000
     """Problems in the train split (generated when read, never stored)."""
     val_size: int = 2000

@@ -17,7 +17,10 @@ stream instead, and its mask must not let the target see ahead.
 Decoding is `seqmodel.generate.generate` with the encoder output as `context` (cross K/V
 computed once, KV cache for self-attention), greedy or sampled. `evaluate` reports the
 teacher-forced loss, the character error rate (Levenshtein distance over the reference length,
-summed over the split) and the exact-match rate of the decoded strings.
+summed over the split) and the exact-match rate of the decoded strings, per value of a source
+field too with `group_by` (accuracy by operand length ...). `seqmodel sample --prompt` reads a
+file when the input tokenizer reads files (images, sounds), else takes the prompt as the input
+itself (a typed question).
 
 References: Sutskever et al. 2014 (sequence to sequence); Vaswani et al. 2017 (encoder-decoder
 Transformer); Radford et al. 2022 (Whisper: log-mel encoder, text decoder).
