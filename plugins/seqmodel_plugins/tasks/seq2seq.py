@@ -17,7 +17,10 @@ stream instead, and its mask must not let the target see ahead.
 Decoding is `seqmodel.generate.generate` with the encoder output as `context` (cross K/V
 computed once, KV cache for self-attention), greedy or sampled. `evaluate` reports the
 teacher-forced loss, the character error rate (Levenshtein distance over the reference length,
-summed over the split) and the exact-match rate of the decoded strings.
+summed over the split) and the exact-match rate of the decoded strings, per value of a source
+field too with `group_by` (accuracy by operand length ...). `seqmodel sample --prompt` reads a
+file when the input tokenizer reads files (images, sounds), else takes the prompt as the input
+itself (a typed question).
 
 References: Sutskever et al. 2014 (sequence to sequence); Vaswani et al. 2017 (encoder-decoder
 Transformer); Radford et al. 2022 (Whisper: log-mel encoder, text decoder).
@@ -42,7 +45,7 @@ from seqmodel.plots import figure
 from seqmodel.plugin import ModalitySpec
 from seqmodel.progress import progress
 from seqmodel.segments import Segment, TokenSet, collate
-from seqmodel.task import EpochBatches, TaskContext, chunks, per_split
+from seqmodel.task import EpochBatches, TaskContext, can, chunks, per_split
 
 
 @dataclass
@@ -64,6 +67,9 @@ class Seq2SeqConfig:
     bucket: int = 8
     """Training order sorts examples by input length within blocks of this many batches, so a
     batch pads little (0 or 1: plain shuffling)."""
+    group_by: str = ""
+    """A source field: `evaluate` adds the exact-match rate and count of each of its values
+    (e.g. "digits" for accuracy by operand length); "" for none."""
 
     def validate(self) -> list[tuple[str, str]]:
         """(key, problem) pairs; empty when valid."""
@@ -161,6 +167,10 @@ class Seq2SeqTask:
                                 f"(have: {', '.join(t for t in toks if t != self.target)})")
         if not self.inputs:
             raise UserError("[task] inputs: seq2seq needs at least one input tokenizer besides the target")
+        group = self.config.group_by
+        if group and ctx.source_fields and group not in ctx.source_fields:
+            raise UserError(f"{ctx.where}: [task] group_by: the source has no field {group!r} "
+                            f"(it has: {', '.join(ctx.source_fields)})")
         before = [(m, 4) for m in self.inputs] if self.prefix else []  # a prefix decoder reads the inputs first
         view = layout_view([*before, (self.target, 8)])
         try:
@@ -280,6 +290,13 @@ class Seq2SeqTask:
                             f"({', '.join(self.inputs)}); use the Python API")
         return (self.ctx.read_input(self.inputs[0], path),)
 
+    def prompt_values(self, prompt: str) -> tuple:
+        """`sample --prompt`: a file when the input tokenizer reads files (images, sounds), else
+        the input value itself (a typed question)."""
+        if len(self.inputs) == 1 and not can(self.ctx.tokenizers[self.inputs[0]], "read_file"):
+            return (prompt,)
+        return self.read(prompt)
+
     @decoding_threads()
     def predict(self, model, paths: list[str]) -> list[dict]:
         """Greedy transcriptions of input files: [{"file", "text"}, ...]."""
@@ -288,12 +305,13 @@ class Seq2SeqTask:
 
     @decoding_threads()
     def generate(self, model, prompt: str, cfg: SampleConfig, use_cache: bool = True) -> str:
-        """`seqmodel sample RUN --prompt FILE`: one transcription of FILE, with the sample settings."""
+        """`seqmodel sample RUN --prompt INPUT`: one output for INPUT (a file, or the input text
+        itself when the input tokenizer does not read files), with the sample settings."""
         prompt = prompt.strip()
         if not prompt:
-            raise UserError("seq2seq: give the input file to transcribe as the prompt (--prompt FILE)")
+            raise UserError("seq2seq: give the input as the prompt (--prompt FILE, or the text itself for a text input)")
         g = torch.Generator().manual_seed(cfg.seed)
-        segments = self.encoder_segments(self.read(prompt), name=prompt)
+        segments = self.encoder_segments(self.prompt_values(prompt), name=prompt)
         return self.transcribe(model, segments, cfg, use_cache, g)
 
     @decoding_threads()
@@ -320,19 +338,37 @@ class Seq2SeqTask:
     @decoding_threads()
     def evaluate(self, model, split: str, limit: int | None, options: Seq2SeqEvalOptions) -> dict:
         """Loss, character error rate and exact-match rate on a split (or its first `limit`
-        batches of `eval_batch_size` examples)."""
+        batches of `eval_batch_size` examples), and exact-match by `group_by` value."""
         items = self.items(split)
         if limit is not None:
             items = items[: limit * self.config.eval_batch_size]
         cfg = replace(self.ctx.sample, greedy=True) if options.greedy else self.ctx.sample
         g = torch.Generator().manual_seed(cfg.seed)
-        edits = chars = exact = 0
+        edits = chars = 0
+        hits = []
         for values, ids in progress(items, f"decoding {split}", total=len(items), unit="examples"):
             ref = self.decode(ids)
             hyp = self.transcribe(model, self.encoder_segments(values), cfg, generator=g)
-            edits, chars, exact = edits + edit_distance(ref, hyp), chars + len(ref), exact + (hyp == ref)
-        return {"exact_match": exact / len(items), "cer": edits / max(chars, 1),
-                "loss": self.split_loss(model, items), "examples": len(items)}
+            edits, chars = edits + edit_distance(ref, hyp), chars + len(ref)
+            hits.append(hyp == ref)
+        metrics = {"exact_match": sum(hits) / len(items), "cer": edits / max(chars, 1),
+                   "loss": self.split_loss(model, items), "examples": len(items)}
+        return metrics | self.grouped(split, hits)
+
+    def grouped(self, split: str, hits: list[bool]) -> dict:
+        """``exact_match[F=v]`` and ``examples[F=v]`` for each value v of the `group_by` field F
+        over the first len(hits) examples of a split."""
+        name = self.config.group_by
+        if not name:
+            return {}
+        groups: dict[Any, list[bool]] = {}
+        for ex, hit in zip(self.ctx.examples(split), hits):
+            groups.setdefault(ex[name], []).append(hit)
+        out = {}
+        for value in sorted(groups, key=numbers_first):
+            out[f"exact_match[{name}={value}]"] = sum(groups[value]) / len(groups[value])
+            out[f"examples[{name}={value}]"] = len(groups[value])
+        return out
 
     def metrics(self, model, split: str) -> dict[str, float]:
         """Greedy exact match and CER on the split's first `eval_batch_size` examples."""
@@ -356,6 +392,12 @@ class Seq2SeqTask:
         if not shown:
             return []
         return [features_png(shown, run_dir / "val_transcriptions.png")]
+
+
+def numbers_first(value: Any) -> tuple:
+    """Sort key: numbers in numeric order, then anything else in text order."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (not number, value if number else str(value))
 
 
 def describe_value(value: Any) -> str:
