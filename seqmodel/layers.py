@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -21,10 +22,22 @@ if TYPE_CHECKING:
 NORMS = ("layernorm", "rmsnorm")
 
 
+class RMSNorm(nn.RMSNorm):
+    """`nn.RMSNorm` that runs in float32 under autocast, as autocast runs `layer_norm`: torch's
+    fused kernel refuses a bfloat16 input with a float32 weight and falls back, with a warning,
+    to a slower unfused path."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        weight = None if self.weight is None else self.weight.float()
+        return F.rms_norm(x.float(), self.normalized_shape, weight, self.eps)
+
+
 def make_norm(cfg: ModelConfig, width: int) -> nn.Module:
     """The configured normalisation layer (`[model] norm`, `norm_eps`) over `width` features."""
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(width, eps=cfg.norm_eps)
+        return RMSNorm(width, eps=cfg.norm_eps)
     return nn.LayerNorm(width, eps=cfg.norm_eps, bias=cfg.bias)
 
 

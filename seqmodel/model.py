@@ -27,7 +27,7 @@ from .dropout import Dropout, attention_with_dropout
 from .errors import UserError
 from .flex import block_mask, flex_attention, works_on as flex_works_on
 from .kv_cache import DecodeCache
-from .layers import ACTIVATIONS, MLP, NORMS, make_norm
+from .layers import ACTIVATIONS, MLP, NORMS, RMSNorm, make_norm
 from .masks import MaskSchedule, TokenView, dense_mask, is_full, is_plain_causal, parse_mask
 from .plugin import ModalitySpec
 from .segments import ModalityInputs, TokenSet
@@ -161,8 +161,8 @@ class Attention(nn.Module):
             self.kv = nn.Linear(D, sum(self.widths[1:]), bias=cfg.bias)
         else:
             self.qkv = nn.Linear(D, sum(self.widths), bias=cfg.bias)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.proj = nn.Linear(D, D, bias=cfg.bias)
         self.proj.is_residual = True
 

@@ -415,3 +415,23 @@ def test_options_through_check(tmp_path, corpus, capsys, option):
     recipe = tiny_char_recipe(tmp_path, corpus)
     sets = [a for k, v in OPTIONS[option].items() for a in ("--set", f"model.{k}={str(v).lower()}")]
     assert cli.main(["check", str(recipe), *sets]) == 0
+
+
+def test_rmsnorm_under_bf16_autocast_runs_in_float32_without_a_fallback_warning():
+    """torch's fused rms_norm refuses a bf16 input with an fp32 weight (a warning and an unfused
+    path); under autocast ours computes in fp32 from the bf16 input, as autocast runs layer_norm."""
+    import warnings
+
+    from seqmodel.layers import RMSNorm
+
+    norm = RMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 16).to(torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = norm(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, rms_norm(x.float(), norm.weight, 1e-6), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(norm(x.float()), rms_norm(x.float(), norm.weight, 1e-6), rtol=1e-6, atol=1e-6)
