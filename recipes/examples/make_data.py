@@ -57,7 +57,7 @@ def shape(kind: str, rng: np.random.Generator, size: int = 16) -> np.ndarray:
     return np.clip(picture, 0, 255).astype(np.uint8)
 
 
-def write_images(out: Path, per_class: int = 40) -> None:
+def write_images(out: Path, per_class: int = 100) -> None:
     from PIL import Image
 
     rng = np.random.default_rng(0)
