@@ -3,6 +3,11 @@ one-line `UserError`s naming the file, the table and the key.
 
 A config section is a dataclass with defaults for every field; a recipe table is a diff over
 those defaults. A section may define ``validate() -> list[(key, problem)]`` for value checks.
+Wherever a list of strings is expected a single string is accepted as a one-element list.
+
+Fields declared with `path_field` hold file or folder names: `absolute_paths` makes the relative
+ones absolute against a base folder (the recipe file's folder; see `seqmodel.recipe`), so a run
+records where its data is and works from any current directory.
 """
 
 from __future__ import annotations
@@ -10,13 +15,68 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError, cut, shown
 
 DEEPEST = 32  # nesting of tables and lists a recipe may have
+PATH = "seqmodel.path"  # dataclass field metadata key of `path_field`
+
+
+def _always(table: dict) -> bool:
+    return True
+
+
+def path_field(default: Any = "", *, default_factory: Callable[[], Any] | None = None,
+               when: Callable[[dict], bool] = _always):
+    """A config field that holds paths: a string, a list of them, or a table of either (split ->
+    files). Relative paths in a recipe file are read against the recipe file's folder (those given
+    with ``--set`` or in a recipe dict against the current directory) and recorded absolute.
+
+    Args:
+        when: given the recipe table, whether the value is a local path at all (the `hf` source's
+            `data_files` are files inside a hub dataset unless a local builder reads them).
+    """
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata={PATH: when})
+    return dataclasses.field(default=default, metadata={PATH: when})
+
+
+def is_path_field(f: dataclasses.Field) -> bool:
+    return PATH in f.metadata
+
+
+def absolute(path: str, base: str | os.PathLike) -> str:
+    """`path` (a file, folder or glob pattern) made absolute against `base`; "" and URLs as given."""
+    if not path or "://" in path:
+        return path
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base, path))
+
+
+def _absolute_value(value: Any, base: str | os.PathLike) -> Any:
+    if isinstance(value, str):
+        return absolute(value, base)
+    if isinstance(value, list):
+        return [_absolute_value(v, base) for v in value]
+    if isinstance(value, dict):
+        return {k: _absolute_value(v, base) for k, v in value.items()}
+    return value
+
+
+def absolute_paths(cls, table: dict, base: str | os.PathLike) -> dict:
+    """A copy of recipe `table` for config dataclass `cls` whose `path_field` values are absolute
+    against `base`; values of other types are left for `build` to refuse."""
+    out = dict(table)
+    for f in dataclasses.fields(cls):
+        if is_path_field(f) and f.name in out and f.metadata[PATH](table):
+            out[f.name] = _absolute_value(out[f.name], Path(base))
+    return out
 
 
 def _type_name(tp) -> str:
@@ -43,9 +103,11 @@ def coerce(value: Any, tp) -> Any:
                 continue
         raise TypeError
     if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str) and item in (str, Any):  # one string is a one-element list
+            return [value]
         if not isinstance(value, (list, tuple)):
             raise TypeError
-        (item,) = typing.get_args(tp) or (Any,)
         return [coerce(v, item) for v in value]
     if origin is dict:
         if not isinstance(value, dict):

@@ -14,6 +14,8 @@ import types
 import typing
 from functools import cache
 
+from .config import is_path_field
+
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
@@ -62,7 +64,8 @@ def describe_fields(cls: type) -> list[dict]:
             default = f.default_factory()
         else:
             default = None
-        rows.append({"name": f.name, "type": type_name(hints[f.name]), "default": default, "doc": field_docs(cls)[f.name]})
+        kind = type_name(hints[f.name]) + (" (path)" if is_path_field(f) else "")
+        rows.append({"name": f.name, "type": kind, "default": default, "doc": field_docs(cls)[f.name]})
     return rows
 
 

@@ -8,7 +8,10 @@
     [task]         kind = "<plugin>", then the task's Config keys
     [sample]       seqmodel.generate.SampleConfig
 
-Every problem is a one-line `UserError` that names the file, the table and the key.
+Every problem is a one-line `UserError` that names the file, the table and the key. Relative
+paths (the plugins' `path_field`s) are read against the recipe file's folder; those given with
+``--set``, in a recipe dict or in a run's recipe.json against the current directory. A run records
+them absolute.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
-from .config import build, check_plain, parse_override
+from .config import absolute_paths, build, check_plain, parse_override
 from .errors import UserError, cut, shown
 from .generate import SampleConfig
 from .lora import LoRAConfig
@@ -185,11 +188,43 @@ def _tokenizer(table: Any, where: str, modality: str | None, default_field: str)
     return TokenizerBinding(name, cls, build(cls.Config, rest, where), fld, mod)
 
 
-def parse_recipe(raw: dict, where: str = "<recipe>") -> Recipe:
-    """Validate a recipe's tables (already parsed from TOML) into a `Recipe`."""
+PLUGIN_TABLES = (("data", "source", "source"), ("task", "kind", "task"))
+
+
+def with_absolute_paths(raw: dict, base: str | Path) -> dict:
+    """A copy of a raw recipe whose plugin tables have their path fields made absolute against
+    `base` (`seqmodel.config.absolute_paths`). A table naming an unknown plugin is left as it
+    is, for `parse_recipe` to report."""
+    if not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+
+    def resolved(table: Any, kind: str, key: str) -> Any:
+        if not isinstance(table, dict) or not isinstance(table.get(key), str):
+            return table
+        try:
+            cls = registry.load(kind, table[key])
+        except UserError:
+            return table
+        return absolute_paths(cls.Config, table, base)
+
+    for name, key, kind in PLUGIN_TABLES:
+        if name in out:
+            out[name] = resolved(out[name], kind, key)
+    if "tokenizer" in out:
+        out["tokenizer"] = resolved(out["tokenizer"], "tokenizer", "kind")
+    if isinstance(out.get("tokenizers"), dict):
+        out["tokenizers"] = {m: resolved(t, "tokenizer", "kind") for m, t in out["tokenizers"].items()}
+    return out
+
+
+def parse_recipe(raw: dict, where: str = "<recipe>", base: str | Path | None = None) -> Recipe:
+    """Validate a recipe's tables (already parsed from TOML) into a `Recipe`; relative paths are
+    read against `base` (default: the current directory)."""
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a table of recipe tables, got {type(raw).__name__}")
     check_plain(raw, f"{where}:", tables=True)
+    raw = with_absolute_paths(raw, Path.cwd() if base is None else base)
     for key in raw:
         if key not in TABLES:
             close = difflib.get_close_matches(key, TABLES, n=1)
@@ -255,6 +290,7 @@ def read_toml(path: str | Path) -> dict:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read, override and validate a recipe file."""
-    raw = apply_overrides(read_toml(path), list(overrides))
-    return parse_recipe(raw, str(path))
+    """Read, override and validate a recipe file: its relative paths are read against its own
+    folder, those of `overrides` against the current directory."""
+    raw = with_absolute_paths(read_toml(path), Path(path).resolve().parent)
+    return parse_recipe(apply_overrides(raw, list(overrides)), str(path))

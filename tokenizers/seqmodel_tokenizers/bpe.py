@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seqmodel.config import path_field
 from seqmodel.errors import UserError
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment
@@ -66,7 +67,7 @@ class BPEConfig:
     """End-of-text special token, put between documents ("" for none)."""
     special_tokens: list[str] = field(default_factory=list)
     """Extra special tokens (never split, never merged), after the end-of-text token."""
-    path: str = ""
+    path: str = path_field()
     """A pretrained tokenizer.json to use instead of training (vocab_size is then ignored)."""
     position: str = "learned"
     """Position encoding of the text tokens: "learned", "rotary" or "none"."""

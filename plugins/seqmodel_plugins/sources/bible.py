@@ -26,6 +26,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seqmodel.config import path_field
 from seqmodel.errors import UserError
 
 from .text import cache_root, split_text
@@ -112,7 +113,7 @@ class BibleConfig:
     """Translations, each one document: kjv, akjv, asv, rwebster, ukjv, web."""
     val_fraction: float = 0.1
     """Tail fraction of every translation held out for validation (and test)."""
-    cache_dir: str = ""
+    cache_dir: str = path_field()
     """Where the corpus is cached (default: $SEQMODEL_CACHE or the user cache directory)."""
 
     def validate(self):

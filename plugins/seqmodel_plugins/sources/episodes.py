@@ -18,6 +18,7 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 
+from seqmodel.config import path_field
 from seqmodel.errors import UserError, shown
 
 from seqmodel_plugins import gym_data
@@ -32,7 +33,7 @@ class GymEpisodesConfig:
 
     env_id: str = gym_data.DEFAULT_ENV_ID
     """The gymnasium environment the episodes come from (and that evaluation plays)."""
-    path: str = ""
+    path: str = path_field()
     """A .npz episode file to read instead of collecting (see seqmodel_plugins.gym_data.load_episodes)."""
     n_episodes: int = gym_data.DEFAULT_EPISODES
     """Episodes to collect (ignored with `path`)."""
@@ -44,7 +45,7 @@ class GymEpisodesConfig:
     """Behaviour policy: "scripted" (CartPole controller + epsilon noise) or "random"."""
     max_steps: int = 0
     """Per-episode step cap while collecting (0: the environment's own time limit)."""
-    cache_dir: str = ""
+    cache_dir: str = path_field()
     """Where collected episodes are cached (default: $SEQMODEL_CACHE or the user cache directory)."""
     val_fraction: float = 0.1
     """Fraction of the episodes held out for validation (and test)."""

@@ -3,7 +3,11 @@
 ``datasets.load_dataset(name, config, data_files=..., data_dir=..., revision=..., **options)``
 loads every split once. The configured columns are renamed to seqmodel's field names --
 ``text_field`` -> "text", ``image_field`` -> "image" (a PIL image, mode "L" or "RGB"),
-``label_field`` -> "label" -- so a recipe written for a built-in source works unchanged.
+``audio_field`` -> "audio", ``label_field`` -> "label" -- so a recipe written for a built-in
+source works unchanged. An image or audio column may hold file names: relative ones are read
+against the folder of the local data files (`data_files`, `data_dir`), and decoded by the
+tokenizer when an example is encoded (`patches`, `mel`); the paths in `data_files` and `data_dir`
+themselves are read against the recipe's folder when a local builder reads them.
 
 Splits: "train", "val" and "test" read the dataset splits named by `train_split`, `val_split` and
 `test_split`. Without a validation split, each training example goes to "val" when a hash of
@@ -31,15 +35,26 @@ is only known by its name and `revision`, so pin the revision.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from seqmodel.config import path_field
 from seqmodel.errors import UserError, shown
 
 SPLITS = ("train", "val", "test")
 RESERVED = ("path", "name", "split", "data_files", "data_dir", "revision", "cache_dir", "streaming")
+LOCAL_BUILDERS = ("text", "json", "csv", "parquet", "arrow", "pandas", "imagefolder", "audiofolder", "videofolder",
+                  "webdataset")
+FILE_FIELDS = ("image", "audio")  # fields whose string values are file names
+
+
+def reads_local_files(table: dict) -> bool:
+    """Whether `data_files` / `data_dir` name local files: a local builder reads them (for a hub
+    dataset they are paths inside the dataset's repository)."""
+    return table.get("name") in LOCAL_BUILDERS
 
 
 @dataclass
@@ -50,9 +65,9 @@ class HFConfig:
     """Dataset: a hub name ("user/dataset") or a local builder ("text", "json", "csv", "parquet", "imagefolder")."""
     config: str = ""
     """The dataset's configuration name ("" for its default)."""
-    data_files: str | list[str] | dict[str, Any] | None = None
+    data_files: str | list[str] | dict[str, Any] | None = path_field(None, when=reads_local_files)
     """Files for a local builder: a path or glob, a list, or a table split name -> files."""
-    data_dir: str = ""
+    data_dir: str = path_field(when=reads_local_files)
     """Folder of the data files ("" for none)."""
     revision: str = ""
     """Hub revision (tag, branch or commit) to pin ("" for the newest)."""
@@ -61,7 +76,10 @@ class HFConfig:
     text_field: str = "text"
     """Column given as the "text" field ("" for none)."""
     image_field: str = ""
-    """Column given as the "image" field ("" for none)."""
+    """Column given as the "image" field ("" for none): images, or file names of images."""
+    audio_field: str = ""
+    """Column given as the "audio" field ("" for none): `datasets` Audio values, or file names of
+    WAV, FLAC or OGG files (decoded per example by the `mel` tokenizer)."""
     label_field: str = ""
     """Column given as the "label" field ("" for none)."""
     train_split: str = "train"
@@ -76,12 +94,13 @@ class HFConfig:
     """Seeds which examples are carved out for validation."""
     streaming: bool = False
     """Read examples lazily (an iterable per split) instead of preparing the dataset first."""
-    cache_dir: str = ""
+    cache_dir: str = path_field()
     """Where `datasets` caches downloads and prepared data ("" for its default)."""
 
     def columns(self) -> dict[str, str]:
         """seqmodel field -> dataset column, for the fields in use."""
-        named = {"text": self.text_field, "image": self.image_field, "label": self.label_field}
+        named = {"text": self.text_field, "image": self.image_field, "audio": self.audio_field,
+                 "label": self.label_field}
         return {k: v for k, v in named.items() if v}
 
     def validate(self) -> list[tuple[str, str]]:
@@ -89,7 +108,7 @@ class HFConfig:
         if not self.name:
             bad.append(("name", 'required: a hub dataset name or a local builder such as "text" or "json"'))
         if not self.columns():
-            bad.append(("text_field", "no field in use: set text_field, image_field or label_field"))
+            bad.append(("text_field", "no field in use: set text_field, image_field, audio_field or label_field"))
         if not 0 < self.val_fraction < 1:
             bad.append(("val_fraction", f"must be in (0, 1), got {self.val_fraction}"))
         clash = sorted(set(self.options) & set(RESERVED))
@@ -104,9 +123,13 @@ def in_val(seed: int, index: int, fraction: float) -> bool:
     return int.from_bytes(digest, "little") < fraction * 2**64
 
 
-def convert(row: dict, columns: dict[str, str]) -> dict:
-    """A dataset row as a seqmodel example (renamed fields, images as "L" or "RGB")."""
+def convert(row: dict, columns: dict[str, str], folder: str | list[str] = "") -> dict:
+    """A dataset row as a seqmodel example (renamed fields, images as "L" or "RGB", relative file
+    names in image and audio columns joined to `folder`, that of the data files)."""
     out = {k: row[col] for k, col in columns.items()}
+    for key in FILE_FIELDS:
+        if isinstance(out.get(key), str) and out[key] and not os.path.isabs(os.path.expanduser(out[key])):
+            out[key] = _in_folder(out[key], folder, columns[key])
     if "image" in out and hasattr(out["image"], "mode"):
         from seqmodel_plugins.image_data import _normalise_mode
 
@@ -114,11 +137,31 @@ def convert(row: dict, columns: dict[str, str]) -> dict:
     return out
 
 
+def _in_folder(name: str, folder: str | list[str], column: str) -> str:
+    if isinstance(folder, list):
+        raise UserError(f"column {column!r}: relative file name {shown(name)}, but the data files lie in several "
+                        f"folders ({', '.join(folder[:3])}); write absolute file names or keep the data files in one folder")
+    return os.path.normpath(os.path.join(folder or os.getcwd(), os.path.expanduser(name)))
+
+
+def data_folders(data_files, data_dir: str) -> dict[str | None, str | list[str]]:
+    """Dataset split name (None: every split) -> the one folder its local data files lie in, or
+    the list of folders when they lie in several: what relative file names in them are read against."""
+    if data_dir:
+        return {None: os.path.abspath(os.path.expanduser(data_dir))}
+    tables = data_files.items() if isinstance(data_files, dict) else [(None, data_files)]
+    out = {}
+    for split, files in tables:
+        folders = sorted({os.path.dirname(f) for f in local_files(files, "")})
+        out[split] = folders[0] if len(folders) == 1 else folders
+    return out
+
+
 class Rows(Sequence):
     """A map-style dataset as a sequence of seqmodel examples."""
 
-    def __init__(self, dataset, columns: dict[str, str]) -> None:
-        self.dataset, self.columns = dataset, columns
+    def __init__(self, dataset, columns: dict[str, str], folder: str | list[str] = "") -> None:
+        self.dataset, self.columns, self.folder = dataset, columns, folder
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -128,10 +171,10 @@ class Rows(Sequence):
             return [self[k] for k in range(*i.indices(len(self)))]
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        return convert(self.dataset[i % len(self)], self.columns)
+        return convert(self.dataset[i % len(self)], self.columns, self.folder)
 
     def __iter__(self) -> Iterator[dict]:
-        return (convert(row, self.columns) for row in self.dataset)
+        return (convert(row, self.columns, self.folder) for row in self.dataset)
 
 
 class Stream:
@@ -139,8 +182,10 @@ class Stream:
     examples by `in_val`. `state_dict()` is the position after the example last yielded;
     `load_state_dict(state)` makes the next pass start there (then passes start over)."""
 
-    def __init__(self, dataset, columns: dict[str, str], part: str = "all", seed: int = 0, fraction: float = 0.0) -> None:
+    def __init__(self, dataset, columns: dict[str, str], part: str = "all", seed: int = 0, fraction: float = 0.0,
+                 folder: str | list[str] = "") -> None:
         self.dataset, self.columns, self.part, self.seed, self.fraction = dataset, columns, part, seed, fraction
+        self.folder = folder
         self._index, self._start = 0, 0
 
     def __iter__(self) -> Iterator[dict]:
@@ -148,7 +193,7 @@ class Stream:
         for index, row in enumerate(self.dataset, start):
             self._index = index + 1
             if self.part == "all" or in_val(self.seed, index, self.fraction) == (self.part == "val"):
-                yield convert(row, self.columns)
+                yield convert(row, self.columns, self.folder)
 
     def state_dict(self) -> dict:
         return {"dataset": self.dataset.state_dict(), "index": self._index}
@@ -162,7 +207,6 @@ def local_files(data_files, data_dir: str) -> dict[str, list[int]]:
     """path -> [size, modification time (ns)] of the local files `data_files` (a path or glob, a
     list or a table of them) and `data_dir` name; hub names match no local file."""
     import glob
-    import os
 
     patterns = []
     for value in (data_files.values() if isinstance(data_files, dict) else [data_files]):
@@ -182,7 +226,6 @@ def check_local_files(data_files) -> None:
     """A local `data_files` entry that is a folder or an empty file is an error naming it (datasets
     would report "Unable to find" or a generation error that names neither)."""
     import glob
-    import os
 
     entries = data_files.values() if isinstance(data_files, dict) else [data_files]
     for entry in entries:
@@ -229,7 +272,7 @@ class HFSource:
         if have is None:  # some streamed datasets only know their columns after the first example
             return
         for key, col in (("text_field", self.config.text_field), ("image_field", self.config.image_field),
-                         ("label_field", self.config.label_field)):
+                         ("audio_field", self.config.audio_field), ("label_field", self.config.label_field)):
             if col and col not in have:
                 raise UserError(f"{key}: {col!r} is not a column of dataset {self.config.name!r} "
                                 f"(it has: {', '.join(have)}); set {key} = \"\" if it is not needed")
@@ -243,22 +286,32 @@ class HFSource:
         if name == "test" and c.test_split not in splits:
             name = "val"
         if named[name] in splits and (name != "train" or c.val_split in splits):
-            return self._wrap(splits[named[name]], "all")
-        return self._wrap(splits[c.train_split], name)
+            return self._wrap(splits[named[name]], "all", named[name])
+        return self._wrap(splits[c.train_split], name, c.train_split)
 
     def resumable(self, split: str) -> bool:
         """Streamed splits can say where they are and start there (`Stream.state_dict`)."""
         return self.config.streaming
 
-    def _wrap(self, dataset, part: str) -> Rows | Stream:
+    def _wrap(self, dataset, part: str, split: str) -> Rows | Stream:
         columns, c = self.config.columns(), self.config
         dataset = dataset.select_columns(list(dict.fromkeys(columns.values())))
+        folders = self._folders
+        folder = folders.get(split, folders.get(None, ""))
         if c.streaming:
-            return Stream(dataset, columns, part, c.seed, c.val_fraction)
+            return Stream(dataset, columns, part, c.seed, c.val_fraction, folder)
         if part == "all":
-            return Rows(dataset, columns)
+            return Rows(dataset, columns, folder)
         keep = [i for i in range(len(dataset)) if in_val(c.seed, i, c.val_fraction) == (part == "val")]
-        return Rows(dataset.select(keep, keep_in_memory=True), columns)
+        return Rows(dataset.select(keep, keep_in_memory=True), columns, folder)
+
+    @cached_property
+    def _folders(self) -> dict[str | None, str | list[str]]:
+        """What relative file names in image and audio columns are read against (`data_folders`)."""
+        c = self.config
+        if not {"image", "audio"} & set(c.columns()) or c.name not in LOCAL_BUILDERS:
+            return {}
+        return data_folders(c.data_files, c.data_dir)
 
     def info(self) -> dict:
         """What tasks may read: the class names of a `datasets.ClassLabel` label column, and

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from seqmodel.config import path_field
 from seqmodel.errors import UserError
 
 from seqmodel_plugins.image_data import DIGIT_NAMES, digits_examples, imagefolder_files, load_image, stratified_split
@@ -95,13 +96,13 @@ class DigitsSource:
 class ImageFolderConfig:
     """`[data] source = "imagefolder"`: ``FOLDER/<class name>/<image files>``."""
 
-    path: str = ""
+    path: str = path_field()
     """One folder of class sub-folders, split into train/val/test by `split_seed`."""
-    train: str = ""
+    train: str = path_field()
     """Or: the training folder (instead of `path`); splits without their own folder are carved from it."""
-    val: str = ""
+    val: str = path_field()
     """The validation folder (with `train`); the same class sub-folder names."""
-    test: str = ""
+    test: str = path_field()
     """The test folder (with `train`); the same class sub-folder names."""
     split_seed: int = 0
     """Seed of the stratified split of `path` (or of `train`, for splits without a folder)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from seqmodel.config import path_field
 from seqmodel.errors import UserError
 
 from ..spoken_digits_data import VERSION, split_by_voice, synthesize
@@ -26,7 +27,7 @@ class SpokenDigitsConfig:
     """Fixes texts, voices, speeds, pitches, noise and the voice split."""
     noise: float = 0.0
     """White background noise RMS as a fraction of the speech RMS (0: clean; 0.1 is about 20 dB SNR)."""
-    cache_dir: str = ""
+    cache_dir: str = path_field()
     """Where the synthesised WAV files are cached (default: $SEQMODEL_CACHE or the user cache directory)."""
     val_fraction: float = 0.1
     """Share of the voices held out for validation."""

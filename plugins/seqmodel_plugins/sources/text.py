@@ -22,6 +22,7 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
+from seqmodel.config import path_field
 from seqmodel.errors import UserError, cut, shown
 from seqmodel.plugin import Parts
 
@@ -86,7 +87,7 @@ class ShakespeareConfig:
 
     val_fraction: float = 0.1
     """Tail fraction of the corpus held out for validation (and test)."""
-    cache_dir: str = ""
+    cache_dir: str = path_field()
     """Where the corpus is cached (default: $SEQMODEL_CACHE or the user cache directory)."""
 
     def validate(self):
@@ -120,8 +121,8 @@ class ShakespeareSource:
 class TextConfig:
     """`[data] source = "text"`: local UTF-8 text files."""
 
-    paths: list[str] | None = None
-    """Files or glob patterns, read in sorted order; each file is one document."""
+    paths: list[str] | None = path_field(None)
+    """Files or glob patterns (one string or a list), read in sorted order; each file is one document."""
     val_fraction: float = 0.1
     """Tail fraction of each document held out for validation (and test)."""
 
