@@ -66,8 +66,9 @@ def test_non_image_file_and_empty_folder_give_one_line_errors(run_dir, tmp_path)
 
 
 @pytest.mark.slow
-def test_full_recipe_beats_098_on_three_split_seeds(tmp_path):
-    """The shipped recipe: test accuracy >= 0.98 on split seed 0 and as the median of seeds 0, 1, 2."""
+def test_full_recipe_reaches_0985_median_on_three_split_seeds(tmp_path):
+    """The shipped recipe: test accuracy >= 0.98 on split seed 0, and >= 0.985 as the median of
+    seeds 0, 1, 2 (measured: 0.989 / 0.996 / 0.985)."""
     accuracies = []
     for seed in (0, 1, 2):
         out = tmp_path / f"seed{seed}"
@@ -76,4 +77,4 @@ def test_full_recipe_beats_098_on_three_split_seeds(tmp_path):
         metrics = json.loads(cli("eval", out, "--split", "test", "--json").stdout)
         print(f"split seed {seed}: test accuracy {metrics['accuracy']:.4f}, {time.perf_counter() - start:.0f} s")
         accuracies.append(metrics["accuracy"])
-    assert accuracies[0] >= 0.98 and statistics.median(accuracies) >= 0.98
+    assert accuracies[0] >= 0.98 and statistics.median(accuracies) >= 0.985
