@@ -173,12 +173,18 @@ def hf_state(pipe) -> dict[str, Tensor]:
     return out
 
 
+def separator_id(tok) -> int | None:
+    """The id a tokenizer puts between documents (its `separator` capability), or None."""
+    from .plugin import declared
+
+    return tok.eot_id if "separator" in declared(tok) else None
+
+
 def hf_config(pipe):
     tf = _transformers()
     m, core = pipe.recipe.model, pipe.module.core
     (spec,) = core.specs.values()
-    tok = pipe.tokenizers[spec.name]
-    eot = getattr(tok, "eot_id", None)
+    eot = separator_id(pipe.tokenizers[spec.name])
     return tf.GPT2Config(vocab_size=spec.vocab_size, n_positions=m.context, n_embd=m.d_model, n_layer=m.layers,
                          n_head=m.heads, n_inner=int(m.mlp_ratio * m.d_model), activation_function=EXPORT_ACTIVATION[m.mlp],
                          resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, layer_norm_epsilon=m.norm_eps,
@@ -196,7 +202,7 @@ def save_tokenizer(pipe, out: Path) -> None:
     if "hf_tokenizer" not in declared(tok):
         raise UserError(f"export --format hf: the {pipe.recipe.tokenizers[name].name!r} tokenizer has no HuggingFace "
                         "`tokenizers` form (it does not declare the hf_tokenizer capability)")
-    eot = getattr(tok, "eot_id", None)
+    eot = separator_id(tok)
     backend = tok.hf_tokenizer()
     special = {}
     if eot is not None:

@@ -117,8 +117,8 @@ def training_values(pipe: Pipeline, modality: str) -> Iterable[Any]:
     return (ex[field] for ex in pipe.examples("train"))
 
 
-def _config(tok: Any) -> Any:
-    config = getattr(tok, "config", None)
+def _config(config: Any) -> Any:
+    """A tokenizer's validated recipe config, for a key."""
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else repr(config)
 
 
@@ -127,8 +127,8 @@ def fit_key(pipe: Pipeline, modality: str, identity: dict) -> str:
     binding = r.tokenizers[modality]
     return digest({"what": "fit", "format": KEY_FORMAT, "seqmodel": __version__, "source": identity,
                    "source_plugin": plugin_key("source", r.data.name, pipe.source),
-                   "tokenizer_plugin": plugin_key("tokenizer", binding.name, tok), "config": _config(tok),
-                   "config_files": config_files(tok.config), "field": pipe.fields[modality], "modality": modality})
+                   "tokenizer_plugin": plugin_key("tokenizer", binding.name, tok), "config": _config(binding.config),
+                   "config_files": config_files(binding.config), "field": pipe.fields[modality], "modality": modality})
 
 
 def fit_tokenizer(pipe: Pipeline, modality: str, identity: dict) -> None:
@@ -173,7 +173,7 @@ class Prepared:
         return digest({"what": "stream", "format": KEY_FORMAT, "store_format": store.FORMAT, "seqmodel": __version__,
                        "source": self.identity, "source_plugin": plugin_key("source", r.data.name, self.pipe.source),
                        "tokenizer_plugin": plugin_key("tokenizer", r.tokenizers[modality].name, tok),
-                       "tokenizer_config": _config(tok), "tokenizer_state": state_digest(tok),
+                       "tokenizer_config": _config(r.tokenizers[modality].config), "tokenizer_state": state_digest(tok),
                        "field": self.pipe.fields[modality],
                        "modality": modality, "split": split})
 
