@@ -30,7 +30,6 @@ References:
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -46,12 +45,14 @@ from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from .bpe_words import WordCache, eligible
 from .fit_text import TextStream
 
 FILE = "tokenizer.json"
 BYTES = 256
 _CUT = re.compile(r"(?<=[^\s])(?=\n)")  # Python's \s covers every Unicode White_Space character
 _SHORT = 4096  # characters below which one `encode` call beats the batch encoder
+_WINDOW = 256  # pieces encoded together (about 2 M characters)
 SPECIALS_IN_TEXT = ("text", "special", "error")
 
 
@@ -219,6 +220,7 @@ class BPETokenizer:
         self.tok = tok
         self._bytes_decoder, self._cuttable = _byte_level(tok)
         added = tok.get_added_tokens_decoder()
+        self._words = WordCache(tok, [t.content for t in added.values()]) if self._cuttable and eligible(tok) else None
         self._specials = {i: t.content for i, t in added.items()}
         self._special_strings = [t.content for t in added.values() if t.special]
         self._vocab_size = max(tok.get_vocab(with_added_tokens=True).values()) + 1
@@ -241,15 +243,28 @@ class BPETokenizer:
         return ModalitySpec(self.modality, vocab_size=self._vocab_size, position=self.config.position)
 
     def encode_ids(self, text: str) -> np.ndarray:
-        """Token ids of `text`, (T,) int64; long texts go through the parallel batch encoder."""
+        """Token ids of `text`, (T,) int64: ASCII through the pre-token cache (`bpe_words`), long
+        texts in pieces through the parallel batch encoder."""
         tok = self._need()
         if self.config.specials_in_text == "error":
             self._refuse_specials(text, self._special_strings, "the text")
-        if len(text) < _SHORT or not self._cuttable:
+        if not self._cuttable or len(text) < _SHORT and not (self._words and self._words.takes(text)):
             return np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        return np.concatenate(list(self._piece_ids(pieces(text))))
+
+    def _piece_ids(self, texts: list[str]) -> Iterator[np.ndarray]:
+        """Each piece's ids, window by window: those the pre-token cache takes from it, the
+        others from the batch encoder (all in one call)."""
+        tok, words = self._need(), self._words
         batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast: no offsets (tokenizers >= 0.21)
-        encodings = batch(pieces(text), add_special_tokens=False)
-        return np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
+        for start in range(0, len(texts), _WINDOW):
+            window = texts[start : start + _WINDOW]
+            cached = [words is not None and words.takes(t) for t in window]
+            fast = iter(words.encode([t for t, c in zip(window, cached) if c]) if any(cached) else ())
+            slow = iter(batch([t for t, c in zip(window, cached) if not c], add_special_tokens=False)
+                        if not all(cached) else ())
+            for c in cached:
+                yield next(fast) if c else np.asarray(next(slow).ids, dtype=np.int64)
 
     def encode(self, value: str, *, train: bool = False) -> Segment:
         return Segment(self.modality, ids=torch.from_numpy(self.encode_ids(value)))
