@@ -17,6 +17,7 @@ from seqmodel.pipeline import Pipeline
 from seqmodel.recipe import load_recipe
 from seqmodel_plugins.sources import text_files
 from seqmodel_plugins.sources.text_files import cut_parts
+from seqmodel_tokenizers import bpe_encode
 from seqmodel_tokenizers.bpe import BPEConfig, BPETokenizer
 from seqmodel_tokenizers.bpe_words import GPT2_ASCII, WordCache, eligible
 
@@ -77,7 +78,7 @@ DOCUMENTS = [
 @pytest.mark.parametrize("mode", ["text", "special"])
 def test_documents_encode_like_plain_encode_whole_and_in_parts(modes, mode):
     tok = modes[mode]
-    assert tok._words is not None and tok._cuttable
+    assert tok._encoder.words is not None and tok._cuttable
     reference = [plain(tok, doc) for doc in DOCUMENTS]
     assert [tok.encode_ids(doc).tolist() for doc in DOCUMENTS] == reference
     for size in (64, 5000):
@@ -152,7 +153,7 @@ def test_an_hf_store_with_empty_documents_is_the_plain_encode_of_its_documents(t
 
 
 def test_typed_special_strings_skip_the_cache(modes):
-    words = modes["special"]._words
+    words = modes["special"]._encoder.words
     assert not words.takes(f"the {EOT} king") and not words.takes("a <|sep|>") and not words.takes("café")
     assert words.takes("the <|endoftext| king")
 
@@ -185,6 +186,33 @@ def test_a_normalizing_pretrained_file_still_encodes_like_plain_encode(modes, tm
     tok.save(str(tmp_path / "tokenizer.json"))
     bpe = BPETokenizer(BPEConfig(path=str(tmp_path / "tokenizer.json")), "text")
     bpe.fit([])
-    assert bpe._words is None
+    assert bpe._encoder.words is None
     text = make_text(600, seed=9).upper()
     assert bpe.encode_ids(text).tolist() == plain(bpe, text)
+
+
+def test_a_stream_of_parts_encodes_alike_with_worker_processes(modes, monkeypatch):
+    monkeypatch.setattr(bpe_encode, "POOL_AFTER", 1)
+    tok = modes["special"]
+    texts = [doc for doc in DOCUMENTS for _ in range(2)]
+    seen = []
+    out = list(tok._encoder.encode_stream(iter(texts), seen.append, workers=2))
+    assert seen == texts and [ids.tolist() for ids in out] == [plain(tok, t) for t in texts]
+
+
+def test_a_worker_that_stopped_leaves_its_texts_to_this_process(modes, monkeypatch):
+    monkeypatch.setattr(bpe_encode, "POOL_AFTER", 0)
+    started = []
+
+    class Stopping(bpe_encode.Worker):
+        def __init__(self, encoder):
+            super().__init__(encoder)
+            started.append(self)
+            self.proc.kill()
+            self.proc.wait()
+
+    monkeypatch.setattr(bpe_encode, "Worker", Stopping)
+    tok = modes["text"]
+    texts = DOCUMENTS[1:4] * 2
+    assert [ids.tolist() for ids in tok._encoder.encode_stream(iter(texts), workers=1)] == [plain(tok, t) for t in texts]
+    assert len(started) == 1 and not started[0].alive
