@@ -56,7 +56,14 @@ class TextEncoder:
         """The ids of `text`, (T,) int64, exactly the library's `encode(text)`."""
         if not self.cuttable or len(text) < SHORT and not (self.words and self.words.takes(text)):
             return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
-        return np.concatenate(list(self._piece_ids(pieces(text))))
+        return np.concatenate(list(self._piece_ids(self._cut(text))))
+
+    def _cut(self, text: str) -> list[str]:
+        """`text` in pieces; a piece the pre-token cache does not take is cut at every cut point
+        (a line each), so that one curly quote sends a line, not the piece, to the library."""
+        if self.words is None:
+            return pieces(text)
+        return [line for piece in pieces(text) for line in ([piece] if self.words.takes(piece) else pieces(piece, 1))]
 
     def _piece_ids(self, texts: list[str]) -> Iterator[np.ndarray]:
         """Each piece's ids, window by window: those the pre-token cache takes from it, the
