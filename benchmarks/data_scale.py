@@ -268,6 +268,7 @@ def bpe_breakdown(megabytes: float, work: Path) -> None:
 
     from seqmodel_plugins.sources.text_files import cut_parts
     from seqmodel_tokenizers.bpe import BPEConfig, BPETokenizer, pieces
+
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     corpus = work / f"corpus-{megabytes:g}MB.txt"

@@ -10,16 +10,16 @@ import pytest
 from conftest import make_text
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, normalizers
-
-from seqmodel import store
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import load_recipe
 from seqmodel_plugins.sources import text_files
 from seqmodel_plugins.sources.text_files import cut_parts
 from seqmodel_tokenizers import bpe_encode
 from seqmodel_tokenizers.bpe import BPEConfig, BPETokenizer
 from seqmodel_tokenizers.bpe_words import GPT2_ASCII, WordCache, eligible
+
+from seqmodel import store
+from seqmodel.pipeline import Pipeline
+from seqmodel.recipe import load_recipe
+from tokenizers import Tokenizer, normalizers
 
 EOT = "<|endoftext|>"
 ASCII_EDGES = "ab Z09 \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x00\x7f'.!-_<|>"
@@ -216,3 +216,21 @@ def test_a_worker_that_stopped_leaves_its_texts_to_this_process(modes, monkeypat
     texts = DOCUMENTS[1:4] * 2
     assert [ids.tolist() for ids in tok._encoder.encode_stream(iter(texts), workers=1)] == [plain(tok, t) for t in texts]
     assert len(started) == 1 and not started[0].alive
+
+
+def test_a_stream_left_early_stops_its_workers(modes, monkeypatch):
+    monkeypatch.setattr(bpe_encode, "POOL_AFTER", 0)
+    started = []
+
+    class Recorded(bpe_encode.Worker):
+        def __init__(self, encoder):
+            super().__init__(encoder)
+            started.append(self)
+
+    monkeypatch.setattr(bpe_encode, "Worker", Recorded)
+    tok = modes["text"]
+    texts = [make_text(3000, seed=k) for k in range(6)]  # results larger than a pipe holds
+    stream = tok._encoder.encode_stream(iter(texts), workers=2)
+    assert next(stream).tolist() == plain(tok, texts[0])
+    stream.close()  # the second worker's result is never read
+    assert len(started) == 2 and all(w.proc.returncode is not None for w in started)

@@ -16,12 +16,14 @@ import itertools
 import json
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
+
 from tokenizers import Tokenizer
 
 from .bpe_words import WordCache, eligible
@@ -30,6 +32,11 @@ _CUT = re.compile(r"(?<=[^\s])(?=\n)")  # Python's \s covers every Unicode White
 SHORT = 4096  # characters below which one `encode` call beats the batch encoder
 WINDOW = 256  # pieces encoded together (about 2 M characters)
 POOL_AFTER = 4  # parts of a stream encoded here before workers start (a few MB pays their start-up)
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def pieces(text: str, size: int = 8192) -> list[str]:
@@ -84,7 +91,7 @@ class TextEncoder:
         """The ids of each text of a stream, in order (`check` sees each text first). After
         `POOL_AFTER` texts, `workers` processes (default: one per further core) encode one text
         each while this one encodes the next."""
-        workers = max((os.cpu_count() or 1) - 1, 0) if workers is None else workers
+        workers = max(cores() - 1, 0) if workers is None else workers
         texts, pool = iter(texts), []
         try:
             for n, text in enumerate(texts):
@@ -143,9 +150,15 @@ class Worker:
         return np.frombuffer(data, dtype=np.int64)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()
-        self.proc.wait()
+        """Stop the worker (a result not taken is dropped: its pipe closed, it stops too)."""
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _serve() -> None:
@@ -156,14 +169,16 @@ def _serve() -> None:
         head = read(8)
         return read(struct.unpack("<Q", head)[0]) if len(head) == 8 else None
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's: it closes the pipes
     state = json.loads(message())
     tok = Tokenizer.from_str(state["state"])
     tok.encode_special_tokens = state["encode_special_tokens"]
     encoder = TextEncoder(tok, state["cuttable"])
-    while (text := message()) is not None:
-        ids = encoder.encode(text.decode()).tobytes()
-        write(struct.pack("<Q", len(ids)) + ids)
-        sys.stdout.buffer.flush()
+    with contextlib.suppress(BrokenPipeError):
+        while (text := message()) is not None:
+            ids = encoder.encode(text.decode()).tobytes()
+            write(struct.pack("<Q", len(ids)) + ids)
+            sys.stdout.buffer.flush()
 
 
 if __name__ == "__main__":

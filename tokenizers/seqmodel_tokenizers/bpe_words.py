@@ -24,6 +24,7 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
+
 from tokenizers import Tokenizer
 
 GPT2_ASCII = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""", re.ASCII)
