@@ -86,7 +86,8 @@ class WordCache:
         if not new:
             return
         new_words = list(new)
-        ids = [e.ids for e in self.tok.encode_batch_fast(new_words, add_special_tokens=False)]
+        batch = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)  # _fast: tokenizers >= 0.21
+        ids = [e.ids for e in batch(new_words, add_special_tokens=False)]
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         self.index.update(zip(new_words, range(len(self.index), len(self.index) + len(new_words))))
         self.starts = np.concatenate([self.starts, len(self.flat) + np.cumsum(lengths) - lengths])
