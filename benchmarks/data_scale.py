@@ -142,12 +142,20 @@ report_images = 0
 
 
 # -- measurements ------------------------------------------------------------------------------
-def seqmodel(*args: str, env: dict) -> tuple[float, str, str]:
-    t0 = time.perf_counter()
+def children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def seqmodel(*args: str, env: dict) -> tuple[float, float, str]:
+    """Wall and CPU seconds (the process and its children) of a `seqmodel` command, its stderr."""
+    t0, c0 = time.perf_counter(), children_cpu()
     done = subprocess.run([sys.executable, "-m", "seqmodel", *args], capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"seqmodel {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - t0, done.stdout, done.stderr
+    return time.perf_counter() - t0, children_cpu() - c0, done.stderr
 
 
 def timed_run(recipe: Path, out: Path, env: dict) -> dict:
@@ -218,9 +226,9 @@ def tokenize_rate(stderr: str) -> float | None:
 
 def measure(name: str, recipe: Path, nbytes: int, work: Path, base_env: dict, repeats: int) -> dict:
     env = {**base_env, "SEQMODEL_STORES": str(work / f"stores-{name}")}
-    prep_s, _, prep_err = seqmodel("prepare", str(recipe), env=env)
+    prep_s, prep_cpu_s, prep_err = seqmodel("prepare", str(recipe), env=env)
     row = {"data": name, "bytes": nbytes, "prepare_s": round(prep_s, 2), "prepare_mb_s": round(nbytes / prep_s / 1e6, 1),
-           "tokenize_mb_s": tokenize_rate(prep_err)}
+           "prepare_cpu_s": round(prep_cpu_s, 2), "tokenize_mb_s": tokenize_rate(prep_err)}
     timed_run(recipe, work / f"run-{name}-0", env)  # the first run after `prepare`: warms the file cache
     runs = [timed_run(recipe, work / f"run-{name}-{k + 1}", env) for k in range(repeats)]
     for key in ("first_step_s", "to_loop_s", "batch_share", "step_ms", "batch_ms"):
@@ -249,10 +257,18 @@ def profile(megabytes: float, tokenizer: str, work: Path) -> None:
 
 
 def bpe_breakdown(megabytes: float, work: Path) -> None:
-    """Where byte-level BPE encoding spends its time: the same pieces through the trained
-    tokenizer, through its pre-tokenizer with a one-entry word table (the regex split alone),
-    and through a whitespace split with the same table."""
+    """Where byte-level BPE encoding spends its time, side by side on the same parts of the same
+    corpus (read as the `text` source reads it) with a tokenizer fitted as the recipe fits it:
+    the library's batch encoder alone (the ceiling of any preparer built on it: ids not even read
+    back), its GPT-2 regex split alone and a whitespace split alone (a one-entry word table), and
+    this project's encoder (`bpe_encode`: the pre-token cache) in this process only and with a
+    worker process. Wall MB/s, and MB per CPU second (this process's threads and its children):
+    on a shared machine the second is what the code costs, the first what the scheduler gave."""
+    import resource
+
+    from seqmodel_plugins.sources.text_files import cut_parts
     from seqmodel_tokenizers.bpe import BPEConfig, BPETokenizer, pieces
+
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     corpus = work / f"corpus-{megabytes:g}MB.txt"
@@ -260,30 +276,41 @@ def bpe_breakdown(megabytes: float, work: Path) -> None:
         write_corpus(corpus, megabytes)
     text = corpus.read_text()
     bpe = BPETokenizer(BPEConfig(vocab_size=1000), "text")
-    bpe.fit([text[:4_000_000]])
-    parts = pieces(text)
+    bpe.fit([text[:20_000_000]])
+    parts = list(cut_parts(text[i : i + (1 << 22)] for i in range(0, len(text), 1 << 22)))
+    split = [pieces(part) for part in parts]
+    nbytes = len(text.encode())
+
+    def library(tok):
+        return lambda: [tok.encode_batch_fast(p, add_special_tokens=False) for p in split]
 
     def split_only(pre):
         tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
         tok.pre_tokenizer = pre
-        return lambda: tok.encode_batch_fast(parts, add_special_tokens=False)
+        return library(tok)
 
-    rows = [("BPE encode (GPT-2 regex split + merges), batch encoder", lambda: bpe.encode_ids(text)),
-            ("GPT-2 regex split alone (+ one word lookup)", split_only(pre_tokenizers.ByteLevel(add_prefix_space=False))),
-            ("whitespace split alone (+ one word lookup)", split_only(pre_tokenizers.WhitespaceSplit()))]
-    print(f"| {megabytes:g} MB of generated text, 2 cores | MB/s |\n| --- | ---: |")
+    rows = [("library batch encoder (GPT-2 split + merges), 2 threads: the ceiling", library(bpe.tok)),
+            ("library: GPT-2 regex split alone (+ one word lookup)", split_only(pre_tokenizers.ByteLevel(add_prefix_space=False))),
+            ("library: whitespace split alone (+ one word lookup)", split_only(pre_tokenizers.WhitespaceSplit())),
+            ("bpe_encode (pre-token cache), this process", lambda: list(bpe._encoder.encode_stream(parts, workers=0))),
+            ("bpe_encode, this process + 1 worker process", lambda: list(bpe._encoder.encode_stream(parts, workers=1)))]
+    print(f"| {megabytes:g} MB of generated text, 2 cores (shared) | wall MB/s | MB per CPU second |\n| --- | ---: | ---: |")
     for name, run in rows:
-        t0 = time.perf_counter()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0, c0 = time.perf_counter(), time.process_time() + children.ru_utime + children.ru_stime
         run()
-        print(f"| {name} | {len(text.encode()) / (time.perf_counter() - t0) / 1e6:.2f} |")
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall, cpu = time.perf_counter() - t0, time.process_time() + children.ru_utime + children.ru_stime - c0
+        print(f"| {name} | {nbytes / wall / 1e6:.1f} | {nbytes / cpu / 1e6:.1f} |", flush=True)
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| data | size | prepare | prepare MB/s | tokenize MB/s | run -> first step (-> its start) | peak RSS | step "
-            "| batch path |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    head = ("| data | size | prepare | prepare MB/s | prepare CPU | tokenize MB/s | run -> first step (-> its start) | peak RSS "
+            "| step | batch path |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['data']} | {r['bytes'] / 1e6:,.0f} MB | {r['prepare_s']:.1f} s | {r['prepare_mb_s']:.1f} | "
+        cpu = f"{r['prepare_cpu_s']:.1f} s" if r.get("prepare_cpu_s") is not None else "-"
+        lines.append(f"| {r['data']} | {r['bytes'] / 1e6:,.0f} MB | {r['prepare_s']:.1f} s | {r['prepare_mb_s']:.1f} | {cpu} | "
                      f"{r['tokenize_mb_s'] if r['tokenize_mb_s'] is not None else '-'} | {r['first_step_s']} s ({r['to_loop_s']} s) | "
                      f"{r['peak_rss_mb']:,.0f} MB | {r['step_ms']:.0f} ms | {100 * r['batch_share']:.2f} % |")
     return "\n".join(lines)

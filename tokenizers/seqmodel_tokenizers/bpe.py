@@ -16,11 +16,13 @@ never learns a merge across such a string: the training texts are cut at every o
 they are special tokens, the string itself is left out). Training streams the split's texts
 (`fit_text.TextStream`), at most `fit_max_chars` characters of them, and reports what it read.
 
-Long texts are encoded in parallel with the library's batch encoder, cut before every newline
-that follows a non-space character: no GPT-2 pre-token spans such a point and the regex has no
-look-behind, so the pieces encode exactly as the whole text would. For the same reason a text
-read in parts cut at such points (capability "parts": a large file) trains and encodes part by
-part exactly as the whole text would.
+Long texts are cut before every newline that follows a non-space character: no GPT-2 pre-token
+spans such a point and the regex has no look-behind, so the pieces encode exactly as the whole
+text would. ASCII pieces go through a cache of pre-tokens (`bpe_words`: GPT-2's split in Python's
+`re`, each distinct pre-token encoded once by the library), the others through the library's
+parallel batch encoder; a text read in parts cut at such points (capability "parts": a large
+file) trains and encodes part by part exactly as the whole text would, a worker process encoding
+every other part (`bpe_encode`). The ids are always those of the library's `encode`.
 
 References:
     Sennrich et al., "Neural Machine Translation of Rare Words with Subword Units", ACL 2016.
@@ -30,7 +32,6 @@ References:
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -46,12 +47,11 @@ from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from .bpe_encode import TextEncoder, pieces
 from .fit_text import TextStream
 
 FILE = "tokenizer.json"
 BYTES = 256
-_CUT = re.compile(r"(?<=[^\s])(?=\n)")  # Python's \s covers every Unicode White_Space character
-_SHORT = 4096  # characters below which one `encode` call beats the batch encoder
 SPECIALS_IN_TEXT = ("text", "special", "error")
 
 
@@ -124,17 +124,6 @@ def read_tokenizer(path: Path) -> Tokenizer:
         return Tokenizer.from_file(str(path))
     except Exception as err:  # the library raises bare `Exception` for every parse problem
         raise UserError(f"{path}: corrupt BPE tokenizer file: {err}") from None
-
-
-def pieces(text: str, size: int = 8192) -> list[str]:
-    """`text` in pieces of about `size` characters, each cut before a newline that follows a
-    non-space character (see the module docstring); joined, they are `text`."""
-    out, start = [], 0
-    while (cut := _CUT.search(text, start + size) if start + size < len(text) else None) is not None:
-        out.append(text[start : cut.start()])
-        start = cut.start()
-    out.append(text[start:])
-    return out
 
 
 def split_at(text: str, strings: list[str]) -> list[str]:
@@ -219,6 +208,7 @@ class BPETokenizer:
         self.tok = tok
         self._bytes_decoder, self._cuttable = _byte_level(tok)
         added = tok.get_added_tokens_decoder()
+        self._encoder = TextEncoder(tok, self._cuttable)
         self._specials = {i: t.content for i, t in added.items()}
         self._special_strings = [t.content for t in added.values() if t.special]
         self._vocab_size = max(tok.get_vocab(with_added_tokens=True).values()) + 1
@@ -241,22 +231,22 @@ class BPETokenizer:
         return ModalitySpec(self.modality, vocab_size=self._vocab_size, position=self.config.position)
 
     def encode_ids(self, text: str) -> np.ndarray:
-        """Token ids of `text`, (T,) int64; long texts go through the parallel batch encoder."""
-        tok = self._need()
+        """Token ids of `text`, (T,) int64 (`bpe_encode`: long texts in pieces, ASCII through the
+        pre-token cache, the rest through the parallel batch encoder)."""
+        self._need()
+        self._check(text)
+        return self._encoder.encode(text)
+
+    def _check(self, text: str) -> None:
         if self.config.specials_in_text == "error":
             self._refuse_specials(text, self._special_strings, "the text")
-        if len(text) < _SHORT or not self._cuttable:
-            return np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
-        batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast: no offsets (tokenizers >= 0.21)
-        encodings = batch(pieces(text), add_special_tokens=False)
-        return np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
 
     def encode(self, value: str, *, train: bool = False) -> Segment:
         return Segment(self.modality, ids=torch.from_numpy(self.encode_ids(value)))
 
     def encode_parts(self, parts: Iterable[str]) -> Iterator[np.ndarray | Segment]:
         """The ids of a text given in parts cut before a newline that follows a non-space
-        character (`seqmodel.plugin.Parts`): part by part, as the batch encoder cuts long texts;
+        character (`seqmodel.plugin.Parts`): part by part, on every core (`bpe_encode.encode_stream`);
         joined first when this tokenizer's settings make such cuts inexact. A subclass's own
         `encode`, when it has one, encodes each part."""
         self._need()
@@ -265,7 +255,7 @@ class BPETokenizer:
         elif not self._cuttable:
             yield self.encode_ids("".join(parts))
         else:
-            yield from (self.encode_ids(part) for part in parts)
+            yield from self._encoder.encode_stream(parts, self._check)
 
     def decode_ids(self, ids) -> str:
         """The text of a list of ids (invalid UTF-8 at a cut multi-byte character becomes U+FFFD)."""
