@@ -30,7 +30,7 @@ from .generate import SampleConfig
 from .lora import LoRAConfig
 from .model import ModelConfig
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 MOST_THREADS = 1024  # torch.set_num_threads(10**6) crashes the process
 TABLES = ("model", "train", "data", "tokenizer", "tokenizers", "task", "sample")
 
@@ -71,7 +71,8 @@ class TrainConfig:
     """Seeds initialisation, data order and dropout: the same seed gives the same run."""
     precision: str = "fp32"
     """"fp32", "bf16" (autocast; GPU, or CPUs with bf16 instructions: elsewhere it is emulated and
-    several times slower) or "fp16" (GPU only)."""
+    several times slower), "fp16" (GPU only) or "auto" (bf16 where the GPU or CPU computes in it
+    natively, else fp32; the run's log says which)."""
     device: str = "auto"
     """"auto" (GPU when there is one), "cpu" or "cuda"."""
     compile: bool = False

@@ -104,6 +104,15 @@ def emulated_bf16_warning(precision: str, cpu: bool) -> str | None:
             "(AVX512-BF16, AMX or ARM BF16) is emulated and several times slower than fp32")
 
 
+def resolved_precision(precision: str, cpu: bool) -> str:
+    """`[train] precision`, with "auto" made bf16 where the hardware computes in it natively (a
+    CUDA GPU with bf16, a CPU with bf16 instructions) and fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    native = cpu_has_bf16() if cpu else torch.cuda.is_bf16_supported()
+    return "bf16" if native else "fp32"
+
+
 def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     """Accelerator for the recipe: device, precision, accumulation, DDP/FSDP, trackers."""
     cpu = budget.check_machine(cfg)
@@ -114,7 +123,8 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True)
     trackers = [cfg.log_with] if isinstance(cfg.log_with, str) else list(cfg.log_with)
     trackers = [t for t in trackers if t]
-    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
+    precision = resolved_precision(cfg.precision, cpu)
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     AcceleratorState._reset_state()  # another run earlier in this process (Python API, tests) may differ in precision
     try:
         acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum,
@@ -128,9 +138,11 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     if missing and acc.is_main_process:  # accelerate only warns, and the run would go untracked
         raise UserError(f"[train] log_with: tracker {missing[0]!r} is not available (is its package installed? "
                         f"e.g. pip install {missing[0]}); remove it from log_with to train without it")
-    warning = emulated_bf16_warning(cfg.precision, cpu)
+    warning = emulated_bf16_warning(precision, cpu)
     if warning and acc.is_main_process:
         print(warning, file=sys.stderr)
+    if cfg.precision == "auto" and acc.is_main_process:
+        print(f"seqmodel: [train] precision auto: {precision} on this {'CPU' if cpu else 'GPU'}", file=sys.stderr)
     return acc
 
 

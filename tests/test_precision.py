@@ -34,3 +34,21 @@ def test_bf16_training_on_cpu_runs_and_warns_only_without_bf16_instructions(tmp_
     losses = [json.loads(x)["train_loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(0 < x < 10 for x in losses)
     assert ("without bf16 instructions" in done.stderr) == (not cpuinfo_has_bf16())
+
+
+@pytest.mark.parametrize("caps, expected", [({}, "fp32"), ({"avx2": True, "avx512_f": True}, "fp32"),
+                                            ({"avx512_bf16": True}, "bf16"), ({"bf16": True}, "bf16")])
+def test_auto_precision_is_bf16_only_on_cpus_that_compute_in_it(monkeypatch, caps, expected):
+    from seqmodel.train import resolved_precision
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert resolved_precision("auto", cpu=True) == expected
+    assert resolved_precision("fp32", cpu=True) == "fp32" and resolved_precision("bf16", cpu=True) == "bf16"
+
+
+def test_auto_precision_says_what_it_chose_and_never_warns_of_emulation(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=2, eval_every=2, log_every=1, precision="auto")
+    done = cli("run", recipe, "--out", tmp_path / "run", "--no-progress")
+    chosen = "bf16" if cpuinfo_has_bf16() else "fp32"
+    assert f"precision auto: {chosen} on this CPU" in done.stderr
+    assert "without bf16 instructions" not in done.stderr
