@@ -50,6 +50,29 @@ def toml_value(v) -> str:
     return json.dumps(v)
 
 
+def small_lm_recipe(tmp: Path, data: str, tokenizer: str) -> Path:
+    """A two-step lm recipe of a one-layer model with the given [data] and [tokenizer] lines, for
+    tests of data and tokenization rather than of training."""
+    path = tmp / "r.toml"
+    path.write_text(f"""[model]
+layers = 1
+d_model = 16
+heads = 2
+context = 16
+[train]
+steps = 2
+batch_size = 4
+threads = 1
+[data]
+{data}
+[tokenizer]
+{tokenizer}
+[task]
+kind = "lm"
+""")
+    return path
+
+
 def tiny_char_recipe(tmp: Path, corpus: Path, **train) -> Path:
     """A tiny char-LM recipe over the local corpus (seconds to train)."""
     settings = {"steps": 30, "batch_size": 8, "eval_every": 10, "eval_batches": 2, "log_every": 5,

@@ -7,7 +7,7 @@ import sys
 from conftest import REPO, tiny_char_recipe
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import step_time  # noqa: E402
+import step_time
 
 
 def test_variants_get_their_own_overrides_and_a_row_each(tmp_path, corpus, capsys):

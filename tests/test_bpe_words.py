@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_text
+from conftest import make_text, small_lm_recipe
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from seqmodel_plugins.sources import text_files
@@ -95,25 +95,7 @@ def joined(tok: BPETokenizer, docs: list[str]) -> list[int]:
 
 
 def bpe_recipe(tmp: Path, data: str) -> Path:
-    path = tmp / "r.toml"
-    path.write_text(f"""[model]
-layers = 1
-d_model = 16
-heads = 2
-context = 16
-[train]
-steps = 2
-batch_size = 4
-threads = 1
-[data]
-{data}
-[tokenizer]
-kind = "bpe"
-vocab_size = 400
-[task]
-kind = "lm"
-""")
-    return path
+    return small_lm_recipe(tmp, data, 'kind = "bpe"\nvocab_size = 400')
 
 
 def prepared_streams(recipe: Path) -> tuple[Pipeline, dict[str, list[int]]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SEQMODEL, cli, make_text, tiny_char_recipe
+from conftest import SEQMODEL, cli, make_text, small_lm_recipe, tiny_char_recipe
 
 from seqmodel import store
 from seqmodel.pipeline import Pipeline
@@ -35,25 +35,7 @@ def stores(tmp_path, monkeypatch) -> Path:
 
 
 def recipe_file(tmp: Path, paths: list[Path], tokenizer: str = 'kind = "char"') -> Path:
-    path = tmp / "r.toml"
-    path.write_text(f"""[model]
-layers = 1
-d_model = 16
-heads = 2
-context = 16
-[train]
-steps = 2
-batch_size = 4
-threads = 1
-[data]
-source = "text"
-paths = {json.dumps([str(p) for p in paths])}
-[tokenizer]
-{tokenizer}
-[task]
-kind = "lm"
-""")
-    return path
+    return small_lm_recipe(tmp, f'source = "text"\npaths = {json.dumps([str(p) for p in paths])}', tokenizer)
 
 
 def fitted(recipe: Path, *overrides: str) -> Pipeline:
