@@ -191,8 +191,8 @@ class TextSource:
             raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
         ranges = []
         for scan in self._scans()[0]:
-            cut = int(scan.chars * (1 - self.config.val_fraction))
-            start, stop = (0, cut) if name == "train" else (cut, scan.chars)
+            boundary = int(scan.chars * (1 - self.config.val_fraction))
+            start, stop = (0, boundary) if name == "train" else (boundary, scan.chars)
             if stop > start:
                 ranges.append((scan, start, stop))
         return ranges
@@ -207,8 +207,8 @@ class TextSource:
         return Parts(documents=(cut_parts(read_range(*r)) for r in ranges), nbytes=nbytes)
 
     def identity(self) -> dict:
-        files, digest = self.files(), self._scans()[1]
-        return {"source": "text", "files": files, "sha256": digest}
+        scans, digest = self._scans()
+        return {"source": "text", "files": [scan.path for scan in scans], "sha256": digest}
 
 
 def _bytes_between(scan: FileScan, start: int, stop: int) -> int:
