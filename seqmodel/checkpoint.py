@@ -28,7 +28,8 @@ NAME = re.compile(r"step_(\d{7,})")
 MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # AdamW's per-parameter tensors
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename into it) durable; a no-op where a folder cannot be opened."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -91,7 +92,7 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer_state: dict, stat
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         write_atomic(root / "latest", final.name)
     except (OSError, RuntimeError, SafetensorError) as err:  # torch.save and safetensors report I/O as these
         shutil.rmtree(tmp, ignore_errors=True)
@@ -122,7 +123,7 @@ def save_best(run_dir: Path, step: int, model: nn.Module, info: dict) -> Path:
             os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(root)
+        fsync_dir(root)
     except (OSError, RuntimeError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"{root}: cannot write the best checkpoint (step {step}): {cut(err, 160)} ({_free(root)})") from None

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import fsync_dir
 from .errors import UserError
 
 FORMAT = 1
@@ -287,11 +288,11 @@ def new_folder(folder: Path) -> Iterator[Path]:
 
 def _mark_and_move(tmp: Path, folder: Path) -> None:
     write_file(tmp / MARKER, "")
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if folder.exists():
         shutil.rmtree(folder)
     os.rename(tmp, folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
 
 
 def is_complete(folder: Path) -> bool:
@@ -303,15 +304,6 @@ def write_file(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a folder
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def remove_leftovers(folder: Path) -> None:
