@@ -58,7 +58,7 @@ DEFAULT_OPTIONS = "baseline,rmsnorm,swiglu,relu2,qk_norm,gqa,mqa"
 
 def kv_cache_bytes(core) -> int:
     """Bytes of the KV cache of one sequence at the model's full context."""
-    from seqmodel.model import DecodeCache
+    from seqmodel.model.transformer import DecodeCache
     from seqmodel.segments import Segment, collate
 
     name = next(n for n, s in core.specs.items() if s.discrete)
@@ -237,7 +237,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--resume", action="store_true", help="keep the runs already in --json")
     args = ap.parse_args(argv)
 
-    from seqmodel.recipe import load_recipe
+    from seqmodel.recipe.schema import load_recipe
 
     recipe = (args.recipe or SHAPES[args.shape]).resolve()
     common = ["sample.num_samples=0", "train.checkpoint_every=1000000"]

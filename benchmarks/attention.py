@@ -20,8 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from seqmodel.flex import block_mask, flex_attention
 from seqmodel.masks import TokenView, dense_mask, parse_mask
+from seqmodel.model.flex import block_mask, flex_attention
 
 PATTERNS = ["causal", "full", "sliding_window:64", "prefix", "segment", "local:32|causal"]
 

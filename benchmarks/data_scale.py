@@ -185,7 +185,8 @@ def child_run(recipe: str, out: str, timings: str, started: str) -> None:
     and the time from `started` (when the parent launched this process) to the first step's start."""
     import resource
 
-    from seqmodel import cli, task, train
+    from seqmodel import cli, task
+    from seqmodel.training import train
 
     spent = {"batch": 0.0, "step": 0.0, "steps": 0, "in_step": False, "to_loop": None}
 

@@ -16,8 +16,9 @@ import time
 
 import torch
 
-from seqmodel.generate import SampleConfig, choose_token, generate
-from seqmodel.model import ModelConfig, Transformer
+from seqmodel.generate import choose_token, generate
+from seqmodel.model.config import ModelConfig, SampleConfig
+from seqmodel.model.transformer import Transformer
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment
 

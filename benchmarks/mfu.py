@@ -22,7 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from seqmodel.model import ModelConfig, Transformer
+from seqmodel.model.config import ModelConfig
+from seqmodel.model.transformer import Transformer
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import dense_set
 

@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def build(recipe: Path, overrides: list[str]):
-    from seqmodel.pipeline import Pipeline
-    from seqmodel.recipe import load_recipe
+    from seqmodel.data.pipeline import Pipeline
+    from seqmodel.recipe.schema import load_recipe
     from seqmodel.task import Slice
-    from seqmodel.train import resolved_precision
+    from seqmodel.training.train import resolved_precision
 
     pipe = Pipeline(load_recipe(recipe, overrides))
     pipe.fit()

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seqmodel.cpu_memory import ENVIRONMENT
-from seqmodel.train import cpu_has_bf16
+from seqmodel.training.cpu_memory import ENVIRONMENT
+from seqmodel.training.train import cpu_has_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {  # nanoGPT's CPU "baby GPT" and its default Shakespeare config

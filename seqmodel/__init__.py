@@ -5,18 +5,20 @@
     print(seqmodel.load(run.dir).generate("ROMEO:", max_new_tokens=200))
 """
 
-__version__ = "0.1.0"
+from seqmodel._version import __version__
+
+__all__ = ["__version__", "load", "run"]
 
 
 def run(*args, **kwargs):
     """Train a recipe; see `seqmodel.api.run`."""
-    from .api import run as _run
+    from seqmodel.api import run as _run
 
     return _run(*args, **kwargs)
 
 
 def load(*args, **kwargs):
     """Open a run directory; see `seqmodel.api.load`."""
-    from .api import load as _load
+    from seqmodel.api import load as _load
 
     return _load(*args, **kwargs)

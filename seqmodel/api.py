@@ -14,16 +14,18 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, budget, checkpoint, registry, rundir, warm_start
-from .config import build
-from .errors import UserError
-from .generate import SampleConfig
-from .lock import HELD_BY, run_lock
-from .pipeline import Pipeline
-from .plugin import declared
-from .presets import resolve
-from .recipe import Recipe, apply_overrides, load_recipe, parse_recipe
-from .task import can
+from seqmodel import registry
+from seqmodel._version import __version__
+from seqmodel.config import build
+from seqmodel.data.pipeline import Pipeline
+from seqmodel.errors import UserError
+from seqmodel.model.config import SampleConfig
+from seqmodel.plugin import declared
+from seqmodel.recipe.presets import resolve
+from seqmodel.recipe.schema import Recipe, apply_overrides, load_recipe, parse_recipe
+from seqmodel.task import can
+from seqmodel.training import budget, checkpoint, rundir, warm_start
+from seqmodel.training.lock import HELD_BY, run_lock
 
 
 class Run:
@@ -209,7 +211,7 @@ def start_run(recipe: Recipe, run_dir: Path, recipe_path: str) -> Pipeline:
 def write_recipe_toml(pipe: Pipeline, run_dir: Path, recipe_path: str) -> None:
     """RUN/recipe.toml: every setting the run runs with (overrides and defaults included), as
     annotated TOML that `seqmodel run` takes back."""
-    from .docs import recipe_doc
+    from seqmodel.recipe.render import recipe_doc
 
     origin = f"# from {recipe_path}\n" if recipe_path else "# as resumed\n"
     checkpoint.write_atomic(run_dir / "recipe.toml", f"# seqmodel run {run_dir / 'recipe.toml'}\n{origin}{recipe_doc(pipe.recipe)}\n")
@@ -288,8 +290,8 @@ def run(recipe: str | Path | Recipe | dict, overrides: list[str] = (), out: str 
         UserError: a bad recipe or run directory, a second run on the same directory, divergence.
         Interrupted: Ctrl-C or SIGTERM; says which checkpoint holds the run.
     """
-    from .report import finish_run
-    from .train import Interrupted, Trainer
+    from seqmodel.training.report import finish_run
+    from seqmodel.training.train import Interrupted, Trainer
 
     rec, path, recorded_in = recipe_of(recipe, overrides, resume)
     launched = HELD_BY in os.environ  # by `--num-processes`, which has checked and warned already

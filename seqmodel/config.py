@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, cut, shown
+from seqmodel.errors import UserError, cut, shown
 
 DEEPEST = 32  # nesting of tables and lists a recipe may have
 PATH = "seqmodel.path"  # dataclass field metadata key of `path_field`

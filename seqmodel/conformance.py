@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .plugin import ModalitySpec, declared, segment_problem, tensor_kind
-from .segments import Segment, collate
+from seqmodel.plugin import ModalitySpec, declared, segment_problem, tensor_kind
+from seqmodel.segments import Segment, collate
 
 VALUE_ATOL = 1e-5
 DEFAULT_CONTEXT = 256  # ModelConfig.context's default
@@ -58,7 +58,7 @@ def check_tokenizer(name: str, out: Callable[[str], Any] = print) -> bool:
     Returns:
         True when every check passed.
     """
-    from . import registry
+    from seqmodel import registry
 
     try:
         cls = registry.load("tokenizer", name)
@@ -122,8 +122,8 @@ class _Kit:
         self.segments: list[Segment] = []
 
     def new(self):
-        from .config import build
-        from .errors import UserError
+        from seqmodel.config import build
+        from seqmodel.errors import UserError
 
         try:
             config = build(self.cls.Config, {}, "the default Config:")
@@ -238,7 +238,8 @@ class _Kit:
                 raise CheckFailed(f"sample {i}: different decoding {when}")
 
     def forward_backward(self) -> str:
-        from .model import ModelConfig, Transformer
+        from seqmodel.model.config import ModelConfig
+        from seqmodel.model.transformer import Transformer
 
         spec, segs = self.tok.spec(), [s for s in self.segments if len(s)]
         if not segs:

@@ -16,56 +16,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .errors import UserError
-from .masks import future_leak, layout_view
-from .model import DecodeCache, Transformer
-from .segments import Segment, TokenSet, collate
-
-SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes [-2**63, 2**64 - 1]; negatives alias large seeds
-MIN_TEMPERATURE = 1e-6  # below it, logits / temperature can overflow float32 and softmax gives NaN
-
-
-@dataclass
-class SampleConfig:
-    """The `[sample]` table of a recipe: defaults for `seqmodel sample` and end-of-run samples."""
-
-    prompt: str = "\n"
-    """Text (or other input, as the task reads it) the samples start from."""
-    max_new_tokens: int = 500
-    """How many tokens to generate."""
-    temperature: float = 0.8
-    """Softmax temperature; lower is more conservative (0: greedy; otherwise at least 1e-6)."""
-    top_k: int = 200
-    """Keep only the k most likely tokens (0 keeps all)."""
-    top_p: float = 1.0
-    """Nucleus sampling: keep the smallest set of tokens with this much probability (1 keeps all)."""
-    greedy: bool = False
-    """Always take the most likely token."""
-    seed: int = 1337
-    """Random seed of the sampler."""
-    num_samples: int = 2
-    """Samples written at the end of a run (sample k uses seed + k)."""
-
-    def validate(self) -> list[tuple[str, str]]:
-        """(key, problem) pairs; empty when every value can be sampled with."""
-        bad = []
-        if self.max_new_tokens < 1:
-            bad.append(("max_new_tokens", f"must be at least 1, got {self.max_new_tokens}"))
-        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < math.inf):
-            problem = f"must be 0 (greedy) or a finite number of at least {MIN_TEMPERATURE:g}, got {self.temperature}"
-            bad.append(("temperature", problem))
-        if self.top_k < 0:
-            bad.append(("top_k", f"must be 0 (keep all) or positive, got {self.top_k}"))
-        if not 0 <= self.top_p <= 1:
-            bad.append(("top_p", f"must be between 0 and 1 (1 keeps all), got {self.top_p}"))
-        if self.num_samples < 0:
-            bad.append(("num_samples", f"must not be negative, got {self.num_samples}"))
-        top = SEED_MAX - max(self.num_samples - 1, 0)
-        if not 0 <= self.seed <= top:
-            problem = (f"must be between 0 and {top} (torch's generator takes seeds up to 2**64 - 1, and sample k "
-                       f"uses seed + k), got {self.seed}")
-            bad.append(("seed", problem))
-        return bad
+from seqmodel.errors import UserError
+from seqmodel.masks import future_leak, layout_view
+from seqmodel.model.config import SampleConfig
+from seqmodel.model.transformer import DecodeCache, Transformer
+from seqmodel.segments import Segment, TokenSet, collate
 
 
 def choose_token(logits: Tensor, cfg: SampleConfig, generator: torch.Generator | None = None) -> int:

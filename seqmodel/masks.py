@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
-from torch import Tensor
+from seqmodel.errors import UserError, shown
 
-from .errors import UserError, shown
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class TokenView(NamedTuple):
@@ -129,7 +129,7 @@ class ModalityRule(Mask):
         ok = (q.index >= 0) & (k.index >= 0)
         for query, keys in self.rules:
             qc = q.codes.get(query, -2)
-            seen = torch.zeros_like(ok)
+            seen = ok & False
             for key in keys:
                 seen = seen | (k.modality == k.codes.get(key, -2))
             ok = ok & ((q.modality != qc) | seen)
@@ -327,6 +327,8 @@ def layout_view(parts: list[tuple[str, int]]) -> TokenView:
     """Metadata of one example whose segments are `parts` ((modality, length) in token order),
     laid out as `collate` lays them: segment and document = the part's number, time = the index
     inside the part. Tensors are (L,)."""
+    import torch  # here, not at the top: recipes parse masks (`parse_mask`) without importing torch
+
     codes = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in parts))}
     segment = torch.cat([torch.full((n,), s, dtype=torch.long) for s, (_, n) in enumerate(parts)])
     time = torch.cat([torch.arange(n) for _, n in parts])

@@ -23,7 +23,10 @@ from typing import Any, Protocol
 
 import torch
 
-from .segments import Segment
+from seqmodel.capabilities import SOURCE_CAPABILITIES, TOKENIZER_CAPABILITIES, declared
+from seqmodel.segments import Segment
+
+__all__ = ["SOURCE_CAPABILITIES", "TOKENIZER_CAPABILITIES", "declared"]  # re-exported: plugins import them from here
 
 POSITION_KINDS = ("learned", "2d", "timestep", "rotary", "none")
 
@@ -83,20 +86,6 @@ class Tokenizer(Protocol):
     def load(self, directory: Path) -> None: ...
 
 
-TOKENIZER_CAPABILITIES: dict[str, tuple[str, ...]] = {
-    "augment": ("encode",),  # encode(value, *, train, generator): random augmentation driven by the step's generator
-    "read_file": ("read_file",),  # read_file(path) -> a field value (`seqmodel predict`, `sample --prompt FILE`)
-    "pieces": ("piece",),  # piece(id) -> the text of one id (`seqmodel tokenize`, `score`)
-    "separator": ("eot_id",),  # eot_id: the id put between documents of a token stream (or None)
-    "examples": ("examples",),  # examples() -> a few field values (`seqmodel plugins check`)
-    "compare": ("same",),  # same(value, decoded) -> bool, for a lossy or re-represented decode
-    "modalities": ("specs",),  # specs() -> {role: ModalitySpec}: a tokenizer of several modalities
-    "hf_tokenizer": ("hf_tokenizer",),  # hf_tokenizer() -> a HuggingFace `tokenizers.Tokenizer` (`seqmodel export --format hf`)
-    "parts": ("encode_parts",),  # encode_parts(parts) -> the ids of the joined value, part by part; fit takes parts as values (see `Parts`)
-}
-"""Tokenizer capability -> the members a tokenizer declaring it must have."""
-
-
 class Source(Protocol):
     """Yields raw examples (dicts of fields) for the splits "train", "val" and "test"."""
 
@@ -105,15 +94,6 @@ class Source(Protocol):
     def split(self, name: str) -> Sequence[dict] | Iterable[dict]: ...
 
     def identity(self) -> dict: ...
-
-
-SOURCE_CAPABILITIES: dict[str, tuple[str, ...]] = {
-    "info": ("info",),  # info() -> {"label_names": [...], "env_id": ...}: facts tasks may read
-    "parts": ("parts",),  # parts(split, field) -> `Parts` (long values read piece by piece), or None for that field
-    "resume": ("resumable",),  # resumable(split) -> whether `split` gives an iterable with state_dict() and
-    # load_state_dict(state) (as datasets.IterableDataset): a preparation killed part-way continues from there
-}
-"""Source capability -> the members a source declaring it must have."""
 
 
 @dataclass(frozen=True)
@@ -134,12 +114,6 @@ class Parts:
 
     documents: Iterable[Iterable[Any]]
     nbytes: int | None = None
-
-
-def declared(obj: Any) -> frozenset[str]:
-    """The capabilities a plugin (class or instance) declares."""
-    cls = obj if isinstance(obj, type) else type(obj)
-    return frozenset(getattr(cls, "capabilities", ()))
 
 
 # -- what a valid segment is ------------------------------------------------------------------

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, is_dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from .errors import UserError
+from seqmodel.capabilities import SOURCE_CAPABILITIES, TASK_CAPABILITIES, TOKENIZER_CAPABILITIES
+from seqmodel.errors import UserError
 
 GROUPS = {"tokenizer": "seqmodel.tokenizers", "source": "seqmodel.sources", "task": "seqmodel.tasks"}
 
@@ -33,13 +34,7 @@ REQUIRED = {
 
 def capabilities(kind: str) -> dict[str, tuple[str, ...]]:
     """Capability name -> the members a plugin of `kind` declaring it must have."""
-    from .plugin import SOURCE_CAPABILITIES, TOKENIZER_CAPABILITIES
-
-    if kind == "task":
-        from .task import CAPABILITIES
-
-        return {name: members for name, (_, members) in CAPABILITIES.items()}
-    return TOKENIZER_CAPABILITIES if kind == "tokenizer" else SOURCE_CAPABILITIES
+    return {"tokenizer": TOKENIZER_CAPABILITIES, "source": SOURCE_CAPABILITIES, "task": TASK_CAPABILITIES}[kind]
 
 
 class PluginError(UserError):

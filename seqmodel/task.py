@@ -25,17 +25,26 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from .errors import UserError
-from .plugin import ModalitySpec, declared, segment_problem
-from .progress import progress
-from .segments import Segment, TokenSet
+from seqmodel.capabilities import TASK_CAPABILITIES, can, declared
+from seqmodel.errors import UserError
+from seqmodel.plugin import ModalitySpec, segment_problem
+from seqmodel.progress import progress
+from seqmodel.segments import Segment, TokenSet
 
 if TYPE_CHECKING:
-    from .generate import SampleConfig
-    from .model import ModelConfig, Transformer
-    from .store import TokenStream
+    from seqmodel.model.config import ModelConfig, SampleConfig
+    from seqmodel.model.transformer import Transformer
 
 SPLITS = ("train", "val", "test")
+
+
+class IdStream(Protocol):
+    """A split's ids as one stream (`TaskContext.stream`): an int64 tensor, or a prepared store
+    mapped from disk (`seqmodel.data.store.TokenStream`); both index alike."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index) -> Tensor: ...
 
 
 # -- the contract ----------------------------------------------------------------------------
@@ -112,23 +121,11 @@ class Exports(Protocol):
 
 
 CAPABILITIES: dict[str, tuple[type, tuple[str, ...]]] = {
-    "generate": (Generates, ("generate",)),
-    "score": (Scores, ("score",)),
-    "predict": (Predicts, ("predict",)),
-    "sample": (Samples, ("sample",)),
-    "report": (Reports, ("report",)),
-    "metrics": (Measures, ("metrics", "loss_label")),
-    "state": (KeepsState, ("save", "load")),
-    "modalities": (AddsModalities, ("model_specs",)),
-    "export": (Exports, ("export_outputs",)),
-    "eval_options": (object, ("EvalOptions",)),  # a dataclass of `seqmodel eval --set KEY=VALUE` options
-}
+    name: (protocol, TASK_CAPABILITIES[name]) for name, protocol in (
+        ("generate", Generates), ("score", Scores), ("predict", Predicts), ("sample", Samples), ("report", Reports),
+        ("metrics", Measures), ("state", KeepsState), ("modalities", AddsModalities), ("export", Exports),
+        ("eval_options", object))}
 """Task capability -> (its Protocol, the members a class declaring it must have)."""
-
-
-def can(task: Any, capability: str) -> bool:
-    """Whether `task` declares `capability` (the registry checked the declaration at load)."""
-    return capability in declared(task)
 
 
 # -- what a task sees ------------------------------------------------------------------------
@@ -215,7 +212,7 @@ class TaskContext:
             raise UserError(f"{who}: encode gave a segment that does not fit: {problem}")
         return seg
 
-    def stream(self, modality: str, split: str) -> Tensor | TokenStream:
+    def stream(self, modality: str, split: str) -> IdStream:
         """A split's values of `modality` as one id stream, in document order, with the
         tokenizer's separator id between documents when it declares "separator": memory-mapped
         from its prepared store (a `TokenStream`, tokenized once for every run) when the pipeline

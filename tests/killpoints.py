@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 
-from seqmodel import checkpoint, cli, train
+from seqmodel import cli
+from seqmodel.training import checkpoint, train
 
 POINTS = set(sys.argv[1].split(","))
 current = {"step": None}

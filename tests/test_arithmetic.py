@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli, one_line_error
+from seqmodel_plugins.sources.arithmetic import ArithmeticConfig, ArithmeticSource, Problems, owner
 
 import seqmodel.registry as registry
 from seqmodel.api import load
-from seqmodel_plugins.sources.arithmetic import ArithmeticConfig, ArithmeticSource, Problems, owner
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "addition.toml"
 ENTRY = EntryPoint("arithmetic", "seqmodel_plugins.sources.arithmetic:ArithmeticSource", "seqmodel.sources")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from seqmodel.masks import parse_mask
-from seqmodel.model import Attention, ModelConfig, Plan, Transformer, make_plan
+from seqmodel.model.config import ModelConfig
+from seqmodel.model.transformer import Attention, Plan, Transformer, make_plan
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment, collate
 

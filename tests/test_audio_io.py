@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from seqmodel_tokenizers.audio import load_audio
 
 from seqmodel.errors import UserError
-from seqmodel_tokenizers.audio import load_audio
 
 
 def _tone(n: int = 8000, rate: int = 16000) -> np.ndarray:

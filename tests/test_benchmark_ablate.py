@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import REPO, tiny_char_recipe
 
-from seqmodel.model import ModelConfig, Transformer
+from seqmodel.model.config import ModelConfig
+from seqmodel.model.transformer import Transformer
 from seqmodel.plugin import ModalitySpec
 
 sys.path.insert(0, str(REPO / "benchmarks"))

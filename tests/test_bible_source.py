@@ -5,10 +5,10 @@ import hashlib
 import zipfile
 
 import pytest
-
-from seqmodel.errors import UserError
 from seqmodel_plugins.sources import bible
 from seqmodel_tokenizers.char import CharConfig, CharTokenizer
+
+from seqmodel.errors import UserError
 
 TEXT = '\n1. In the beginning was the word. 2. And the word was 12 cubits.\n3. Amen. '
 

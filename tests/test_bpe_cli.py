@@ -6,7 +6,6 @@ import math
 
 import pytest
 from conftest import REPO, cli
-
 from seqmodel_tokenizers.bpe import BPEConfig, BPETokenizer
 
 RECIPE = REPO / "recipes" / "bpe_lm.toml"

@@ -6,12 +6,12 @@ import json
 
 import pytest
 from conftest import make_text
-from tokenizers import Tokenizer
-
-from seqmodel.errors import UserError
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import parse_recipe
 from seqmodel_tokenizers.bpe import BPEConfig, BPETokenizer, split_at
+
+from seqmodel.data.pipeline import Pipeline
+from seqmodel.errors import UserError
+from seqmodel.recipe.schema import parse_recipe
+from tokenizers import Tokenizer
 
 EOT = "<|endoftext|>"
 TYPED = ["a<|endoftext|>b", EOT, "x <|endoftext|>\n<|endoftext|><|endoftext|>y", "!!<|endoftext|>??", "<|sep|>|>",

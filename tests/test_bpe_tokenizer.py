@@ -9,12 +9,12 @@ import torch
 from conftest import make_text
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from seqmodel.errors import UserError
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import parse_recipe
-from seqmodel.segments import Segment
 from seqmodel_tokenizers.bpe import BPEConfig, BPETokenizer, byte_symbols, pieces
+
+from seqmodel.data.pipeline import Pipeline
+from seqmodel.errors import UserError
+from seqmodel.recipe.schema import parse_recipe
+from seqmodel.segments import Segment
 
 VARIED = "naïve café 日本語のテキスト 🎉🙂 e\u0301 ñ\tTab\r\nCRLF    spaces\n\n" * 20
 HARD = ["", "日本語", "🎉👍🏽", "e\u0301\u0308", "a\tb\t\t", "x\r\ny\r\n", "    ", "\n\n\n", "a  \n  b", " \u00a0\u3000",

@@ -16,9 +16,9 @@ from seqmodel_tokenizers import bpe_encode
 from seqmodel_tokenizers.bpe import BPEConfig, BPETokenizer
 from seqmodel_tokenizers.bpe_words import GPT2_ASCII, WordCache, eligible
 
-from seqmodel import store
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import load_recipe
+from seqmodel.data import store
+from seqmodel.data.pipeline import Pipeline
+from seqmodel.recipe.schema import load_recipe
 from tokenizers import Tokenizer, normalizers
 
 EOT = "<|endoftext|>"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO
+
+from seqmodel.data.pipeline import Pipeline
 from seqmodel.errors import UserError
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import load_recipe
+from seqmodel.recipe.schema import load_recipe
 from seqmodel.segments import Segment, collate
 
 RECIPE = REPO / "recipes" / "vit_patches.toml"

@@ -5,13 +5,11 @@ import json
 
 import pytest
 import torch
-
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import load_recipe
-from seqmodel.task import Slice
-
 from conftest import tiny_char_recipe
 
+from seqmodel.data.pipeline import Pipeline
+from seqmodel.recipe.schema import load_recipe
+from seqmodel.task import Slice
 
 OPTIONS = ["model.norm=rmsnorm", "model.mlp=swiglu", "model.qk_norm=true", "model.kv_heads=1", "model.embed_norm=true"]
 

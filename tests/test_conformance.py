@@ -8,11 +8,11 @@ from importlib.metadata import EntryPoint
 
 import pytest
 import torch
+from seqmodel_tokenizers.char import CharTokenizer
 
 import seqmodel.registry as registry
 from seqmodel.conformance import check_tokenizer, run_checks, values_equal
 from seqmodel.segments import Segment
-from seqmodel_tokenizers.char import CharTokenizer
 
 BUILT_IN = {"char": "seqmodel_tokenizers.char", "bpe": "seqmodel_tokenizers.bpe", "patches": "seqmodel_tokenizers.patches",
             "mel": "seqmodel_tokenizers.mel", "sar": "seqmodel_tokenizers.sar", "kmer": "seqmodel_kmer.tokenizer"}

@@ -13,7 +13,7 @@ import pytest
 PROBE = """
 import json, resource, sys
 import torch
-from seqmodel.cpu_memory import keep_freed_memory
+from seqmodel.training.cpu_memory import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 faults = []
 for _ in range(24):

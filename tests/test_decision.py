@@ -11,15 +11,15 @@ import torch
 from conftest import REPO, cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from seqmodel.errors import UserError
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import load_recipe
-from seqmodel.segments import collate
-from seqmodel.task import Slice
 from seqmodel_plugins.gym_data import Episode, save_episodes
 from seqmodel_plugins.sources.episodes import split_episodes
 from seqmodel_tokenizers.sar import SARConfig, SARTokenizer
+
+from seqmodel.data.pipeline import Pipeline
+from seqmodel.errors import UserError
+from seqmodel.recipe.schema import load_recipe
+from seqmodel.segments import collate
+from seqmodel.task import Slice
 
 RECIPES = ("decision_cartpole.toml", "decision_cartpole_bc.toml")
 TINY = ["model.layers=1", "model.d_model=32", "model.heads=2", "data.n_episodes=12", "train.threads=1"]

@@ -6,19 +6,18 @@ import dataclasses
 import json
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 from conftest import REPO, cli, one_line_error, tiny_char_recipe
 
 import seqmodel
 from seqmodel import registry
-from seqmodel.docs import field_docs
-from seqmodel.generate import SampleConfig
-from seqmodel.model import ModelConfig
-from seqmodel.recipe import TrainConfig, load_recipe, parse_recipe
+from seqmodel.model.config import ModelConfig, SampleConfig
+from seqmodel.recipe.render import field_docs
+from seqmodel.recipe.schema import TrainConfig, load_recipe, parse_recipe
 from seqmodel.task import can
 
 BUILT_IN = [r for r in registry.available(check=False) if r.distribution == "seqmodel"]
@@ -84,11 +83,11 @@ def test_a_built_wheel_carries_the_recipes(tmp_path):
     (wheel,) = tmp_path.glob("seqmodel-*.whl")
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    done = subprocess.run([sys.executable, "-c", "from seqmodel.presets import shipped; print(sorted(shipped()))"],
+    done = subprocess.run([sys.executable, "-c", "from seqmodel.recipe.presets import shipped; print(sorted(shipped()))"],
                           cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "'char_lm'" in done.stdout and "'vit_patches'" in done.stdout
-    assert str(site) in subprocess.run([sys.executable, "-c", "import seqmodel.presets as p; print(p.shipped()['char_lm'])"],
+    assert str(site) in subprocess.run([sys.executable, "-c", "import seqmodel.recipe.presets as p; print(p.shipped()['char_lm'])"],
                                        cwd=tmp_path, env={"PYTHONPATH": str(site)}, capture_output=True, text=True).stdout
 
 

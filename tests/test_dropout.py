@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import seqmodel.dropout as dropout_module
-from seqmodel.dropout import Dropout, attention_with_dropout, dropout, keep_mask
-from seqmodel.model import ModelConfig, Transformer
+import seqmodel.model.dropout as dropout_module
+from seqmodel.model.config import ModelConfig
+from seqmodel.model.dropout import Dropout, attention_with_dropout, dropout, keep_mask
+from seqmodel.model.transformer import Transformer
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import dense_set
 

@@ -7,11 +7,11 @@ import json
 
 import pytest
 from conftest import make_text
-
-from seqmodel.errors import UserError
-from seqmodel.recipe import parse_recipe
 from seqmodel_tokenizers.bpe import BPEConfig, BPETokenizer
 from seqmodel_tokenizers.char import CharConfig, CharTokenizer
+
+from seqmodel.errors import UserError
+from seqmodel.recipe.schema import parse_recipe
 
 DOCS = [make_text(80, seed=1), "ünïcödé 日本語 🎉\n" + make_text(40, seed=2), make_text(60, seed=3) + "zebra quux\n"]
 

@@ -3,14 +3,14 @@
 
 import contextlib
 import io
-import tomllib
 
+import tomllib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seqmodel import cli
 from seqmodel.errors import UserError
-from seqmodel.recipe import TABLES, Recipe, parse_recipe
+from seqmodel.recipe.schema import TABLES, Recipe, parse_recipe
 
 KEYS = ["arch", "layers", "d_model", "heads", "mlp_ratio", "dropout", "mask", "layer_masks", "context", "steps",
         "batch_size", "grad_accum", "lr", "min_lr", "warmup", "precision", "seed", "source", "kind", "paths", "field",
@@ -88,11 +88,10 @@ def test_random_command_lines(tmp_path, argv):
 
 import random  # noqa: E402
 
+import fuzzing  # noqa: E402
 import pytest  # noqa: E402
 from conftest import tiny_char_recipe  # noqa: E402
 from inprocess import seqmodel  # noqa: E402
-
-import fuzzing  # noqa: E402
 
 
 def digits_recipe(folder) -> str:

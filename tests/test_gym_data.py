@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from seqmodel.errors import UserError
 from seqmodel_plugins import gym_data
 from seqmodel_plugins.gym_data import Episode
+
+from seqmodel.errors import UserError
 
 
 def _episode(rng: np.random.Generator, t: int, continuous: bool = False) -> Episode:

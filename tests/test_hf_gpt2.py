@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import cli, make_text, tiny_char_recipe
 
 transformers = pytest.importorskip("transformers")

@@ -7,12 +7,12 @@ import json
 import pytest
 from conftest import make_text
 from PIL import Image
+from seqmodel_plugins.sources.hf import HFConfig, HFSource, in_val
 
 from seqmodel.config import build
+from seqmodel.data.pipeline import Pipeline
 from seqmodel.errors import UserError
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import parse_recipe
-from seqmodel_plugins.sources.hf import HFConfig, HFSource, in_val
+from seqmodel.recipe.schema import parse_recipe
 
 
 @pytest.fixture(scope="module")

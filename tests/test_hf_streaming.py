@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import SEQMODEL, cli, make_text
 
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import load_recipe
+from seqmodel.data.pipeline import Pipeline
+from seqmodel.recipe.schema import load_recipe
 
 
 def write_rows(path: Path, n: int, seed: int = 0) -> None:
@@ -94,7 +94,8 @@ def test_a_streaming_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path, d
 
 KILL_AFTER_PROGRESS = textwrap.dedent("""
     import os, signal, sys
-    from seqmodel import cli, prepare, store
+    from seqmodel import cli
+    from seqmodel.data import prepare, store
     prepare.PROGRESS_TOKENS = 2000  # record the stream's place often
     saved = store.StoreWriter.save_progress
     calls = []

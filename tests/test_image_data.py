@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
-
-from seqmodel.errors import UserError
 from seqmodel_plugins.image_data import (
     DIGIT_NAMES,
     digits_examples,
@@ -17,6 +15,8 @@ from seqmodel_plugins.image_data import (
     stratified_split,
 )
 from seqmodel_tokenizers.patch_ops import to_array
+
+from seqmodel.errors import UserError
 
 
 @pytest.fixture(scope="module")

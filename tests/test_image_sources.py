@@ -7,11 +7,11 @@ from collections import Counter
 import numpy as np
 import pytest
 from PIL import Image
+from seqmodel_plugins.image_data import DIGIT_NAMES
+from seqmodel_plugins.sources.images import DigitsConfig, DigitsSource, ImageFolderConfig, ImageFolderSource
 
 from seqmodel.config import build
 from seqmodel.errors import UserError
-from seqmodel_plugins.image_data import DIGIT_NAMES
-from seqmodel_plugins.sources.images import DigitsConfig, DigitsSource, ImageFolderConfig, ImageFolderSource
 
 
 def digits(**cfg) -> DigitsSource:

@@ -5,13 +5,13 @@ pictures, and draws the same batches as from eagerly loaded images."""
 import numpy as np
 import pytest
 from PIL import Image
-
-from seqmodel.config import build
-from seqmodel.task import Slice
-from seqmodel.train import fingerprint
 from seqmodel_plugins import image_data
 from seqmodel_plugins.sources import images
 from seqmodel_plugins.sources.images import ImageFolderConfig, ImageFolderSource, _digest, _split
+
+from seqmodel.config import build
+from seqmodel.task import Slice
+from seqmodel.training.train import fingerprint
 
 
 def write_tree(root, per_class: int = 6) -> None:
@@ -56,8 +56,8 @@ def test_identity_equals_the_eager_digest_and_is_kept(tmp_path, monkeypatch, cou
 
 
 def test_classify_holds_file_names_and_draws_the_same_batches(tmp_path, monkeypatch, counted):
-    from seqmodel.pipeline import Pipeline
-    from seqmodel.recipe import parse_recipe
+    from seqmodel.data.pipeline import Pipeline
+    from seqmodel.recipe.schema import parse_recipe
 
     monkeypatch.setenv("SEQMODEL_STORES", str(tmp_path / "stores"))
     write_tree(tmp_path / "pets", per_class=10)

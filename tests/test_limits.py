@@ -10,9 +10,9 @@ import pytest
 from conftest import tiny_char_recipe
 from inprocess import errors, seqmodel
 
-from seqmodel.model import Transformer
+from seqmodel.model.transformer import Transformer
 from seqmodel.plugin import ModalitySpec
-from seqmodel.recipe import load_recipe
+from seqmodel.recipe.schema import load_recipe
 
 
 def one_line(done, *needles) -> str:
@@ -44,7 +44,7 @@ def test_what_cannot_fit_in_memory_is_refused_naming_the_key(tmp_path, corpus, o
 
 def test_the_estimate_is_a_lower_bound_of_the_real_model(tmp_path, corpus):
     """Parameter counts against the model itself, for each architecture and a few shapes."""
-    from seqmodel import budget
+    from seqmodel.training import budget
 
     specs = [ModalitySpec("text", vocab_size=97), ModalitySpec("image", width=12, position="2d", max_positions=(4, 5))]
     for arch in ("decoder", "encoder", "encoder_decoder"):
@@ -61,7 +61,7 @@ def test_the_estimate_is_a_lower_bound_of_the_real_model(tmp_path, corpus):
 
 
 def budget_most(key: str) -> int:
-    from seqmodel import budget
+    from seqmodel.training import budget
 
     return budget.HUGE[key.replace("[", "").replace("] ", ".")]
 

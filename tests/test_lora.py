@@ -5,14 +5,13 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import cli, tiny_char_recipe
+from safetensors.torch import load_file
 
 pytest.importorskip("peft")
 import seqmodel  # noqa: E402
-from seqmodel import checkpoint  # noqa: E402
 from seqmodel.segments import dense_set  # noqa: E402
+from seqmodel.training import checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from seqmodel_tokenizers.mel_features import MelConfig, log_mel, spec_augment
 
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from seqmodel_tokenizers.mel import MelTokenizer, MelTokenizerConfig, slice_frames
+from seqmodel_tokenizers.mel_features import MelConfig
 from test_mel_features import _reference_log_mel, _signals
 
 from seqmodel.config import build
 from seqmodel.errors import UserError
-from seqmodel_tokenizers.mel import MelTokenizer, MelTokenizerConfig, slice_frames
-from seqmodel_tokenizers.mel_features import MelConfig
 
 
 def _tok(**kw) -> MelTokenizer:

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from conftest import cli, one_line_error, tiny_char_recipe
 
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import load_recipe
+from seqmodel.data.pipeline import Pipeline
+from seqmodel.recipe.schema import load_recipe
 from seqmodel.segments import dense_set
 from seqmodel.task import Slice
 

@@ -6,18 +6,18 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_char_recipe
 
 from seqmodel import cli
 from seqmodel.errors import UserError
 from seqmodel.generate import generate
-from seqmodel.kv_cache import DecodeCache
-from seqmodel.layers import MLP, make_norm
 from seqmodel.masks import dense_mask, parse_mask
-from seqmodel.model import Attention, ModelConfig, Plan, Transformer, make_plan
+from seqmodel.model.config import ModelConfig
+from seqmodel.model.kv_cache import DecodeCache
+from seqmodel.model.layers import MLP, make_norm
+from seqmodel.model.transformer import Attention, Plan, Transformer, make_plan
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment, collate
-
-from conftest import tiny_char_recipe
 
 OPTIONS = {
     "rmsnorm": dict(norm="rmsnorm"),
@@ -250,7 +250,7 @@ def test_grouped_query_cross_attention_equals_repeated_kv_heads(kv_heads):
 def test_grouped_query_attention_with_cpu_dropout_equals_repeated_kv_heads(causal):
     """The CPU attention-with-dropout path draws its masks for the query heads: with the same seed
     it equals the same path run on K/V heads repeated by hand."""
-    from seqmodel.dropout import attention_with_dropout
+    from seqmodel.model.dropout import attention_with_dropout
 
     torch.manual_seed(4)
     attn = Attention(ModelConfig(d_model=32, heads=4, kv_heads=2, dropout=0.3)).train()
@@ -422,7 +422,7 @@ def test_rmsnorm_under_bf16_autocast_runs_in_float32_without_a_fallback_warning(
     path); under autocast ours computes in fp32 from the bf16 input, as autocast runs layer_norm."""
     import warnings
 
-    from seqmodel.layers import RMSNorm
+    from seqmodel.model.layers import RMSNorm
 
     norm = RMSNorm(16, eps=1e-6)
     with torch.no_grad():

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from seqmodel.generate import generate
-from seqmodel.model import ModelConfig, Transformer
+from seqmodel.model.config import ModelConfig
+from seqmodel.model.transformer import Transformer
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment, collate
 

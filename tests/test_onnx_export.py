@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import cli, tiny_char_recipe
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 import seqmodel  # noqa: E402
-from seqmodel.onnx_export import Graph, flatten  # noqa: E402
+from seqmodel.interop.onnx import Graph, flatten  # noqa: E402
 from seqmodel.task import Slice  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
 from seqmodel_tokenizers.patch_ops import (
     channel_stats,
     grid_positions,

@@ -8,12 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from seqmodel_tokenizers.patch_ops import channel_stats, to_array
+from seqmodel_tokenizers.patches import PatchConfig, PatchTokenizer
 
 from seqmodel.config import build
 from seqmodel.errors import UserError
 from seqmodel.segments import Segment
-from seqmodel_tokenizers.patch_ops import channel_stats, to_array
-from seqmodel_tokenizers.patches import PatchConfig, PatchTokenizer
 
 
 def tokenizer(images, **cfg) -> PatchTokenizer:

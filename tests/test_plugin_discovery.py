@@ -7,13 +7,13 @@ import sys
 from dataclasses import dataclass
 
 import pytest
+from seqmodel_tokenizers.char import CharTokenizer
 
 import seqmodel.registry as registry
 from seqmodel.cli import main
 from seqmodel.conformance import check_tokenizer
 from seqmodel.errors import UserError
 from seqmodel.registry import PluginError
-from seqmodel_tokenizers.char import CharTokenizer
 
 
 class FakeDist:

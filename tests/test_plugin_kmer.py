@@ -18,12 +18,13 @@ try:
 except PackageNotFoundError:
     pytest.skip("the example plugin is not installed: pip install -e plugins/seqmodel-kmer", allow_module_level=True)
 
+from seqmodel_kmer.source import FastaConfig, FastaSource, read_fasta, synthetic_records
+from seqmodel_kmer.tokenizer import ALPHABETS, EOS, UNK, KmerConfig, KmerTokenizer
+
 import seqmodel
 from seqmodel.cli import main
 from seqmodel.config import build
 from seqmodel.errors import UserError
-from seqmodel_kmer.source import FastaConfig, FastaSource, read_fasta, synthetic_records
-from seqmodel_kmer.tokenizer import ALPHABETS, EOS, UNK, KmerConfig, KmerTokenizer
 
 PACKAGE = REPO / "plugins" / "seqmodel-kmer"
 RECIPE = PACKAGE / "recipes" / "kmer_lm.toml"

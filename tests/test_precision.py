@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import cli, tiny_char_recipe
 
-from seqmodel.train import emulated_bf16_warning
+from seqmodel.training.train import emulated_bf16_warning
 
 
 def cpuinfo_has_bf16() -> bool:
@@ -39,7 +39,7 @@ def test_bf16_training_on_cpu_runs_and_warns_only_without_bf16_instructions(tmp_
 @pytest.mark.parametrize("caps, expected", [({}, "fp32"), ({"avx2": True, "avx512_f": True}, "fp32"),
                                             ({"avx512_bf16": True}, "bf16"), ({"bf16": True}, "bf16")])
 def test_auto_precision_is_bf16_only_on_cpus_that_compute_in_it(monkeypatch, caps, expected):
-    from seqmodel.train import resolved_precision
+    from seqmodel.training.train import resolved_precision
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     assert resolved_precision("auto", cpu=True) == expected

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import SEQMODEL, cli, make_text, small_lm_recipe, tiny_char_recipe
-
-from seqmodel import store
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import load_recipe
-from seqmodel.task import Slice
-from seqmodel.train import fingerprint
 from seqmodel_plugins.sources import text_files
 from seqmodel_plugins.sources.text import TextConfig, TextSource
+
+from seqmodel.data import store
+from seqmodel.data.pipeline import Pipeline
+from seqmodel.recipe.schema import load_recipe
+from seqmodel.task import Slice
+from seqmodel.training.train import fingerprint
 
 
 @pytest.fixture
@@ -179,7 +179,8 @@ def test_a_store_without_its_marker_is_rebuilt(stores, tmp_path, two_files):
 
 KILL_BEFORE_MARKER = textwrap.dedent("""
     import os, signal, sys
-    from seqmodel import cli, store
+    from seqmodel import cli
+    from seqmodel.data import store
     def killed(tmp, folder):  # the ids are written; the process dies before the store is complete
         os.kill(os.getpid(), signal.SIGKILL)
     store._mark_and_move = killed
@@ -265,8 +266,9 @@ def test_a_full_disk_while_saving_a_fit_is_one_line(stores, tmp_path, two_files,
 
 @pytest.mark.parametrize("alphabet", ["ab\n", "abcdefghij klmnopqrstuvwxyz\n.,", "aé日🎉\n", "".join(map(chr, range(32, 700)))])
 def test_char_ids_equal_a_naive_lookup_in_every_table_dtype(alphabet):
-    from seqmodel.errors import UserError
     from seqmodel_tokenizers.char import CharConfig, CharTokenizer
+
+    from seqmodel.errors import UserError
 
     rng = random.Random(len(alphabet))
     train = alphabet + "".join(rng.choice(alphabet) for _ in range(3000))

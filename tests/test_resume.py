@@ -14,7 +14,7 @@ from conftest import tiny_char_recipe
 from inprocess import errors, seqmodel
 from processes import finish, kill, start, wait_stopped
 
-from seqmodel import checkpoint
+from seqmodel.training import checkpoint
 
 
 def metrics(run: Path) -> list[dict]:

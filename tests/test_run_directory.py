@@ -15,7 +15,7 @@ from inprocess import errors, seqmodel
 from processes import finish, kill, start, wait_stopped
 from safetensors.torch import load_file, save_file
 
-from seqmodel import checkpoint
+from seqmodel.training import checkpoint
 
 
 @pytest.fixture(scope="module")

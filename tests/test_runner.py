@@ -135,7 +135,7 @@ def test_huggingface_tokenizers_importable_from_repo_root():
 
 
 def test_every_shipped_recipe_validates():
-    from seqmodel.recipe import load_recipe
+    from seqmodel.recipe.schema import load_recipe
 
     recipes = sorted((REPO / "recipes").glob("*.toml"))
     assert recipes

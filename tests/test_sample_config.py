@@ -8,8 +8,9 @@ import torch
 
 from seqmodel.config import build
 from seqmodel.errors import UserError
-from seqmodel.generate import SampleConfig, choose_token
-from seqmodel.recipe import parse_recipe
+from seqmodel.generate import choose_token
+from seqmodel.model.config import SampleConfig
+from seqmodel.recipe.schema import parse_recipe
 
 BAD = [("top_k", -5, "must be 0 (keep all) or positive"), ("top_p", -1.0, "must be between 0 and 1"),
        ("top_p", 1.5, "must be between 0 and 1"), ("top_p", math.nan, "must be between 0 and 1"),

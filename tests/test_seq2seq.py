@@ -15,15 +15,15 @@ import torch
 from conftest import cli
 from hypothesis import given
 from hypothesis import strategies as st
+from seqmodel_plugins.tasks.seq2seq import edit_distance
 
 from seqmodel.api import load
+from seqmodel.data.pipeline import Pipeline
 from seqmodel.errors import UserError
 from seqmodel.generate import generate
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import load_recipe
+from seqmodel.recipe.schema import load_recipe
 from seqmodel.segments import Segment
 from seqmodel.task import Slice
-from seqmodel_plugins.tasks.seq2seq import edit_distance
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "speech_digits.toml"

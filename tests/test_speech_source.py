@@ -6,10 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from seqmodel_plugins.sources.speech import SpokenDigitsConfig, SpokenDigitsSource
 
 from seqmodel.config import build
 from seqmodel.errors import UserError
-from seqmodel_plugins.sources.speech import SpokenDigitsConfig, SpokenDigitsSource
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from seqmodel.errors import UserError
 from seqmodel_plugins import spoken_digits_data as sd
 from seqmodel_tokenizers.audio import load_audio
+
+from seqmodel.errors import UserError
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"

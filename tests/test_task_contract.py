@@ -9,16 +9,17 @@ from dataclasses import dataclass
 import pytest
 import torch
 from conftest import cli, one_line_error, tiny_char_recipe
+from seqmodel_tokenizers.char import CharConfig, CharTokenizer
 
 import seqmodel.registry as registry
 from seqmodel.errors import UserError
 from seqmodel.generate import generate
 from seqmodel.masks import MaskSchedule, future_leak, layout_view
-from seqmodel.model import ModelConfig, Transformer
+from seqmodel.model.config import ModelConfig
+from seqmodel.model.transformer import Transformer
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment
 from seqmodel.task import TaskContext
-from seqmodel_tokenizers.char import CharConfig, CharTokenizer
 
 
 class FakeDist:

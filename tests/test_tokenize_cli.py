@@ -6,8 +6,8 @@ import json
 import pytest
 from conftest import cli, tiny_char_recipe
 
-from seqmodel.pipeline import Pipeline
-from seqmodel.recipe import load_recipe
+from seqmodel.data.pipeline import Pipeline
+from seqmodel.recipe.schema import load_recipe
 
 
 def test_tokenize_a_char_run(tmp_path, corpus):

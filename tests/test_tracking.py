@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from conftest import SEQMODEL, cli, one_line_error, tiny_char_recipe
 
-from seqmodel.tracking import better, log_line
+from seqmodel.training.tracking import better, log_line
 
 
 def rows(run):

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 from inprocess import errors, seqmodel
-
-from seqmodel import registry
-from seqmodel.config import build
-from seqmodel.errors import UserError
-from seqmodel.recipe import load_recipe, parse_recipe
 from seqmodel_plugins.sources.audio import AudioFolderConfig, AudioFolderSource
 from seqmodel_plugins.sources.text import TextConfig
 from seqmodel_tokenizers.mel import MelTokenizer, MelTokenizerConfig, slice_frames
 from seqmodel_tokenizers.mel_features import log_mel
+
+from seqmodel import registry
+from seqmodel.config import build
+from seqmodel.errors import UserError
+from seqmodel.recipe.schema import load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "recipes" / "examples"

@@ -8,9 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO, cli
+from PIL import Image
 
 RECIPE = REPO / "recipes" / "vit_patches.toml"
 TINY = ["train.steps=40", "train.eval_every=20", "train.eval_batches=2", "train.batch_size=32", "train.warmup=5",

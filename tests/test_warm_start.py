@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli, make_text, tiny_char_recipe
 from safetensors.torch import load_file
 
-from conftest import cli, make_text, tiny_char_recipe
-
 import seqmodel
-from seqmodel import checkpoint
+from seqmodel.training import checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import numpy as np
 
 from seqmodel.config import path_field
 from seqmodel.errors import UserError, shown
-
 from seqmodel_plugins import gym_data
 from seqmodel_plugins.sources.text import cache_root
 

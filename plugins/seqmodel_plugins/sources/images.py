@@ -16,7 +16,6 @@ from pathlib import Path
 
 from seqmodel.config import path_field
 from seqmodel.errors import UserError
-
 from seqmodel_plugins.image_data import DIGIT_NAMES, digits_examples, imagefolder_files, load_image, stratified_split
 
 SPLITS = ("train", "val", "test")
@@ -197,7 +196,7 @@ class ImageFolderSource:
     @cached_property
     def _digests(self) -> dict[str, str]:
         """split -> sha256 of its decoded images and labels, kept per state of the files."""
-        from seqmodel import store
+        from seqmodel.data import store
 
         splits = self._loaded[0]
         rows = [[str(ex.path), *_file_state(ex.path), ex.label] for s in SPLITS for ex in splits.get(s, [])]

@@ -99,7 +99,7 @@ def _stat_key(files: list[str]) -> str:
 def scan_files(files: list[str]) -> tuple[list[FileScan], str]:
     """Every file's scan and the sha256 of (name, NUL, normalized text) over the files in order;
     memoized by the files' state."""
-    from seqmodel import store
+    from seqmodel.data import store
 
     try:
         folder = store.prepared_root() / "text" / _stat_key(files)
@@ -126,7 +126,7 @@ def scan_files(files: list[str]) -> tuple[list[FileScan], str]:
 
 
 def _read_memo(folder: Path, files: list[str]) -> tuple[list[FileScan], str] | None:
-    from seqmodel import store
+    from seqmodel.data import store
 
     if not store.is_complete(folder):
         return None

@@ -44,7 +44,6 @@ from seqmodel.plugin import ModalitySpec, declared
 from seqmodel.progress import progress
 from seqmodel.segments import ModalityInputs, Segment, TokenSet
 from seqmodel.task import SPLITS, RandomBatches, TaskContext, chunks, per_split, random_generator
-
 from seqmodel_plugins import gym_data
 
 

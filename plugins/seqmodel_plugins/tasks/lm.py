@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from seqmodel.errors import UserError
-from seqmodel.generate import SampleConfig, choose_token, generate
+from seqmodel.generate import choose_token, generate
 from seqmodel.masks import layout_view, require_no_future
+from seqmodel.model.config import SampleConfig
 from seqmodel.segments import Segment, dense_set
 from seqmodel.task import RandomBatches, TaskContext, can, chunks, per_split
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .errors import UserError
-from .segments import ModalityInputs, TokenSet
-from .task import Slice, can
+from seqmodel.errors import UserError
+from seqmodel.segments import ModalityInputs, TokenSet
+from seqmodel.task import Slice, can
 
 SET_FIELDS = ("valid", "modality", "segment", "doc", "time")
 
@@ -120,8 +120,8 @@ def signature(session) -> dict:
 def export_onnx(run_dir: Path, out: Path) -> dict:
     """Write run `run_dir` as ``out/model.onnx`` and ``out/signature.json``; returns the check:
     the largest difference between onnxruntime's outputs and PyTorch's on two validation batches."""
-    from . import api
-    from .lora import merge
+    from seqmodel import api
+    from seqmodel.model.lora import merge
 
     ort = _onnx()
     run = api.load(run_dir, device="cpu")

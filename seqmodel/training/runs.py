@@ -27,7 +27,7 @@ def _metrics(run: Path) -> list[dict]:
 
 def describe(run: Path) -> dict | None:
     """One run directory's row, or None if `run` is not a run directory."""
-    from . import checkpoint
+    from seqmodel.training import checkpoint
 
     try:
         recipe = json.loads((run / "recipe.json").read_text())

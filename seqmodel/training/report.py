@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .pipeline import Pipeline
-from .plots import figure
-from .task import can
+from seqmodel.data.pipeline import Pipeline
+from seqmodel.plots import figure
+from seqmodel.task import can
 
 
 def loss_curve(history: list[dict], path: Path, title: str = "", unit: str = "nats/token") -> Path | None:

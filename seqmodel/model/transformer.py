@@ -23,112 +23,16 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .dropout import Dropout, attention_with_dropout
-from .errors import UserError
-from .flex import block_mask, flex_attention, works_on as flex_works_on
-from .kv_cache import DecodeCache
-from .layers import ACTIVATIONS, MLP, NORMS, RMSNorm, make_norm
-from .masks import MaskSchedule, TokenView, dense_mask, is_full, is_plain_causal, parse_mask
-from .plugin import ModalitySpec
-from .segments import ModalityInputs, TokenSet
-
-ARCHS = ("decoder", "encoder", "encoder_decoder")
-ATTENTION = ("auto", "sdpa", "flex")
-MLPS = tuple(ACTIVATIONS)
-
-
-@dataclass
-class ModelConfig:
-    """The `[model]` table of a recipe."""
-
-    arch: str = "decoder"
-    """"decoder", "encoder" or "encoder_decoder"."""
-    layers: int = 4
-    """Blocks in the main stack (the decoder of an encoder-decoder)."""
-    encoder_layers: int = 0
-    """Blocks in the encoder of an encoder-decoder; 0 means the same as `layers`."""
-    d_model: int = 128
-    """Width of every token vector."""
-    heads: int = 4
-    """Attention heads; must divide d_model."""
-    mlp_ratio: float = 4.0
-    """MLP hidden width as a multiple of d_model."""
-    dropout: float = 0.0
-    """Dropout on embeddings, attention weights and residual branches."""
-    mask: str = "causal"
-    """Self-attention mask of the main stack (see seqmodel.masks for the grammar)."""
-    layer_masks: list[str] = field(default_factory=list)
-    """Per-layer mask schedule, cycled over the layers; overrides `mask` when given."""
-    encoder_mask: str = "full"
-    """Self-attention mask of the encoder of an encoder-decoder."""
-    context: int = 256
-    """Longest token set the model is trained on (sizes the default 1-D position tables)."""
-    bias: bool = False
-    """Biases in linear layers and LayerNorms."""
-    tie_embeddings: bool = True
-    """Discrete output heads share the input embedding table."""
-    modality_embedding: bool = True
-    """Add a learned per-modality vector to every token (switch off for ablations)."""
-    rope_base: float = 10000.0
-    """Base of the rotary frequencies, for modalities with rotary positions."""
-    attention: str = "auto"
-    """How masks without a fast path are applied: "sdpa" (a dense boolean mask), "flex"
-    (FlexAttention's block-sparse mask; no attention dropout) or "auto" (flex on CUDA when no
-    attention dropout is active, sdpa otherwise)."""
-    norm: str = "layernorm"
-    """Every normalisation layer (before attention, cross-attention, MLP, after the stack, and
-    `embed_norm`): "layernorm" or "rmsnorm" (Zhang & Sennrich 2019: no mean subtraction, no bias)."""
-    norm_eps: float = 1e-5
-    """Epsilon of every norm (`qk_norm` included); GPT-2 uses 1e-5, Llama-family models 1e-5 or 1e-6."""
-    mlp: str = "gelu"
-    """The MLP and its activation (what GPT-2 importers call `activation`): "gelu" (exact erf
-    GELU), "gelu_tanh" (GPT-2's tanh approximation, for released GPT-2 weights), "relu2" (squared
-    ReLU, So et al. 2021) or "swiglu" (Shazeer 2020: silu(x W_gate) * (x W_up), then W_down). SwiGLU
-    has three matrices instead of two, so its hidden width is 2/3 of mlp_ratio * d_model, rounded
-    to the nearest multiple of 8: the parameter count matches the GELU MLP's to within a few per cent."""
-    qk_norm: bool = False
-    """Normalise queries and keys per head (an RMSNorm over the head width, one learned scale
-    shared by the heads) before rotary positions and attention, as OLMo 2 and Gemma 3 do."""
-    kv_heads: int = 0
-    """Key/value heads: fewer than `heads` is grouped-query attention (1: multi-query; Ainslie et
-    al. 2023), each shared by heads / kv_heads query heads; the KV cache shrinks by the same
-    factor. Must divide `heads`; 0 means the same as `heads`."""
-    embed_norm: bool = False
-    """Normalise the summed token embeddings (input, position, modality) before the first block,
-    with the configured `norm`: the Decision Transformer's `embed_ln`."""
-
-    def validate(self) -> list[tuple[str, str]]:
-        """(key, problem) pairs; empty when valid."""
-        bad = []
-        if self.arch not in ARCHS:
-            bad.append(("arch", f"expected one of {', '.join(ARCHS)}, got {self.arch!r}"))
-        for key in ("layers", "d_model", "heads", "context"):
-            if getattr(self, key) < 1:
-                bad.append((key, f"must be at least 1, got {getattr(self, key)}"))
-        if self.heads >= 1 and self.d_model % self.heads:
-            bad.append(("heads", f"must divide d_model={self.d_model}, got {self.heads}"))
-        if not 0.0 <= self.dropout < 1.0:
-            bad.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
-        if self.attention not in ATTENTION:
-            bad.append(("attention", f"expected one of {', '.join(ATTENTION)}, got {self.attention!r}"))
-        elif self.attention == "flex" and self.dropout:
-            bad.append(("attention", "\"flex\" has no attention dropout; set dropout = 0 or attention = \"auto\""))
-        if self.mlp_ratio <= 0:
-            bad.append(("mlp_ratio", f"must be positive, got {self.mlp_ratio}"))
-        for key, allowed in (("norm", NORMS), ("mlp", MLPS)):
-            if getattr(self, key) not in allowed:
-                bad.append((key, f"expected one of {', '.join(allowed)}, got {getattr(self, key)!r}"))
-        if not self.norm_eps > 0:
-            bad.append(("norm_eps", f"must be positive, got {self.norm_eps}"))
-        if self.kv_heads < 0 or self.heads >= 1 and self.kv_heads and self.heads % self.kv_heads:
-            bad.append(("kv_heads", f"must divide heads={self.heads} (0: the same as heads), got {self.kv_heads}"))
-        for key, texts in (("mask", [self.mask]), ("encoder_mask", [self.encoder_mask]), ("layer_masks", self.layer_masks)):
-            for text in texts:
-                try:
-                    parse_mask(text, where="")
-                except UserError as err:
-                    bad.append((key, str(err)))
-        return bad
+from seqmodel.errors import UserError
+from seqmodel.masks import MaskSchedule, TokenView, dense_mask, is_full, is_plain_causal, parse_mask
+from seqmodel.model.config import ModelConfig
+from seqmodel.model.dropout import Dropout, attention_with_dropout
+from seqmodel.model.flex import block_mask, flex_attention
+from seqmodel.model.flex import works_on as flex_works_on
+from seqmodel.model.kv_cache import DecodeCache
+from seqmodel.model.layers import MLP, RMSNorm, make_norm
+from seqmodel.plugin import ModalitySpec
+from seqmodel.segments import ModalityInputs, TokenSet
 
 
 class Plan(NamedTuple):

@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
-from . import registry
-from .config import build
-from .errors import UserError, cut
-from .masks import MaskSchedule
-from .plugin import declared
-from .recipe import Recipe
-from .task import SPLITS, TaskContext, TrainModule, can
+from seqmodel import registry
+from seqmodel.config import build
+from seqmodel.errors import UserError, cut
+from seqmodel.masks import MaskSchedule
+from seqmodel.plugin import declared
+from seqmodel.recipe.schema import Recipe
+from seqmodel.task import SPLITS, TaskContext, TrainModule, can
 
 
 class Pipeline:
@@ -78,7 +78,7 @@ class Pipeline:
     @cached_property
     def prepared(self):
         """The split streams' prepared stores (`seqmodel.prepare.Prepared`)."""
-        from .prepare import Prepared
+        from seqmodel.data.prepare import Prepared
 
         return Prepared(self)
 
@@ -86,7 +86,7 @@ class Pipeline:
         """Fit every tokenizer on its field of the training split (or reuse the state an earlier fit
         on the same data left, `seqmodel.prepare`; or load each one's saved state from `states`,
         modality -> directory: a warm start), then set up the task."""
-        from .prepare import fit_tokenizer
+        from seqmodel.data.prepare import fit_tokenizer
 
         self.check_fields()
         if states is not None:
@@ -105,14 +105,14 @@ class Pipeline:
         self.task.setup(self.context())
 
     def build_model(self) -> TrainModule:
-        from .model import Transformer
+        from seqmodel.model.transformer import Transformer
 
         specs = {m: tok.spec() for m, tok in self.tokenizers.items()}
         specs = self.task.model_specs(specs) if can(self.task, "modalities") else list(specs.values())
         check_mask_modalities(self.recipe, [s.name for s in specs])
         core = Transformer(self.recipe.model, specs, outputs=self.task.outputs())
         if self.recipe.train.lora.rank:
-            from .lora import wrap
+            from seqmodel.model.lora import wrap
 
             wrap(core, self.recipe.train.lora, self.recipe.path)
         head = self.task.build_head(self.recipe.model.d_model)
@@ -127,7 +127,7 @@ class Pipeline:
         `seqmodel check` runs so that data and tokenizer problems surface before a run."""
         import torch
 
-        from .task import Slice
+        from seqmodel.task import Slice
 
         module, losses = self.module.eval(), {}
         for split, train in (("train", True), ("val", False)):
@@ -178,7 +178,7 @@ class Pipeline:
         that changes some keys) with the run's tokenizer and task state loaded, not refitted."""
         run_dir = Path(run_dir)
         if recipe is None:
-            from .rundir import recorded_recipe
+            from seqmodel.training.rundir import recorded_recipe
 
             recipe = recorded_recipe(run_dir)
         pipe = cls(recipe, run_dir)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .masks import MaskSchedule, TokenView, dense_mask, parse_mask
-from .segments import TokenSet
+from seqmodel.masks import MaskSchedule, TokenView, dense_mask, parse_mask
+from seqmodel.segments import TokenSet
 
 
 def synthetic_view(length: int) -> tuple[TokenView, list[tuple[str, int, int]]]:
@@ -48,7 +48,7 @@ def text_grid(mask: torch.Tensor, bands: list[tuple[str, int, int]], limit: int 
 
 
 def draw_png(masks: list[tuple[str, torch.Tensor]], bands, path: Path) -> None:
-    from .plots import figure
+    from seqmodel.plots import figure
 
     with figure(path, grid=(1, len(masks)), size=(4.2 * len(masks), 4.4), dpi=120) as (fig, axes):
         for ax, (title, m) in zip(axes[0], masks):
@@ -69,9 +69,9 @@ def draw_png(masks: list[tuple[str, torch.Tensor]], bands, path: Path) -> None:
 
 def recipe_masks(path: str, overrides: list[str], length: int | None):
     """(title, mask) per distinct layer mask of a recipe's main stack, on a real example."""
-    from .pipeline import Pipeline
-    from .recipe import load_recipe
-    from .task import Slice
+    from seqmodel.data.pipeline import Pipeline
+    from seqmodel.recipe.schema import load_recipe
+    from seqmodel.task import Slice
 
     recipe = load_recipe(path, overrides)
     pipe = Pipeline(recipe)

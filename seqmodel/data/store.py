@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import fsync_dir
-from .errors import UserError
+from seqmodel.errors import UserError
+from seqmodel.training.checkpoint import fsync_dir
 
 FORMAT = 1
 MARKER = "COMPLETE"

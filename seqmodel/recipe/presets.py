@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UserError
+from seqmodel.errors import UserError
 
 
 def recipe_dirs() -> list[Path]:
     """Where shipped recipes live: inside the installed package, or the repository's recipes/."""
-    here = Path(__file__).resolve().parent
-    return [d for d in (here / "recipes", here.parent / "recipes") if d.is_dir()]
+    package = Path(__file__).resolve().parent.parent
+    return [d for d in (package / "recipes", package.parent / "recipes") if d.is_dir()]
 
 
 def shipped() -> dict[str, Path]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .errors import UserError
+from seqmodel.errors import UserError
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 """HF `activation_function` -> `[model] mlp`."""
@@ -82,7 +82,7 @@ def model_table(config, where: str) -> dict:
 
 def hf_origin(spec: str, modalities: tuple[str, ...]):
     """A GPT-2-family HuggingFace model as a warm-start source (see `seqmodel.warm_start.Origin`)."""
-    from .warm_start import Origin
+    from seqmodel.training.warm_start import Origin
 
     name = spec.removeprefix("hf:")
     tf = _transformers()
@@ -125,7 +125,7 @@ def hf_origin(spec: str, modalities: tuple[str, ...]):
 # -- out ---------------------------------------------------------------------------------------
 def export_problem(pipe) -> str | None:
     """Why a run's model cannot be written as a GPT-2 (None when it can)."""
-    from .masks import MaskSchedule, is_plain_causal
+    from seqmodel.masks import MaskSchedule, is_plain_causal
 
     m, core = pipe.recipe.model, pipe.module.core
     if m.arch != "decoder":
@@ -175,7 +175,7 @@ def hf_state(pipe) -> dict[str, Tensor]:
 
 def separator_id(tok) -> int | None:
     """The id a tokenizer puts between documents (its `separator` capability), or None."""
-    from .plugin import declared
+    from seqmodel.plugin import declared
 
     return tok.eot_id if "separator" in declared(tok) else None
 
@@ -194,7 +194,7 @@ def hf_config(pipe):
 
 def save_tokenizer(pipe, out: Path) -> None:
     """The run's tokenizer as a `PreTrainedTokenizerFast` directory (tokenizer.json, tokenizer_config.json)."""
-    from .plugin import declared
+    from seqmodel.plugin import declared
 
     tf = _transformers()
     (name,) = pipe.module.core.specs
@@ -216,8 +216,8 @@ def save_tokenizer(pipe, out: Path) -> None:
 def export_hf(run_dir: Path, out: Path) -> dict:
     """Write run `run_dir` as a HuggingFace GPT-2 directory `out`; returns a check of the result:
     the largest logit difference between the run and the written model on a probe sequence."""
-    from . import api
-    from .lora import merge
+    from seqmodel import api
+    from seqmodel.model.lora import merge
 
     tf = _transformers()
     run = api.load(run_dir, device="cpu")
@@ -243,7 +243,7 @@ def export_hf(run_dir: Path, out: Path) -> dict:
 @torch.no_grad()
 def probe_difference(pipe, out: Path) -> float:
     """Largest |logit| difference between the run's model and the written one on a fixed sequence."""
-    from .segments import dense_set
+    from seqmodel.segments import dense_set
 
     tf = _transformers()
     core = pipe.module.core.eval()

@@ -14,7 +14,7 @@ import types
 import typing
 from functools import cache
 
-from .config import is_path_field
+from seqmodel.config import is_path_field
 
 
 @cache
@@ -101,9 +101,9 @@ def table_lines(cls: type, values: dict | None = None, first: dict | None = None
 def plugin_doc(kind: str, name: str) -> str:
     """Every key of a plugin's recipe table (and a task's evaluation options), with type, default
     and docstring, for `seqmodel plugins show NAME`."""
-    from . import registry
-    from .plugin import declared
-    from .task import can
+    from seqmodel import registry
+    from seqmodel.plugin import declared
+    from seqmodel.task import can
 
     cls = registry.load(kind, name)
     dist, version = registry.plugin_version(kind, name)
@@ -121,9 +121,8 @@ def plugin_doc(kind: str, name: str) -> str:
 
 def recipe_doc(recipe) -> str:
     """The recipe with every setting, defaults included, as annotated TOML (`seqmodel check --print`)."""
-    from .generate import SampleConfig
-    from .model import ModelConfig
-    from .recipe import TrainConfig
+    from seqmodel.model.config import ModelConfig, SampleConfig
+    from seqmodel.recipe.schema import TrainConfig
 
     resolved = recipe.resolved()
     out = [f"# {recipe.path}: every setting, defaults included", "", "[model]"]

@@ -10,7 +10,7 @@ import math
 import sys
 from pathlib import Path
 
-from .task import can
+from seqmodel.task import can
 
 LOWER_IS_BETTER = ("loss", "cer", "error", "bits", "perplexity", "mse")
 """A metric whose name contains one of these is minimised by `keep_best` (others are maximised)."""
@@ -62,7 +62,7 @@ class Tracker:
         if self.plain:
             print(f"seqmodel: {log_line(record)}", file=sys.stderr, flush=True)
         if "val_loss" in record:
-            from .report import loss_curve
+            from seqmodel.training.report import loss_curve
 
             loss_curve(history, self.run_dir / "loss.png", title=self.pipeline.recipe.path, unit=self.loss_label)
 

@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint
-from .config import build
-from .errors import UserError
-from .lora import LoRAConfig, base_name, is_adapter, merged_state
-from .model import ModelConfig
-from .recipe import Recipe
+from seqmodel.config import build
+from seqmodel.errors import UserError
+from seqmodel.model.config import LoRAConfig, ModelConfig
+from seqmodel.model.lora import base_name, is_adapter, merged_state
+from seqmodel.recipe.schema import Recipe
+from seqmodel.training import checkpoint
 
 HF_PREFIX = "hf:"
 POSITION_TABLES = "core.positions."
@@ -63,7 +63,7 @@ class Origin:
 def open_origin(spec: str, modalities: tuple[str, ...] = ()) -> Origin:
     """The source named by `spec` (cached: the run reads it when it starts and again for the weights)."""
     if spec.startswith(HF_PREFIX):
-        from .hf_gpt2 import hf_origin
+        from seqmodel.interop.hf_gpt2 import hf_origin
 
         return hf_origin(spec, modalities)
     return run_origin(spec)

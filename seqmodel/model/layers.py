@@ -7,19 +7,12 @@ approximation, used by GPT-2); Shazeer 2020 (SwiGLU); So et al. 2021 (squared Re
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dropout import Dropout
-
-if TYPE_CHECKING:
-    from .model import ModelConfig
-
-
-NORMS = ("layernorm", "rmsnorm")
+from seqmodel.model.config import ModelConfig, mlp_hidden
+from seqmodel.model.dropout import Dropout
 
 
 class RMSNorm(nn.RMSNorm):
@@ -56,12 +49,6 @@ def relu2(h: Tensor) -> Tensor:
 
 
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "swiglu": swiglu, "relu2": relu2}
-
-
-def mlp_hidden(cfg: ModelConfig) -> int:
-    """The MLP's hidden width: mlp_ratio * d_model, or 2/3 of it to a multiple of 8 for SwiGLU."""
-    hidden = int(cfg.mlp_ratio * cfg.d_model)
-    return max(8, 8 * round(hidden * 2 / 3 / 8)) if cfg.mlp == "swiglu" else hidden
 
 
 class MLP(nn.Module):

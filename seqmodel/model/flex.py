@@ -19,8 +19,8 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from .errors import UserError
-from .masks import Mask, TokenView, flex_mask_mod
+from seqmodel.errors import UserError
+from seqmodel.masks import Mask, TokenView, flex_mask_mod
 
 
 def _flex():

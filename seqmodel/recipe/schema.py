@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import difflib
 import json
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import registry
-from .config import absolute_paths, build, check_plain, parse_override
-from .errors import UserError, cut, shown
-from .generate import SampleConfig
-from .lora import LoRAConfig
-from .model import ModelConfig
+import tomllib
+
+from seqmodel import registry
+from seqmodel.config import absolute_paths, build, check_plain, parse_override
+from seqmodel.errors import UserError, cut, shown
+from seqmodel.model.config import LoRAConfig, ModelConfig, SampleConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 MOST_THREADS = 1024  # torch.set_num_threads(10**6) crashes the process

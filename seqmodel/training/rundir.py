@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError, cut
+from seqmodel.errors import UserError, cut
 
 LARGEST = 16 * 2**20  # bytes: a run's JSON records are a few kB
 
@@ -52,7 +52,7 @@ def is_run_directory(path) -> bool:
 def recorded_recipe(run_dir: Path, overrides: list[str] = ()):
     """The recipe a run ran with (its recipe.json, overrides included), with further ``--set``
     `overrides` applied: what `seqmodel run --resume RUN_DIR` continues with."""
-    from .recipe import apply_overrides, parse_recipe
+    from seqmodel.recipe.schema import apply_overrides, parse_recipe
 
     raw = saved_recipe(run_dir)
     raw["tokenizers"] = {m: dict(t) | {"modality": m} for m, t in raw.get("tokenizers", {}).items()}

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import UserError
+from seqmodel.errors import UserError
 
 LOCK = ".lock"
 HELD_BY = "SEQMODEL_RUN_LOCKED_BY"  # environment: pid of the launcher holding the lock for its workers

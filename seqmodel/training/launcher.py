@@ -16,7 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from seqmodel.errors import UserError
 
 WORKER_ERRORS = "SEQMODEL_WORKER_ERRORS"  # environment: folder where launched workers leave their UserError
 
@@ -34,7 +34,7 @@ def continue_command(args, run_dir, resume: bool = True) -> str:
 
 def stopped_message(args, run_dir, step, ckpt) -> str:
     """What an interrupted run says: where it stopped, which checkpoint holds it, how to go on."""
-    from .checkpoint import step_of
+    from seqmodel.training.checkpoint import step_of
 
     if ckpt is None:
         return (f"seqmodel: interrupted before the first checkpoint; nothing was saved. "
@@ -56,13 +56,13 @@ def launch(args) -> int:
     import logging
     import tempfile
 
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from . import budget
-    from .api import check_resume_target, default_run_dir, recipe_of
-    from .lock import HELD_BY, run_lock
+    from seqmodel.api import check_resume_target, default_run_dir, recipe_of
+    from seqmodel.training import budget
+    from seqmodel.training.lock import HELD_BY, run_lock
 
     if args.num_processes < 1:
         raise UserError(f"--num-processes: expected at least 1, got {args.num_processes}")
@@ -87,7 +87,7 @@ def launch(args) -> int:
         except ChildFailedError as failed:
             return worker_failed(args, out, failed, Path(errors))
         except SignalException as signal:
-            from .checkpoint import latest
+            from seqmodel.training.checkpoint import latest
 
             print(f"\n{stopped_message(args, out, None, latest(out))}", file=sys.stderr)
             return 128 + int(signal.sigval)
@@ -98,7 +98,7 @@ def launch(args) -> int:
 
 def worker_failed(args, out: Path, failed, errors: Path) -> int:
     """Report a failed multi-process run once: a worker's user error, else which worker died how."""
-    from .checkpoint import latest, step_of
+    from seqmodel.training.checkpoint import latest, step_of
 
     reported = sorted(errors.iterdir(), key=lambda f: (f.stat().st_mtime, f.name))
     if reported:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError, cut
+from seqmodel.errors import UserError, cut
 
 LONGEST_MASK = 4096  # tokens `mask show` draws (a dense length x length picture)
 
@@ -85,9 +85,9 @@ def _add_prepare(sub):
 
 def _eval_options_help() -> str:
     """The evaluation options of every installed task (computed only when --help asks)."""
-    from .docs import describe_fields
-    from .registry import available, load
-    from .task import can
+    from seqmodel.recipe.render import describe_fields
+    from seqmodel.registry import available, load
+    from seqmodel.task import can
 
     lines = ["task evaluation options (--set KEY=VALUE):"]
     for info in available("task"):
@@ -115,7 +115,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     ap = OneLineParser(prog="seqmodel", description="One transformer over sets of tokens, any modality.")
-    from . import __version__
+    from seqmodel._version import __version__
 
     ap.add_argument("--version", action="version", version=f"seqmodel {__version__}")
     ap.set_defaults(no_progress=False)
@@ -168,15 +168,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def launch(args) -> int:
     """Re-run this command on `--num-processes` workers (see seqmodel.launcher)."""
-    from .launcher import launch as launch_workers
+    from seqmodel.training.launcher import launch as launch_workers
 
     return launch_workers(args)
 
 
 def cmd_run(args) -> int:
-    from .api import run
-    from .launcher import WORKER_ERRORS, stopped_message
-    from .train import Interrupted
+    from seqmodel.api import run
+    from seqmodel.training.launcher import WORKER_ERRORS, stopped_message
+    from seqmodel.training.train import Interrupted
 
     if args.num_processes != 1 and "LOCAL_RANK" not in os.environ:
         return launch(args)
@@ -190,7 +190,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .api import load
+    from seqmodel.api import load
 
     r = load(args.run, which=args.checkpoint)
     kw = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "greedy")}
@@ -199,7 +199,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .api import load
+    from seqmodel.api import load
 
     out = load(args.run, which=args.checkpoint).score(args.text)
     if args.json:
@@ -218,8 +218,8 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .api import load
-    from .config import parse_value
+    from seqmodel.api import load
+    from seqmodel.config import parse_value
 
     options = {}
     for text in args.options:
@@ -243,11 +243,11 @@ def cmd_export(args) -> int:
         raise UserError(f"{run_dir}: no such run directory")
     out = Path(args.out) if args.out else run_dir / "export" / args.format
     if args.format == "hf":
-        from .hf_gpt2 import export_hf
+        from seqmodel.interop.hf_gpt2 import export_hf
 
         check = export_hf(run_dir, out)
     else:
-        from .onnx_export import export_onnx
+        from seqmodel.interop.onnx import export_onnx
 
         check = export_onnx(run_dir, out)
     print(f"wrote {out}; {check['checked_with']} reads it back: largest |output difference| "
@@ -256,15 +256,15 @@ def cmd_export(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from . import budget, warm_start
-    from .pipeline import Pipeline
-    from .presets import resolve
-    from .recipe import load_recipe
+    from seqmodel.data.pipeline import Pipeline
+    from seqmodel.recipe.presets import resolve
+    from seqmodel.recipe.schema import load_recipe
+    from seqmodel.training import budget, warm_start
 
     recipe = warm_start.resolve(load_recipe(resolve(args.recipe), args.overrides))
     budget.preflight(recipe)  # what `run` checks before and after fitting, before the model is allocated
     if args.print:
-        from .docs import recipe_doc
+        from seqmodel.recipe.render import recipe_doc
 
         print(recipe_doc(recipe))
     pipe = Pipeline(recipe)
@@ -282,10 +282,10 @@ def cmd_check(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from .pipeline import Pipeline
-    from .prepare import prepare
-    from .presets import resolve
-    from .recipe import load_recipe
+    from seqmodel.data.pipeline import Pipeline
+    from seqmodel.data.prepare import prepare
+    from seqmodel.recipe.presets import resolve
+    from seqmodel.recipe.schema import load_recipe
 
     pipe = Pipeline(load_recipe(resolve(args.recipe), args.overrides))
     pipe.fit()
@@ -300,7 +300,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_mask(args) -> int:
-    from .maskviz import show
+    from seqmodel.cli.maskviz import show
 
     if args.length is not None and not 1 <= args.length <= LONGEST_MASK:
         raise UserError(f"--length: expected a number from 1 to {LONGEST_MASK}, got {args.length}")
@@ -320,7 +320,7 @@ def cmd_mask(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .api import load
+    from seqmodel.api import load
 
     rows = load(args.run, which=args.checkpoint).predict(args.inputs)
     if args.json:
@@ -334,9 +334,9 @@ def cmd_predict(args) -> int:
 def cmd_tokenize(args) -> int:
     import torch
 
-    from .api import load
-    from .plugin import declared
-    from .segments import Segment
+    from seqmodel.api import load
+    from seqmodel.plugin import declared
+    from seqmodel.segments import Segment
 
     pipe = load(args.run).pipeline
     discrete = [m for m, t in pipe.tokenizers.items() if t.spec().discrete]
@@ -375,10 +375,10 @@ PLUGIN_IMPORT_SECONDS = 60.0
 
 
 def cmd_plugins(args) -> int:
-    from .registry import iter_available
+    from seqmodel.registry import iter_available
 
     if args.action == "check":
-        from .conformance import check_tokenizer
+        from seqmodel.conformance import check_tokenizer
 
         if not args.name:
             raise UserError("plugins check: name the tokenizer plugin to check, e.g. seqmodel plugins check char")
@@ -397,7 +397,7 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from .presets import shipped, summary
+    from seqmodel.recipe.presets import shipped, summary
 
     for name, path in shipped().items():
         print(f"{name:22} {summary(path)}")
@@ -407,7 +407,7 @@ def cmd_recipes(args) -> int:
 def cmd_runs(args) -> int:
     from pathlib import Path
 
-    from .runs import format_rows, table
+    from seqmodel.training.runs import format_rows, table
 
     rows = table(Path(args.folder))
     if args.json:
@@ -429,8 +429,8 @@ def cmd_completion(args) -> int:
 
 
 def show_plugin(name: str | None) -> int:
-    from .docs import plugin_doc
-    from .registry import GROUPS, available
+    from seqmodel.recipe.render import plugin_doc
+    from seqmodel.registry import GROUPS, available
 
     if not name:
         raise UserError("plugins show: name the plugin, e.g. seqmodel plugins show hf")
@@ -461,7 +461,7 @@ def not_utf8(argv: list[str]) -> str | None:
 
 def report(err: UserError) -> None:
     """Print a user error; a launched worker leaves it for the launcher, which prints it once."""
-    from .launcher import WORKER_ERRORS
+    from seqmodel.training.launcher import WORKER_ERRORS
 
     folder = os.environ.get(WORKER_ERRORS)
     if folder and os.path.isdir(folder):
@@ -474,7 +474,7 @@ def report(err: UserError) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import progress
+    from seqmodel import progress
 
     argv = sys.argv[1:] if argv is None else list(argv)
     problem = not_utf8(argv)

@@ -25,13 +25,14 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm.auto import tqdm
 
-from . import budget, checkpoint, lora, warm_start
-from .cpu_memory import keep_freed_memory
-from .errors import UserError
-from .pipeline import Pipeline
-from .recipe import TrainConfig
-from .task import Slice, random_generator
-from .tracking import Tracker
+from seqmodel.data.pipeline import Pipeline
+from seqmodel.errors import UserError
+from seqmodel.model import lora
+from seqmodel.recipe.schema import TrainConfig
+from seqmodel.task import Slice, random_generator
+from seqmodel.training import budget, checkpoint, warm_start
+from seqmodel.training.cpu_memory import keep_freed_memory
+from seqmodel.training.tracking import Tracker
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FQN-keyed, gathered (FSDP) or plain
 

@@ -14,8 +14,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .errors import UserError
-from .plugin import ModalitySpec
+from seqmodel.errors import UserError
+from seqmodel.plugin import ModalitySpec
 
 BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
 SAVED_PER_TOKEN = 6  # vectors of width d_model a block keeps for backward, besides its MLP's 2 * mlp_ratio
@@ -49,7 +49,7 @@ def attention_parameters(model) -> int:
 
 def block_parameters(model, cross: bool) -> int:
     """One block without biases: attention, MLP, their norms, and cross-attention with its norm."""
-    from .layers import mlp_hidden
+    from seqmodel.model.config import mlp_hidden
 
     d, hidden = model.d_model, mlp_hidden(model)
     mlp = d * hidden * (3 if model.mlp == "swiglu" else 2)
@@ -59,7 +59,7 @@ def block_parameters(model, cross: bool) -> int:
 def estimate(model, train, specs: list[ModalitySpec] = (), outputs: tuple[str, ...] = (), world: int = 1) -> Estimate:
     """A lower bound of what training `model` (a ModelConfig) with `train` (a TrainConfig) needs
     in each of `world` processes; without `specs` the modalities' tables are left out."""
-    from .layers import mlp_hidden
+    from seqmodel.model.config import mlp_hidden
 
     d, hidden = model.d_model, mlp_hidden(model)
     decoder_cross = model.arch == "encoder_decoder"
@@ -135,7 +135,7 @@ def check_fits(recipe, specs: list[ModalitySpec] = (), outputs: tuple[str, ...] 
 
 def pipeline_specs(pipe) -> tuple[list[ModalitySpec], tuple[str, ...]]:
     """The modality specs and output heads a pipeline's model will have (as `Pipeline.build_model`)."""
-    from .task import can
+    from seqmodel.task import can
 
     specs = {m: tok.spec() for m, tok in pipe.tokenizers.items()}
     specs = pipe.task.model_specs(specs) if can(pipe.task, "modalities") else list(specs.values())

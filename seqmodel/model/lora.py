@@ -21,38 +21,11 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from .errors import UserError
+from seqmodel.errors import UserError
+from seqmodel.model.config import LoRAConfig
 
 BASE = ".base_layer"
 ADAPTER_KEYS = (".lora_A.", ".lora_B.")
-
-
-@dataclass
-class LoRAConfig:
-    """`[train] lora = {rank = 8, alpha = 16, targets = ["qkv", "proj", "fc"]}`."""
-
-    rank: int = 0
-    """Rank of each adapter (0: no LoRA, the whole model trains)."""
-    alpha: float = 16.0
-    """Scale of the adapters' output: alpha / rank."""
-    dropout: float = 0.0
-    """Dropout on the adapters' input."""
-    targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc"])
-    """Linear layers to adapt, by the end of their name: "qkv" (self-attention), "q" and "kv"
-    (cross-attention), "proj" (attention and MLP outputs), "fc" (MLP input), or a longer suffix
-    such as "attn.proj"."""
-
-    def validate(self) -> list[tuple[str, str]]:
-        bad = []
-        if self.rank < 0:
-            bad.append(("rank", f"must be 0 (off) or positive, got {self.rank}"))
-        if self.alpha <= 0:
-            bad.append(("alpha", f"must be positive, got {self.alpha}"))
-        if not 0 <= self.dropout < 1:
-            bad.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
-        if self.rank and not self.targets:
-            bad.append(("targets", "must name at least one linear layer"))
-        return bad
 
 
 def _peft():

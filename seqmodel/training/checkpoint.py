@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
-from .errors import UserError, cut
+from seqmodel.errors import UserError, cut
 
 KEEP = 2
 NAME = re.compile(r"step_(\d{7,})")

@@ -35,14 +35,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__, registry, store
-from .errors import UserError
-from .plugin import ModalitySpec, Parts, declared, segment_problem
-from .segments import Segment
+from seqmodel import registry
+from seqmodel._version import __version__
+from seqmodel.data import store
+from seqmodel.errors import UserError
+from seqmodel.plugin import ModalitySpec, Parts, declared, segment_problem
+from seqmodel.segments import Segment
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
-    from .task import TaskContext
+    from seqmodel.data.pipeline import Pipeline
+    from seqmodel.task import TaskContext
 
 KEY_FORMAT = 1
 PROGRESS_TOKENS = 1 << 24  # a resumable preparation records where it is after about this many tokens

@@ -1,0 +1,60 @@
+"""Which optional abilities a plugin declares, and the members each one needs.
+
+Plugins list their capabilities in a ``capabilities`` tuple; the registry checks at load that
+the members of each are there (`seqmodel.registry`), and the core reads only the declaration
+(`declared`, `can`). Plain data, free of torch, so that the registry (and a recipe's parse)
+imports nothing heavy. The Protocols that document each member are in `seqmodel.plugin` and
+`seqmodel.task`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TOKENIZER_CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "augment": ("encode",),  # encode(value, *, train, generator): random augmentation driven by the step's generator
+    "read_file": ("read_file",),  # read_file(path) -> a field value (`seqmodel predict`, `sample --prompt FILE`)
+    "pieces": ("piece",),  # piece(id) -> the text of one id (`seqmodel tokenize`, `score`)
+    "separator": ("eot_id",),  # eot_id: the id put between documents of a token stream (or None)
+    "examples": ("examples",),  # examples() -> a few field values (`seqmodel plugins check`)
+    "compare": ("same",),  # same(value, decoded) -> bool, for a lossy or re-represented decode
+    "modalities": ("specs",),  # specs() -> {role: ModalitySpec}: a tokenizer of several modalities
+    "hf_tokenizer": ("hf_tokenizer",),  # hf_tokenizer() -> a HuggingFace `tokenizers.Tokenizer` (`seqmodel export --format hf`)
+    "parts": ("encode_parts",),  # encode_parts(parts) -> the ids of the joined value, part by part; fit takes parts as values (see `Parts`)
+}
+"""Tokenizer capability -> the members a tokenizer declaring it must have."""
+
+
+SOURCE_CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "info": ("info",),  # info() -> {"label_names": [...], "env_id": ...}: facts tasks may read
+    "parts": ("parts",),  # parts(split, field) -> `Parts` (long values read piece by piece), or None for that field
+    "resume": ("resumable",),  # resumable(split) -> whether `split` gives an iterable with state_dict() and
+    # load_state_dict(state) (as datasets.IterableDataset): a preparation killed part-way continues from there
+}
+"""Source capability -> the members a source declaring it must have."""
+
+
+TASK_CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "generate": ("generate",),
+    "score": ("score",),
+    "predict": ("predict",),
+    "sample": ("sample",),
+    "report": ("report",),
+    "metrics": ("metrics", "loss_label"),
+    "state": ("save", "load"),
+    "modalities": ("model_specs",),
+    "export": ("export_outputs",),
+    "eval_options": ("EvalOptions",),  # a dataclass of `seqmodel eval --set KEY=VALUE` options
+}
+"""Task capability -> the members a task declaring it must have (their Protocols: `seqmodel.task`)."""
+
+
+def declared(obj: Any) -> frozenset[str]:
+    """The capabilities a plugin (class or instance) declares."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return frozenset(getattr(cls, "capabilities", ()))
+
+
+def can(plugin: Any, capability: str) -> bool:
+    """Whether `plugin` declares `capability` (the registry checked the declaration at load)."""
+    return capability in declared(plugin)
