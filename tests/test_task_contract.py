@@ -94,7 +94,7 @@ def test_a_plugin_that_exits_or_hangs_at_import_is_listed_as_broken(extra_plugin
         time.sleep(30)
 
     extra_plugins("seqmodel.sources", "bad", load=load)
-    monkeypatch.setattr("seqmodel.cli.PLUGIN_IMPORT_SECONDS", 0.5)
+    monkeypatch.setattr("seqmodel.cli.inspect.PLUGIN_IMPORT_SECONDS", 0.5)
     done = cli("plugins", check=False)
     assert done.returncode == 0
     row = next(line for line in done.stdout.splitlines() if " bad " in line)
