@@ -9,9 +9,8 @@ mask under which no generated token sees a later one; `generate` refuses any oth
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import Tensor

@@ -23,10 +23,8 @@ from typing import Any, Protocol
 
 import torch
 
-from seqmodel.capabilities import SOURCE_CAPABILITIES, TOKENIZER_CAPABILITIES, declared
+from seqmodel.capabilities import SOURCE_CAPABILITIES, TOKENIZER_CAPABILITIES, declared  # noqa: F401 (plugins import them from here)
 from seqmodel.segments import Segment
-
-__all__ = ["SOURCE_CAPABILITIES", "TOKENIZER_CAPABILITIES", "declared"]  # re-exported: plugins import them from here
 
 POSITION_KINDS = ("learned", "2d", "timestep", "rotary", "none")
 
@@ -114,6 +112,11 @@ class Parts:
 
     documents: Iterable[Iterable[Any]]
     nbytes: int | None = None
+
+
+def separator_id(tokenizer: Any) -> int | None:
+    """The id a tokenizer puts between documents of a stream (its "separator" capability), or None."""
+    return tokenizer.eot_id if "separator" in declared(tokenizer) else None
 
 
 # -- what a valid segment is ------------------------------------------------------------------

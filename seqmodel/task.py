@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from seqmodel.capabilities import TASK_CAPABILITIES, can, declared
+from seqmodel.capabilities import TASK_CAPABILITIES, can
 from seqmodel.errors import UserError
-from seqmodel.plugin import ModalitySpec, segment_problem
+from seqmodel.plugin import ModalitySpec, segment_problem, separator_id
 from seqmodel.progress import progress
 from seqmodel.segments import Segment, TokenSet
 
@@ -128,6 +128,27 @@ CAPABILITIES: dict[str, tuple[type, tuple[str, ...]]] = {
 """Task capability -> (its Protocol, the members a class declaring it must have)."""
 
 
+def encode_checked(tokenizer: Any, value: Any, who: str, context: int | None = None, train: bool = False,
+                   generator: torch.Generator | None = None) -> Segment:
+    """`value` tokenized, checked against the tokenizer's spec (the plugin boundary: a segment that
+    does not fit the model is named here, not deep inside it; with `context`, 1-D positions must
+    fit it). Tokenizers that declare "augment" get the step's generator when `train`; `who` names
+    the plugin in errors."""
+    try:
+        if train and can(tokenizer, "augment"):
+            seg = tokenizer.encode(value, train=True, generator=generator)
+        else:
+            seg = tokenizer.encode(value, train=train)
+    except UserError:
+        raise
+    except Exception as err:  # a plugin's failure names the plugin, not a line deep inside it
+        raise UserError(f"{who}: encode failed: {type(err).__name__}: {err}") from err
+    problem = segment_problem(seg, tokenizer.spec(), context)
+    if problem:
+        raise UserError(f"{who}: encode gave a segment that does not fit: {problem}")
+    return seg
+
+
 # -- what a task sees ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TaskContext:
@@ -192,25 +213,11 @@ class TaskContext:
 
     def encode(self, modality: str, value: Any, train: bool = False, generator: torch.Generator | None = None,
                stream: bool = False) -> Segment:
-        """`value` tokenized by `modality`'s tokenizer, checked against its spec (the plugin boundary:
-        a segment that does not fit the model is named here, not deep inside it). Tokenizers that
-        declare "augment" get the generator of the step when `train`. A `stream` is cut into
-        windows by the task, so its positions need not fit the model's context."""
-        tok = self.tokenizers[modality]
+        """`value` tokenized by `modality`'s tokenizer through `encode_checked`. A `stream` is cut
+        into windows by the task, so its positions need not fit the model's context."""
         who = self.plugins.get(modality, f"the tokenizer of {modality!r}")
-        try:
-            if train and can(tok, "augment"):
-                seg = tok.encode(value, train=True, generator=generator)
-            else:
-                seg = tok.encode(value, train=train)
-        except UserError:
-            raise
-        except Exception as err:  # a plugin's failure names the plugin, not a line deep inside it
-            raise UserError(f"{who}: encode failed: {type(err).__name__}: {err}") from err
-        problem = segment_problem(seg, tok.spec(), None if stream else self.model.context)
-        if problem:
-            raise UserError(f"{who}: encode gave a segment that does not fit: {problem}")
-        return seg
+        return encode_checked(self.tokenizers[modality], value, who, None if stream else self.model.context, train,
+                              generator)
 
     def stream(self, modality: str, split: str) -> IdStream:
         """A split's values of `modality` as one id stream, in document order, with the
@@ -224,8 +231,7 @@ class TaskContext:
 
     def encode_stream(self, modality: str, split: str) -> Tensor:
         """`stream` encoded in memory (the reference the prepared stores are built to equal)."""
-        tok = self.tokenizers[modality]
-        eot = tok.eot_id if can(tok, "separator") else None
+        eot = separator_id(self.tokenizers[modality])
         parts = []
         for value in self.values(modality, split):
             if parts and eot is not None:

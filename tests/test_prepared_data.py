@@ -19,6 +19,7 @@ from conftest import SEQMODEL, cli, make_text, small_lm_recipe, tiny_char_recipe
 from seqmodel_plugins.sources import text_files
 from seqmodel_plugins.sources.text import TextConfig, TextSource
 
+from seqmodel import files
 from seqmodel.data import store
 from seqmodel.data.pipeline import Pipeline
 from seqmodel.recipe.schema import load_recipe
@@ -171,7 +172,7 @@ def test_a_truncated_store_is_detected_and_rebuilt_with_one_line(stores, tmp_pat
 def test_a_store_without_its_marker_is_rebuilt(stores, tmp_path, two_files):
     recipe = recipe_file(tmp_path, two_files)
     cli("prepare", recipe, "--split", "train")
-    (marker,) = (stores / "streams").glob(f"*/{store.MARKER}")
+    (marker,) = (stores / "streams").glob(f"*/{files.COMPLETE}")
     marker.unlink()
     done = cli("prepare", recipe, "--split", "train")
     assert "never completed; rebuilding it" in done.stderr and marker.is_file()
@@ -183,7 +184,7 @@ KILL_BEFORE_MARKER = textwrap.dedent("""
     from seqmodel.data import store
     def killed(tmp, folder):  # the ids are written; the process dies before the store is complete
         os.kill(os.getpid(), signal.SIGKILL)
-    store._mark_and_move = killed
+    store.finish_folder = killed
     sys.exit(cli.main(sys.argv[1:]))
 """)
 
@@ -257,7 +258,7 @@ def test_a_full_disk_while_saving_a_fit_is_one_line(stores, tmp_path, two_files,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     TextSource(TextConfig(paths=[str(f) for f in two_files])).identity()  # the scan is kept: the fit fails
-    monkeypatch.setattr(store, "_mark_and_move", full)
+    monkeypatch.setattr(files, "finish_folder", full)
     done = cli("prepare", recipe_file(tmp_path, two_files), check=False)
     errors = [ln for ln in done.stderr.splitlines() if not ln.startswith("seqmodel: ")]
     assert done.returncode == 2 and len(errors) == 1 and "no space left on the device" in errors[0]

@@ -3,7 +3,6 @@ check of next-token tasks, the segment check at the plugin boundary, evaluation 
 
 import json
 import sys
-import types
 from dataclasses import dataclass
 
 import pytest

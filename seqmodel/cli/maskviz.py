@@ -69,13 +69,12 @@ def draw_png(masks: list[tuple[str, torch.Tensor]], bands, path: Path) -> None:
 
 def recipe_masks(path: str, overrides: list[str], length: int | None):
     """(title, mask) per distinct layer mask of a recipe's main stack, on a real example."""
-    from seqmodel.data.pipeline import Pipeline
     from seqmodel.recipe.schema import load_recipe
     from seqmodel.task import Slice
+    from seqmodel.training.lifecycle import assemble
 
-    recipe = load_recipe(path, overrides)
-    pipe = Pipeline(recipe)
-    pipe.fit()
+    pipe = assemble(load_recipe(path, overrides))
+    recipe = pipe.recipe
     batch = pipe.task.batches("val", False).batch(Slice(0, 0, 0, 1, 1))
     view, bands, valid = set_view(batch, length)  # an encoder-decoder's batch is the decoder's set
     schedule = MaskSchedule.parse(recipe.model.mask, recipe.model.layer_masks, where=f"{path}: [model]")

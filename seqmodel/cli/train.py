@@ -62,10 +62,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from seqmodel.data.pipeline import Pipeline
     from seqmodel.recipe.presets import resolve
     from seqmodel.recipe.schema import load_recipe
     from seqmodel.training import budget, warm_start
+    from seqmodel.training.lifecycle import assemble
 
     recipe = warm_start.resolve(load_recipe(resolve(args.recipe), args.overrides))
     budget.preflight(recipe)  # what `run` checks before and after fitting, before the model is allocated
@@ -73,8 +73,7 @@ def cmd_check(args) -> int:
         from seqmodel.recipe.render import recipe_doc
 
         print(recipe_doc(recipe))
-    pipe = Pipeline(recipe)
-    pipe.fit(warm_start.tokenizer_states(recipe))
+    pipe = assemble(recipe)
     budget.check_fits(recipe, *budget.pipeline_specs(pipe))
     if recipe.train.init_from:
         warm_start.load_weights(pipe.module, recipe)
@@ -88,14 +87,12 @@ def cmd_check(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from seqmodel.data.pipeline import Pipeline
-    from seqmodel.data.prepare import prepare
     from seqmodel.recipe.presets import resolve
     from seqmodel.recipe.schema import load_recipe
+    from seqmodel.training.lifecycle import assemble
 
-    pipe = Pipeline(load_recipe(resolve(args.recipe), args.overrides))
-    pipe.fit()
-    rows = prepare(pipe, args.splits or ("train", "val"))
+    pipe = assemble(load_recipe(resolve(args.recipe), args.overrides))
+    rows = pipe.prepare(args.splits or ("train", "val"))
     for row in rows:
         print(f"{row['split']:<5}  {row['modality']}  {row['tokens']:>14,} tokens  {row['dtype']:<6}  "
               f"{'prepared now' if row['built'] else 'ready':<12}  {row['folder']}")

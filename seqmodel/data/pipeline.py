@@ -8,19 +8,22 @@ pipeline builds for it.
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 
 from seqmodel import registry
 from seqmodel.config import build
+from seqmodel.data.prepare import ModalityData, Prepared, SourceData, fit_tokenizer
+from seqmodel.data.store import open_store
 from seqmodel.errors import UserError, cut
 from seqmodel.masks import MaskSchedule
+from seqmodel.model.lora import wrap
+from seqmodel.model.transformer import Transformer
 from seqmodel.plugin import declared
 from seqmodel.recipe.schema import Recipe
-from seqmodel.task import SPLITS, TaskContext, TrainModule, can
+from seqmodel.task import SPLITS, Slice, TaskContext, TrainModule, can
 
 
 class Pipeline:
@@ -28,13 +31,12 @@ class Pipeline:
 
     Attributes:
         recipe: the validated recipe.
-        run_dir: where the run lives (None for a throwaway pipeline).
         tokenizers: modality -> tokenizer instance.
         task: the task plugin instance (set up by `fit` or `from_run`).
     """
 
-    def __init__(self, recipe: Recipe, run_dir: Path | None = None) -> None:
-        self.recipe, self.run_dir = recipe, run_dir
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
         self.tokenizers = {m: b.cls(b.config, m) for m, b in recipe.tokenizers.items()}
         self.fields = {m: b.field for m, b in recipe.tokenizers.items()}
         self.task = recipe.task.cls(recipe.task.config)
@@ -65,38 +67,57 @@ class Pipeline:
                 raise UserError(f"{self.recipe.path}: [tokenizers.{m}] field: the source "
                                 f"{self.recipe.data.name!r} has no field {fld!r} (it has: {', '.join(have)})")
 
+    @cached_property
+    def plugins(self) -> dict[str, str]:
+        """modality -> its tokenizer plugin described (name, entry point, distribution), for messages."""
+        return {m: registry.describe("tokenizer", b.name) for m, b in self.recipe.tokenizers.items()}
+
     def context(self) -> TaskContext:
         """What the task sees of this recipe."""
         r = self.recipe
         info = self.source.info if "info" in declared(self.source) else dict
-        plugins = {m: registry.describe("tokenizer", b.name) for m, b in r.tokenizers.items()}
+        plugins = self.plugins
         return TaskContext(tokenizers=dict(self.tokenizers), fields=dict(self.fields), model=r.model, seed=r.train.seed,
                            batch_size=r.train.batch_size, sample=r.sample, examples=self.examples,
                            source_fields=tuple(self.source.fields), info=info, eval_batches=r.train.eval_batches,
                            where=r.path, plugins=plugins, prepared=self.prepared)
 
     @cached_property
-    def prepared(self):
-        """The split streams' prepared stores (`seqmodel.prepare.Prepared`)."""
-        from seqmodel.data.prepare import Prepared
+    def source_data(self) -> SourceData:
+        """What preparation reads of the source (its identity asked once)."""
+        return SourceData(self.source, self.recipe.data.name, self.examples, self.from_source)
 
-        return Prepared(self)
+    @cached_property
+    def prepared(self) -> Prepared:
+        """The split streams' prepared stores, given what each modality's preparation needs."""
+        r = self.recipe
+        return Prepared({m: ModalityData(m, self.fields[m], tok, r.tokenizers[m].name, r.tokenizers[m].config,
+                                         self.source_data, r.path, self.plugins[m])
+                         for m, tok in self.tokenizers.items()})
+
+    def prepare(self, splits: Iterable[str] = ("train", "val")) -> list[dict]:
+        """Everything `run` would prepare for these splits (the pipeline is fitted): one row per
+        store this process built or found (`seqmodel prepare`)."""
+        for split in splits:
+            self.task.batches(split, split == "train")
+        rows = []
+        for (modality, split), folder in self.prepared.opened.items():
+            stream = open_store(folder)
+            rows.append({"split": split, "modality": modality, "folder": str(folder), "tokens": len(stream),
+                         "dtype": stream.ids.dtype.name, "built": any(r["folder"] == str(folder) for r in self.prepared.built)})
+        return rows
 
     def fit(self, states: Mapping[str, Path] | None = None) -> None:
         """Fit every tokenizer on its field of the training split (or reuse the state an earlier fit
-        on the same data left, `seqmodel.prepare`; or load each one's saved state from `states`,
-        modality -> directory: a warm start), then set up the task."""
-        from seqmodel.data.prepare import fit_tokenizer
-
+        on the same data left, `seqmodel.data.prepare`; or load each one's saved state from
+        `states`, modality -> directory: a warm start), then set up the task."""
         self.check_fields()
         if states is not None:
-            for m, tok in self.tokenizers.items():
-                tok.load(states[m])
-            self.task.setup(self.context())
+            self.load(states)
             return
         for m in self.tokenizers:
             try:
-                fit_tokenizer(self, m, self.prepared.identity)
+                fit_tokenizer(self.prepared.modalities[m])
             except UserError:
                 raise
             except Exception as err:  # e.g. a tokenizer fed a field of the wrong kind
@@ -104,16 +125,21 @@ class Pipeline:
                                 f" could not fit on field {self.fields[m]!r}: {type(err).__name__}: {err}") from err
         self.task.setup(self.context())
 
-    def build_model(self) -> TrainModule:
-        from seqmodel.model.transformer import Transformer
+    def load(self, tokenizers: Mapping[str, Path], task: Path | None = None) -> None:
+        """Load each tokenizer's saved state (modality -> directory) and the task's, instead of
+        fitting, then set up the task; a damaged state is a one-line error naming the plugin."""
+        for m, tok in self.tokenizers.items():
+            _load_state(tok, tokenizers[m], registry.describe("tokenizer", self.recipe.tokenizers[m].name))
+        if task is not None and can(self.task, "state"):
+            _load_state(self.task, task, registry.describe("task", self.recipe.task.name))
+        self.task.setup(self.context())
 
+    def build_model(self) -> TrainModule:
         specs = {m: tok.spec() for m, tok in self.tokenizers.items()}
         specs = self.task.model_specs(specs) if can(self.task, "modalities") else list(specs.values())
         check_mask_modalities(self.recipe, [s.name for s in specs])
         core = Transformer(self.recipe.model, specs, outputs=self.task.outputs())
         if self.recipe.train.lora.rank:
-            from seqmodel.model.lora import wrap
-
             wrap(core, self.recipe.train.lora, self.recipe.path)
         head = self.task.build_head(self.recipe.model.d_model)
         return TrainModule(core, head, self.task.loss)
@@ -126,8 +152,6 @@ class Pipeline:
         """The loss of a first small batch of the train and val splits, without training: what
         `seqmodel check` runs so that data and tokenizer problems surface before a run."""
         import torch
-
-        from seqmodel.task import Slice
 
         module, losses = self.module.eval(), {}
         for split, train in (("train", True), ("val", False)):
@@ -158,50 +182,6 @@ class Pipeline:
                   "its test split is the validation split", file=sys.stderr)
         return self.task.evaluate(self.module.eval(), split, limit, self.eval_options(options))
 
-    # -- persistence ---------------------------------------------------------------------------
-    def save(self, run_dir: Path) -> None:
-        """Write the resolved recipe, tokenizer and task state into the run directory."""
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_text(run_dir / "recipe.json", json.dumps(self.recipe.resolved(), indent=2))
-        for m, tok in self.tokenizers.items():
-            d = run_dir / "tokenizers" / m
-            d.mkdir(parents=True, exist_ok=True)
-            tok.save(d)
-        if can(self.task, "state"):
-            d = run_dir / "task"
-            d.mkdir(exist_ok=True)
-            self.task.save(d)
-
-    @classmethod
-    def from_run(cls, run_dir: str | Path, recipe: Recipe | None = None) -> Pipeline:
-        """Rebuild the pipeline of a run directory: its saved recipe (or `recipe`, for a resume
-        that changes some keys) with the run's tokenizer and task state loaded, not refitted."""
-        run_dir = Path(run_dir)
-        if recipe is None:
-            from seqmodel.training.rundir import recorded_recipe
-
-            recipe = recorded_recipe(run_dir)
-        pipe = cls(recipe, run_dir)
-        for m, tok in pipe.tokenizers.items():
-            state = run_dir / "tokenizers" / m
-            if not state.is_dir():
-                raise UserError(f"{run_dir}: the run has no tokenizer state for modality {m!r}")
-            pipe._load_state(tok, state, registry.describe("tokenizer", recipe.tokenizers[m].name))
-        if can(pipe.task, "state") and (run_dir / "task").is_dir():
-            pipe._load_state(pipe.task, run_dir / "task", registry.describe("task", recipe.task.name))
-        pipe.task.setup(pipe.context())
-        return pipe
-
-    @staticmethod
-    def _load_state(plugin, directory: Path, who: str) -> None:
-        """`plugin.load(directory)`; a damaged state file is a one-line error naming the plugin."""
-        try:
-            plugin.load(directory)
-        except UserError:
-            raise
-        except Exception as err:  # noqa: BLE001 -- whatever a plugin's reader raises on a damaged file
-            raise UserError(f"{directory}: damaged state of {who}: {type(err).__name__}: {cut(err, 160)}") from None
-
 
 def check_mask_modalities(recipe: Recipe, modalities: list[str]) -> None:
     """Every modality a mask rule names must be one the model has (else the rule silently matches nothing)."""
@@ -218,7 +198,11 @@ def check_mask_modalities(recipe: Recipe, modalities: list[str]) -> None:
                                 f"{unknown[0]!r}, which the model does not have (it has: {', '.join(modalities)})")
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _load_state(plugin, directory: Path, who: str) -> None:
+    """`plugin.load(directory)`; a damaged state file is a one-line error naming the plugin."""
+    try:
+        plugin.load(directory)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- whatever a plugin's reader raises on a damaged file
+        raise UserError(f"{directory}: damaged state of {who}: {type(err).__name__}: {cut(err, 160)}") from None

@@ -1,7 +1,7 @@
 """Preparation: each tokenizer fitted, and each split tokenized, once per data, tokenizer and
 plugin version; every later run, eval, resume and process reuses it.
 
-Two things are kept under `store.prepared_root()`:
+Two things are kept under `seqmodel.files.files.stores_root()`:
 
 - ``fits/<key>/``: a tokenizer's fitted state, keyed by the source's identity, the tokenizer
   plugin (name, distribution version, code), its config (and the content of files it names), the
@@ -23,36 +23,31 @@ import dataclasses
 import hashlib
 import inspect
 import json
-import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from seqmodel import registry
+from seqmodel import files, registry
 from seqmodel._version import __version__
 from seqmodel.data import store
 from seqmodel.errors import UserError
-from seqmodel.plugin import ModalitySpec, Parts, declared, segment_problem
+from seqmodel.files import is_main_process
+from seqmodel.plugin import ModalitySpec, Parts, declared, segment_problem, separator_id
 from seqmodel.segments import Segment
-
-if TYPE_CHECKING:
-    from seqmodel.data.pipeline import Pipeline
-    from seqmodel.task import TaskContext
+from seqmodel.task import encode_checked
 
 KEY_FORMAT = 1
 PROGRESS_TOKENS = 1 << 24  # a resumable preparation records where it is after about this many tokens
 _HASHED_FILE_BYTES = 1 << 26  # config files up to this size are hashed by content, larger ones by size and time
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def say(message: str) -> None:
@@ -77,14 +72,18 @@ def plugin_key(kind: str, name: str, obj: Any) -> dict:
     return {"kind": kind, "name": name, "distribution": distribution, "version": version, "code": code_digest(obj)}
 
 
-def state_digest(tokenizer: Any) -> str:
-    """sha256 of a tokenizer's saved state (every file `save` writes)."""
-    h = hashlib.sha256()
+def state_files(tokenizer: Any) -> list[tuple[str, bytes]]:
+    """(relative path, content) of every file a tokenizer's `save` writes, in path order."""
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save(Path(tmp))
-        for f in sorted(Path(tmp).rglob("*")):
-            if f.is_file():
-                h.update(f.relative_to(tmp).as_posix().encode() + b"\0" + f.read_bytes())
+        return [(f.relative_to(tmp).as_posix(), f.read_bytes()) for f in sorted(Path(tmp).rglob("*")) if f.is_file()]
+
+
+def state_digest(files: list[tuple[str, bytes]]) -> str:
+    """sha256 of a tokenizer's saved state (`state_files`)."""
+    h = hashlib.sha256()
+    for name, content in files:
+        h.update(name.encode() + b"\0" + content)
     return h.hexdigest()
 
 
@@ -102,6 +101,50 @@ def config_files(config: Any) -> dict[str, str]:
     return found
 
 
+# -- what preparation is given ------------------------------------------------------------------
+@dataclass(frozen=True)
+class SourceData:
+    """What preparation reads of a recipe's source.
+
+    Attributes:
+        plugin: the source plugin instance.
+        name: its registry name (keys, messages).
+        examples: split name -> that split's examples, loaded once by the caller.
+        read: ``read(method, *args)`` calls a source method, its one-line errors naming the
+            recipe's ``[data]`` table.
+    """
+
+    plugin: Any
+    name: str
+    examples: Callable[[str], Any]
+    read: Callable[..., Any]
+
+    @cached_property
+    def identity(self) -> dict:
+        """The source's identity (asked once)."""
+        return self.read(self.plugin.identity)
+
+    @cached_property
+    def test_is_val(self) -> bool:
+        return "info" in declared(self.plugin) and bool(self.plugin.info().get("test_is_val"))
+
+
+@dataclass(frozen=True)
+class ModalityData:
+    """What preparing one modality needs -- never the pipeline: its tokenizer (fitted by
+    `fit_tokenizer`), the tokenizer plugin's name and validated config, the field it reads, the
+    source, and the recipe path and plugin description for messages."""
+
+    modality: str
+    field: str
+    tokenizer: Any
+    plugin: str
+    config: Any
+    source: SourceData
+    where: str
+    who: str
+
+
 # -- fitting -----------------------------------------------------------------------------------
 def source_parts(source: Any, tokenizer: Any, split: str, field: str) -> Parts | None:
     """A split's values of `field` in parts, when the source and the tokenizer both read them so."""
@@ -110,13 +153,13 @@ def source_parts(source: Any, tokenizer: Any, split: str, field: str) -> Parts |
     return None
 
 
-def training_values(pipe: Pipeline, modality: str) -> Iterable[Any]:
+def training_values(data: ModalityData) -> Iterable[Any]:
     """What a tokenizer fits on: the training split's values of its field (in parts where it can)."""
-    field = pipe.fields[modality]
-    parts = pipe.from_source(source_parts, pipe.source, pipe.tokenizers[modality], "train", field)
+    source = data.source
+    parts = source.read(source_parts, source.plugin, data.tokenizer, "train", data.field)
     if parts is not None:
         return (part for document in parts.documents for part in document)
-    return (ex[field] for ex in pipe.examples("train"))
+    return (ex[data.field] for ex in source.examples("train"))
 
 
 def _config(config: Any) -> Any:
@@ -124,69 +167,66 @@ def _config(config: Any) -> Any:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else repr(config)
 
 
-def fit_key(pipe: Pipeline, modality: str, identity: dict) -> str:
-    r, tok = pipe.recipe, pipe.tokenizers[modality]
-    binding = r.tokenizers[modality]
-    return digest({"what": "fit", "format": KEY_FORMAT, "seqmodel": __version__, "source": identity,
-                   "source_plugin": plugin_key("source", r.data.name, pipe.source),
-                   "tokenizer_plugin": plugin_key("tokenizer", binding.name, tok), "config": _config(binding.config),
-                   "config_files": config_files(binding.config), "field": pipe.fields[modality], "modality": modality})
+def fit_key(data: ModalityData) -> str:
+    source = data.source
+    return digest({"what": "fit", "format": KEY_FORMAT, "seqmodel": __version__, "source": source.identity,
+                   "source_plugin": plugin_key("source", source.name, source.plugin),
+                   "tokenizer_plugin": plugin_key("tokenizer", data.plugin, data.tokenizer), "config": _config(data.config),
+                   "config_files": config_files(data.config), "field": data.field, "modality": data.modality})
 
 
-def fit_tokenizer(pipe: Pipeline, modality: str, identity: dict) -> None:
+def fit_tokenizer(data: ModalityData) -> None:
     """Fit a tokenizer on the training split, or load the state an earlier fit on the same data left."""
-    tok = pipe.tokenizers[modality]
-    folder = store.prepared_root() / "fits" / fit_key(pipe, modality, identity)
-    with store.locked(folder):
-        if store.is_complete(folder):
+    tok, modality = data.tokenizer, data.modality
+    folder = files.stores_root() / "fits" / fit_key(data)
+    with files.locked(folder):
+        if files.is_complete(folder):
             try:
                 tok.load(folder)
-                say(f"{pipe.recipe.tokenizers[modality].name} tokenizer ({modality}): fitted state reused from {folder}")
+                say(f"{data.plugin} tokenizer ({modality}): fitted state reused from {folder}")
                 return
             except UserError as err:
                 say(f"the fitted state in {folder} is damaged ({err}); fitting again")
-        tok.fit(training_values(pipe, modality))
-        store.remove_leftovers(folder)
-        with store.new_folder(folder) as tmp:
+        tok.fit(training_values(data))
+        files.remove_leftovers(folder)
+        with files.new_folder(folder) as tmp:
             tok.save(tmp)
 
 
 # -- streams -----------------------------------------------------------------------------------
 class Prepared:
-    """``(modality, split) -> TokenStream`` for a pipeline: its prepared store, mapped, after
-    building it when it is missing or damaged (what `TaskContext.stream` asks)."""
+    """``(modality, split) -> TokenStream``: each split's prepared store, mapped, after building it
+    when it is missing or damaged (what `TaskContext.stream` asks)."""
 
-    def __init__(self, pipe: Pipeline) -> None:
-        self.pipe = pipe
+    def __init__(self, modalities: dict[str, ModalityData]) -> None:
+        self.modalities = modalities
         self.built: list[dict] = []  # what this process prepared (for `seqmodel prepare`)
         self.opened: dict[tuple[str, str], Path] = {}
+        self._states: dict[str, list[tuple[str, bytes]]] = {}
 
-    @cached_property
-    def identity(self) -> dict:
-        return self.pipe.from_source(self.pipe.source.identity)
-
-    @cached_property
-    def test_is_val(self) -> bool:
-        source = self.pipe.source
-        return "info" in declared(source) and bool(source.info().get("test_is_val"))
+    def state_files(self, modality: str) -> list[tuple[str, bytes]]:
+        """The fitted tokenizer's saved state (`state_files`), saved once per process."""
+        if modality not in self._states:
+            self._states[modality] = state_files(self.modalities[modality].tokenizer)
+        return self._states[modality]
 
     def key(self, modality: str, split: str) -> str:
-        r, tok = self.pipe.recipe, self.pipe.tokenizers[modality]
+        data = self.modalities[modality]
+        source = data.source
         return digest({"what": "stream", "format": KEY_FORMAT, "store_format": store.FORMAT, "seqmodel": __version__,
-                       "source": self.identity, "source_plugin": plugin_key("source", r.data.name, self.pipe.source),
-                       "tokenizer_plugin": plugin_key("tokenizer", r.tokenizers[modality].name, tok),
-                       "tokenizer_config": _config(r.tokenizers[modality].config), "tokenizer_state": state_digest(tok),
-                       "field": self.pipe.fields[modality],
-                       "modality": modality, "split": split})
+                       "source": source.identity, "source_plugin": plugin_key("source", source.name, source.plugin),
+                       "tokenizer_plugin": plugin_key("tokenizer", data.plugin, data.tokenizer),
+                       "tokenizer_config": _config(data.config), "tokenizer_state": state_digest(self.state_files(modality)),
+                       "field": data.field, "modality": modality, "split": split})
 
     def folder(self, modality: str, split: str) -> Path:
-        return store.prepared_root() / "streams" / self.key(modality, split)
+        return files.stores_root() / "streams" / self.key(modality, split)
 
     def __call__(self, modality: str, split: str) -> store.TokenStream:
-        if split == "test" and self.test_is_val:
+        if split == "test" and self.modalities[modality].source.test_is_val:
             split = "val"  # one store for both
         folder = self.folder(modality, split)
-        with store.locked(folder):
+        with files.locked(folder):
             try:
                 stream = store.open_store(folder)
             except store.Damaged as why:
@@ -198,20 +238,20 @@ class Prepared:
         return stream
 
     def build(self, folder: Path, modality: str, split: str) -> None:
-        ctx, pipe = self.pipe.context(), self.pipe
-        tok = ctx.tokenizers[modality]
-        store.remove_leftovers(folder)
+        data = self.modalities[modality]
+        source, tok = data.source, data.tokenizer
+        files.remove_leftovers(folder)
         if folder.exists():
             shutil.rmtree(folder)
-        what = {"source": pipe.recipe.data.name, "split": split, "modality": modality, "field": ctx.fields[modality],
-                "tokenizer": pipe.recipe.tokenizers[modality].name, "recipe": pipe.recipe.path}
-        parts = pipe.from_source(source_parts, pipe.source, tok, split, ctx.fields[modality])
-        resumable = parts is None and "resume" in declared(pipe.source) and pipe.source.resumable(split)
+        what = {"source": source.name, "split": split, "modality": modality, "field": data.field,
+                "tokenizer": data.plugin, "recipe": data.where}
+        parts = source.read(source_parts, source.plugin, tok, split, data.field)
+        resumable = parts is None and "resume" in declared(source.plugin) and source.plugin.resumable(split)
         writer = store.StoreWriter(folder, store.id_dtype(tok.spec().vocab_size), what, partial=resumable)
         t0 = time.perf_counter()
         try:
-            with progress_bar(parts, pipe, split, len(writer.offsets)) as bar:
-                read = write_stream(ctx, modality, self.documents(split, parts, writer), parts is not None, writer, bar)
+            with progress_bar(parts, source.examples(split), split, len(writer.offsets)) as bar:
+                read = write_stream(data, self.documents(data, split, parts, writer), parts is not None, writer, bar)
             seconds = time.perf_counter() - t0
             writer.commit({"seconds": round(seconds, 3), "source_bytes": read})
         except KeyboardInterrupt:
@@ -227,20 +267,19 @@ class Prepared:
         say(f"prepared the {split} split ({modality}): {writer.tokens:,} tokens ({writer.dtype.name}, "
             f"{row['bytes'] / 1e6:,.1f} MB) in {seconds:.1f} s{rate} -> {folder}")
 
-    def documents(self, split: str, parts: Parts | None, writer: store.StoreWriter) -> Iterator[Any]:
+    def documents(self, data: ModalityData, split: str, parts: Parts | None, writer: store.StoreWriter) -> Iterator[Any]:
         """What a split's stream is made of: documents in parts, or the field values; a resumable
         source's values continue after what a partial store holds, recording where they are."""
         if parts is not None:
             return iter(parts.documents)
-        modality = writer.what["modality"]
-        examples, field = self.pipe.examples(split), self.pipe.fields[modality]
+        examples = data.source.examples(split)
         if not writer.partial:
-            return (ex[field] for ex in examples)
+            return (ex[data.field] for ex in examples)
         if writer.progress is not None:
             examples.load_state_dict(writer.progress)
             say(f"continuing the preparation of the {split} split after {len(writer.offsets):,} examples "
                 f"({writer.tokens:,} tokens)")
-        return self._recorded(examples, field, writer)
+        return self._recorded(examples, data.field, writer)
 
     @staticmethod
     def _recorded(examples, field: str, writer: store.StoreWriter) -> Iterator[Any]:
@@ -252,30 +291,29 @@ class Prepared:
                 last = writer.tokens
 
 
-def write_stream(ctx: TaskContext, modality: str, documents: Iterable[Any], in_parts: bool,
-                 writer: store.StoreWriter, bar) -> int:
+def write_stream(data: ModalityData, documents: Iterable[Any], in_parts: bool, writer: store.StoreWriter, bar) -> int:
     """Write a split's id stream after what `writer` holds (documents in order, the separator
     between them); returns the bytes of text read (0 when the values were not read in parts)."""
-    tok = ctx.tokenizers[modality]
-    eot = tok.eot_id if "separator" in declared(tok) else None
+    tok = data.tokenizer
+    eot = separator_id(tok)
     separator = np.array([eot]) if eot is not None else None
-    spec, who = tok.spec(), ctx.plugins.get(modality, f"the tokenizer of {modality!r}")
+    spec = tok.spec()
     counter = _Counter(bar)
     for i, document in enumerate(documents, len(writer.offsets)):
         if i and separator is not None:
             writer.append(separator)
         writer.start_document()
         if not in_parts:
-            writer.append(ctx.encode(modality, document, stream=True).ids.numpy())
+            writer.append(encode_checked(tok, document, data.who).ids.numpy())
             bar.update(1)
             continue
         try:
             for ids in tok.encode_parts(counter.count(document)):
-                writer.append(checked(ids, spec, who))
+                writer.append(checked(ids, spec, data.who))
         except UserError:
             raise
-        except Exception as err:  # a plugin's failure names the plugin (as `TaskContext.encode` does)
-            raise UserError(f"{who}: encode failed: {type(err).__name__}: {err}") from err
+        except Exception as err:  # a plugin's failure names the plugin (as `encode_checked` does)
+            raise UserError(f"{data.who}: encode failed: {type(err).__name__}: {err}") from err
     return counter.bytes
 
 
@@ -310,29 +348,12 @@ class _Counter:
             yield part
 
 
-def progress_bar(parts: Parts | None, pipe: Pipeline, split: str, done: int = 0):
+def progress_bar(parts: Parts | None, examples: Any, split: str, done: int = 0):
     """A progress bar on stderr: bytes (MB/s, ETA) for parts, examples otherwise; shown on a
     terminal, by the main process."""
-    from tqdm.auto import tqdm
-
     if parts is not None:
         return tqdm(total=parts.nbytes, unit="B", unit_scale=True, desc=f"prepare {split}", file=sys.stderr,
                     dynamic_ncols=True, mininterval=0.5, disable=None if is_main_process() else True)
-    examples = pipe.examples(split)
     total = len(examples) if hasattr(examples, "__len__") else None
     return tqdm(total=total, initial=done, unit=" examples", desc=f"prepare {split}", file=sys.stderr,
                 dynamic_ncols=True, mininterval=0.5, disable=None if is_main_process() else True)
-
-
-# -- `seqmodel prepare` --------------------------------------------------------------------------
-def prepare(pipe: Pipeline, splits: Iterable[str] = ("train", "val")) -> list[dict]:
-    """Everything `run` would prepare for these splits (the pipeline is fitted): returns one row
-    per store this process built or found."""
-    for split in splits:
-        pipe.task.batches(split, split == "train")
-    prepared, rows = pipe.prepared, []
-    for (modality, split), folder in prepared.opened.items():
-        stream = store.open_store(folder)
-        rows.append({"split": split, "modality": modality, "folder": str(folder), "tokens": len(stream),
-                     "dtype": stream.ids.dtype.name, "built": any(r["folder"] == str(folder) for r in prepared.built)})
-    return rows

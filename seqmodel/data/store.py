@@ -18,39 +18,22 @@ wrote, so every process of a multi-process run, and runs started side by side, s
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import mmap
 import os
 import shutil
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from seqmodel.errors import UserError
-from seqmodel.training.checkpoint import fsync_dir
+from seqmodel.files import COMPLETE, finish_folder, write_error, write_synced
 
 FORMAT = 1
-MARKER = "COMPLETE"
 _FLUSH_BYTES = 1 << 24
 RELEASE_BLOCK = 1 << 21  # bytes: reads hand back the aligned blocks they touched (a huge page's worth)
-
-
-def cache_root() -> Path:
-    """$SEQMODEL_CACHE, else the user cache directory (where the Shakespeare corpus lives too)."""
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("SEQMODEL_CACHE") or user_cache_dir("seqmodel"))
-
-
-def prepared_root() -> Path:
-    """Where prepared stores and fitted tokenizer states live: $SEQMODEL_STORES, else <cache>/stores."""
-    return Path(os.environ.get("SEQMODEL_STORES") or cache_root() / "stores")
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -134,7 +117,7 @@ class Damaged(Exception):
 
 def open_store(folder: Path) -> TokenStream:
     """Map a complete store; `Damaged` when its files disagree with its record."""
-    if not (folder / MARKER).is_file():
+    if not (folder / COMPLETE).is_file():
         raise Damaged("it was never completed")
     try:
         meta = json.loads((folder / "meta.json").read_text())
@@ -220,7 +203,7 @@ class StoreWriter:
         os.fsync(self._file.fileno())
         np.save(self.tmp / "offsets.partial.npy", np.asarray(self.offsets, dtype=np.int64))
         record = {"tokens": self.tokens, "documents": len(self.offsets), "dtype": self.dtype.name, "state": state}
-        write_file(self.tmp / "progress.json.new", json.dumps(record))
+        write_synced(self.tmp / "progress.json.new", json.dumps(record))
         os.replace(self.tmp / "progress.json.new", self.tmp / "progress.json")
 
     def start_document(self) -> None:
@@ -251,10 +234,10 @@ class StoreWriter:
         np.save(self.tmp / "offsets.npy", np.asarray(self.offsets + [self.tokens], dtype=np.int64))
         meta = {"format": FORMAT, "dtype": self.dtype.name, "tokens": self.tokens, "documents": len(self.offsets),
                 "ids_bytes": self.tokens * self.dtype.itemsize, **self.what, **(extra or {})}
-        write_file(self.tmp / "meta.json", json.dumps(meta, indent=1))
+        write_synced(self.tmp / "meta.json", json.dumps(meta, indent=1))
         for name in ("progress.json", "offsets.partial.npy"):
             (self.tmp / name).unlink(missing_ok=True)
-        _mark_and_move(self.tmp, self.folder)
+        finish_folder(self.tmp, self.folder)
         return self.folder
 
     def close(self) -> None:
@@ -266,84 +249,3 @@ class StoreWriter:
     def abort(self) -> None:
         self.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def new_folder(folder: Path) -> Iterator[Path]:
-    """A temporary folder that becomes `folder`, marked complete, when the block ends without an
-    error; removed when it raises (an OSError becomes a one-line `UserError`)."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        yield tmp
-        _mark_and_move(tmp, folder)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise write_error(folder, err) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _mark_and_move(tmp: Path, folder: Path) -> None:
-    write_file(tmp / MARKER, "")
-    fsync_dir(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.rename(tmp, folder)
-    fsync_dir(folder.parent)
-
-
-def is_complete(folder: Path) -> bool:
-    return (folder / MARKER).is_file()
-
-
-def write_file(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def remove_leftovers(folder: Path) -> None:
-    """Remove the temporary folders that killed preparations of `folder` left (call holding its lock)."""
-    for tmp in folder.parent.glob(f".{folder.name}.tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_error(folder: Path, err: OSError, written: int = 0) -> UserError:
-    """A failed write under `folder`'s parent as one line (nothing half-written is kept)."""
-    after = f" after {written / 1e6:,.1f} MB" if written else ""
-    if err.errno == errno.ENOSPC:
-        return UserError(f"{folder.parent}: no space left on the device for the prepared data{after}; free some space "
-                         "or set $SEQMODEL_STORES to a folder on a larger disk (nothing half-written was kept)")
-    return UserError(f"{folder.parent}: cannot write the prepared data{after}: {err.strerror or err} "
-                     "(nothing half-written was kept; $SEQMODEL_STORES chooses the folder)")
-
-
-# -- one preparer per key ----------------------------------------------------------------------
-@contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``<folder>.lock`` (waits, saying so, while another process holds it).
-    Without `fcntl` (Windows) there is no lock."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder.with_name(folder.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise write_error(folder, err) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if int(os.environ.get("RANK", "0")) == 0:  # the other processes of a run wait silently
-                print(f"seqmodel: waiting for another process preparing {folder} ...", file=sys.stderr)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

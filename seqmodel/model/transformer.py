@@ -15,7 +15,6 @@ from are in seqmodel.layers, the KV cache in seqmodel.kv_cache.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -24,7 +23,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from seqmodel.errors import UserError
-from seqmodel.masks import MaskSchedule, TokenView, dense_mask, is_full, is_plain_causal, parse_mask
+from seqmodel.masks import MaskSchedule, TokenView, dense_mask, is_full, is_plain_causal
 from seqmodel.model.config import ModelConfig
 from seqmodel.model.dropout import Dropout, attention_with_dropout
 from seqmodel.model.flex import block_mask, flex_attention

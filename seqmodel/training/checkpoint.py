@@ -22,36 +22,11 @@ from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 from seqmodel.errors import UserError, cut
+from seqmodel.files import fsync_dir, write_atomic
 
 KEEP = 2
 NAME = re.compile(r"step_(\d{7,})")
 MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # AdamW's per-parameter tensors
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (a rename into it) durable; a no-op where a folder cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a fsynced temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:

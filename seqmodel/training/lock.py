@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from seqmodel.errors import UserError
+from seqmodel.files import is_main_process
 
 LOCK = ".lock"
 HELD_BY = "SEQMODEL_RUN_LOCKED_BY"  # environment: pid of the launcher holding the lock for its workers
@@ -36,7 +37,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     if os.environ.get(HELD_BY) and holder(run_dir) == os.environ[HELD_BY]:
         yield  # a worker of the launcher that holds it
         return
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         yield
         return
     try:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from seqmodel.data.pipeline import Pipeline
 from seqmodel.errors import UserError
+from seqmodel.files import write_atomic
 from seqmodel.model import lora
 from seqmodel.recipe.schema import TrainConfig
 from seqmodel.task import Slice, random_generator
@@ -214,7 +215,7 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         try:
             if not self.logged:
-                checkpoint.write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.history))
+                write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.history))
                 self.logged = True
             else:
                 with open(path, "a") as f:
@@ -385,7 +386,7 @@ class Trainer:
     def train(self, start: int) -> dict:
         """Steps `start` .. `steps`, with logging, evaluation and checkpoints; a signal stops after
         the current step (or evaluation batch) with a checkpoint, raising `Interrupted`."""
-        cfg, acc, task = self.cfg, self.acc, self.pipeline.task
+        cfg, task = self.cfg, self.pipeline.task
         train, val = task.batches("train", True), task.batches("val", False)
         bar = tqdm(total=cfg.steps, initial=start, disable=not self.show_bar, file=sys.stderr, dynamic_ncols=True,
                    desc="train")

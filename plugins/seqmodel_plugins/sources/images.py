@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from seqmodel import files
 from seqmodel.config import path_field
 from seqmodel.errors import UserError
 from seqmodel_plugins.image_data import DIGIT_NAMES, digits_examples, imagefolder_files, load_image, stratified_split
@@ -196,20 +197,18 @@ class ImageFolderSource:
     @cached_property
     def _digests(self) -> dict[str, str]:
         """split -> sha256 of its decoded images and labels, kept per state of the files."""
-        from seqmodel.data import store
-
         splits = self._loaded[0]
         rows = [[str(ex.path), *_file_state(ex.path), ex.label] for s in SPLITS for ex in splits.get(s, [])]
-        folder = store.prepared_root() / "images" / hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-        with store.locked(folder):
-            if store.is_complete(folder):
+        folder = files.stores_root() / "images" / hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+        with files.locked(folder):
+            if files.is_complete(folder):
                 try:
                     return json.loads((folder / "digests.json").read_text())
                 except (OSError, ValueError):
                     pass
             digests = {s: _digest([{"image": ex["image"], "label": ex.label} for ex in splits.get(s, [])]) for s in SPLITS}
-            store.remove_leftovers(folder)
-            with store.new_folder(folder) as tmp:
+            files.remove_leftovers(folder)
+            with files.new_folder(folder) as tmp:
                 (tmp / "digests.json").write_text(json.dumps(digests))
             return digests
 

@@ -20,8 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from platformdirs import user_cache_dir
-
+from seqmodel import files
 from seqmodel.config import path_field
 from seqmodel.errors import UserError, cut, shown
 from seqmodel.plugin import Parts
@@ -33,7 +32,8 @@ SPLITS = ("train", "val", "test")
 
 
 def cache_root(configured: str = "") -> Path:
-    return Path(configured or os.environ.get("SEQMODEL_CACHE") or user_cache_dir("seqmodel"))
+    """A source's `cache_dir` setting, else seqmodel's cache folder."""
+    return Path(configured) if configured else files.cache_root()
 
 
 def split_text(text: str, val_fraction: float, split: str) -> list[dict]:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from seqmodel import files as cached
 from seqmodel.errors import UserError
 
 BLOCK = 1 << 22  # bytes read at a time
@@ -99,13 +100,11 @@ def _stat_key(files: list[str]) -> str:
 def scan_files(files: list[str]) -> tuple[list[FileScan], str]:
     """Every file's scan and the sha256 of (name, NUL, normalized text) over the files in order;
     memoized by the files' state."""
-    from seqmodel.data import store
-
     try:
-        folder = store.prepared_root() / "text" / _stat_key(files)
+        folder = cached.stores_root() / "text" / _stat_key(files)
     except OSError as err:
         raise UserError(f"cannot read the text files: {err}") from None
-    with store.locked(folder):
+    with cached.locked(folder):
         memo = _read_memo(folder, files)
         if memo is not None:
             return memo
@@ -119,16 +118,14 @@ def scan_files(files: list[str]) -> tuple[list[FileScan], str]:
             digest.update(f.encode() + b"\0")
             scans.append(scan(f, digest))
         record = {"sha256": digest.hexdigest(), "files": [[s.path, s.chars, s.marks] for s in scans]}
-        store.remove_leftovers(folder)
-        with store.new_folder(folder) as tmp:
+        cached.remove_leftovers(folder)
+        with cached.new_folder(folder) as tmp:
             (tmp / "scan.json").write_text(json.dumps(record))
         return scans, record["sha256"]
 
 
 def _read_memo(folder: Path, files: list[str]) -> tuple[list[FileScan], str] | None:
-    from seqmodel.data import store
-
-    if not store.is_complete(folder):
+    if not cached.is_complete(folder):
         return None
     try:
         record = json.loads((folder / "scan.json").read_text())

@@ -1,0 +1,148 @@
+"""Files written so that nothing is lost, and where seqmodel keeps what it caches.
+
+One copy of each helper the rooms share: atomic writes (a temporary file, fsynced, renamed into
+place), folder fsync, the main-process test (decided before accelerate starts, from the
+launcher's RANK), and the cache and store folders. Sources may use `cache_root` and
+`stores_root` for what they download or index, and build a cached folder once, under a lock,
+with `locked` and `new_folder` (a killed build leaves no folder that looks finished).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from seqmodel.errors import UserError
+
+COMPLETE = "COMPLETE"  # the file that marks a finished folder
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename into it) durable; a no-op where a folder cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_synced(path: Path, data: str | bytes) -> None:
+    """Write `data` to `path` and fsync it (inside a temporary folder that is renamed as a whole)."""
+    with open(path, "wb" if isinstance(data, bytes) else "w", **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `data` to `path` through a fsynced temporary file and a rename: readers see the old
+    file or the new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write_synced(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def is_main_process() -> bool:
+    """True on rank 0, or without a distributed launcher (read from RANK, before accelerate starts)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def cache_root() -> Path:
+    """$SEQMODEL_CACHE, else the user cache directory (where the Shakespeare corpus lives too)."""
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("SEQMODEL_CACHE") or user_cache_dir("seqmodel"))
+
+
+def stores_root() -> Path:
+    """Where prepared stores and fitted tokenizer states live: $SEQMODEL_STORES, else <cache>/stores."""
+    return Path(os.environ.get("SEQMODEL_STORES") or cache_root() / "stores")
+
+
+# -- folders built once, under a lock ---------------------------------------------------------
+@contextlib.contextmanager
+def new_folder(folder: Path) -> Iterator[Path]:
+    """A temporary folder that becomes `folder`, marked complete, when the block ends without an
+    error; removed when it raises (an OSError becomes a one-line `UserError`)."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        yield tmp
+        finish_folder(tmp, folder)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(folder, err) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def finish_folder(tmp: Path, folder: Path) -> None:
+    """Mark `tmp` complete and rename it to `folder`, durably (replacing an older `folder`)."""
+    write_synced(tmp / COMPLETE, "")
+    fsync_dir(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.rename(tmp, folder)
+    fsync_dir(folder.parent)
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether `folder` was finished (`new_folder`, `finish_folder`), not left half-written."""
+    return (folder / COMPLETE).is_file()
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Remove the temporary folders that killed preparations of `folder` left (call holding its lock)."""
+    for tmp in folder.parent.glob(f".{folder.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_error(folder: Path, err: OSError, written: int = 0) -> UserError:
+    """A failed write under `folder`'s parent as one line (nothing half-written is kept)."""
+    after = f" after {written / 1e6:,.1f} MB" if written else ""
+    if err.errno == errno.ENOSPC:
+        return UserError(f"{folder.parent}: no space left on the device for the prepared data{after}; free some space "
+                         "or set $SEQMODEL_STORES to a folder on a larger disk (nothing half-written was kept)")
+    return UserError(f"{folder.parent}: cannot write the prepared data{after}: {err.strerror or err} "
+                     "(nothing half-written was kept; $SEQMODEL_STORES chooses the folder)")
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<folder>.lock`` (waits, saying so, while another process holds it).
+    Without `fcntl` (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder.with_name(folder.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise write_error(folder, err) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if is_main_process():  # the other processes of a run wait silently
+                print(f"seqmodel: waiting for another process preparing {folder} ...", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
