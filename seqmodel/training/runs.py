@@ -10,6 +10,8 @@ import json
 import time
 from pathlib import Path
 
+from seqmodel.training import checkpoint
+
 
 def _metrics(run: Path) -> list[dict]:
     try:
@@ -27,8 +29,6 @@ def _metrics(run: Path) -> list[dict]:
 
 def describe(run: Path) -> dict | None:
     """One run directory's row, or None if `run` is not a run directory."""
-    from seqmodel.training import checkpoint
-
     try:
         recipe = json.loads((run / "recipe.json").read_text())
         record = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
