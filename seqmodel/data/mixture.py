@@ -14,6 +14,7 @@ routes its loss. Evaluation reports every member's metrics under its name (``lm/
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -88,11 +89,10 @@ class MemberModule:
     """A member's view of the trained mixture: what its task's `evaluate`, `generate`, `sample`
     ... are given in place of a `TrainModule` (`core` under the member's mask, its own head)."""
 
-    def __init__(self, module: TrainModule, member: Pipeline, name: str) -> None:
-        self.module, self.name = module, name
-        self.core = MaskedCore(module.core, member.recipe.model)
+    def __init__(self, module: TrainModule, core: MaskedCore, task, name: str) -> None:
+        self.module, self.core, self.name = module, core, name
         self.head = module.head[name] if name in module.head else None
-        self.loss_fn = member.task.loss
+        self.loss_fn = task.loss
 
     def __call__(self, batch: TokenSet):
         return self.loss_fn(self.core, self.head, batch)
@@ -118,6 +118,15 @@ class MixtureTask:
 
     def __init__(self, mixture: MixturePipeline) -> None:
         self.mixture = mixture
+        self.views: dict[str, MaskedCore] = {}
+
+    def view(self, core: Transformer, name: str) -> MaskedCore:
+        """The shared core under member `name`'s mask, with its own vocabularies (made once)."""
+        if name not in self.views or self.views[name].core is not core:
+            member = self.members[name]
+            vocab = {s.name: s.vocab_size for s in member.model_specs()[0] if s.discrete}
+            self.views[name] = MaskedCore(core, member.recipe.model, vocab)
+        return self.views[name]
 
     @property
     def members(self) -> dict[str, Pipeline]:
@@ -145,13 +154,12 @@ class MixtureTask:
     def loss(self, core, heads, batch: TokenSet):
         if batch.member not in self.members:
             raise UserError(f"a batch of member {batch.member!r}, which this mixture does not have")
-        member = self.members[batch.member]
-        loss, stats = member.task.loss(MaskedCore(core, member.recipe.model),
-                                       heads[batch.member] if batch.member in heads else None, batch)
+        loss, stats = self.members[batch.member].task.loss(self.view(core, batch.member),
+                                                           heads[batch.member] if batch.member in heads else None, batch)
         return loss * self.mixture.recipe.members[batch.member].loss_weight, stats
 
     def member_module(self, module: TrainModule, name: str) -> MemberModule:
-        return MemberModule(module, self.members[name], name)
+        return MemberModule(module, self.view(module.core, name), self.members[name].task, name)
 
     @torch.no_grad()
     def val_loss(self, module: TrainModule, name: str, batches: int) -> float:
@@ -235,14 +243,18 @@ class MixturePipeline:
             p.update_schedule(train, p.recipe.sample)
 
     def model_specs(self) -> tuple[list[ModalitySpec], tuple[str, ...]]:
-        """Every member's modalities (one spec per name: members must agree) and output heads."""
+        """Every member's modalities and output heads. Members agree on a shared modality, except
+        that a task may add ids at the end of a vocabulary (seq2seq's start and end of text): the
+        model's table has the largest, and each member sees its own (`MaskedCore`)."""
         specs: dict[str, tuple[str, ModalitySpec]] = {}
         for name, p in self.members.items():
             for spec in p.model_specs()[0]:
-                first = specs.setdefault(spec.name, (name, spec))
-                if first[1] != spec:
-                    raise UserError(f"{self.recipe.path}: [mixture.{first[0]}] and [mixture.{name}] give modality "
-                                    f"{spec.name!r} different shapes ({first[1]} vs {spec})")
+                first, known = specs.setdefault(spec.name, (name, spec))
+                if replace(known, vocab_size=spec.vocab_size) != spec:
+                    raise UserError(f"{self.recipe.path}: [mixture.{first}] and [mixture.{name}] give modality "
+                                    f"{spec.name!r} different shapes ({describe(known)} vs {describe(spec)})")
+                if spec.discrete and spec.vocab_size > known.vocab_size:
+                    specs[spec.name] = (first, spec)
         return [s for _, s in specs.values()], self.task.outputs()
 
     def build_model(self) -> TrainModule:
@@ -287,6 +299,11 @@ class MixturePipeline:
                             "options; name one with --member")
         return {f"{name}/{k}": v for name, p in self.members.items()
                 for k, v in self.member(name).evaluate(split, limit).items()}
+
+
+def describe(spec: ModalitySpec) -> str:
+    kind = f"{spec.vocab_size} ids" if spec.discrete else f"width {spec.width}"
+    return f"{kind}, {spec.position} positions" + (f" up to {spec.max_positions}" if spec.max_positions else "")
 
 
 def pipeline_for(recipe: Recipe) -> Pipeline | MixturePipeline:

@@ -360,13 +360,19 @@ class Transformer(nn.Module):
 
 class MaskedCore:
     """The core as one member of a mixture sees it: every parameter shared, the member's
-    `[model]` config (its `mask` and `layer_masks`) and that mask schedule on every call.
+    `[model]` config (its `mask` and `layer_masks`) and that mask schedule on every call, and of
+    each discrete modality only the member's own vocabulary (`vocab`: name -> size; another
+    member's task may have added ids to a shared modality).
 
     Tasks use it exactly as a `Transformer` (call it, `decode` with a cache, `output` ...)."""
 
-    def __init__(self, core: Transformer, cfg: ModelConfig) -> None:
-        self.core, self.cfg = core, cfg
+    def __init__(self, core: Transformer, cfg: ModelConfig, vocab: dict[str, int] | None = None) -> None:
+        self.core, self.cfg, self.vocab = core, cfg, vocab or {}
         self.masks = MaskSchedule.parse(cfg.mask, cfg.layer_masks)
+
+    def output(self, name: str, hidden: Tensor, ts: TokenSet) -> Tensor:
+        out = self.core.output(name, hidden, ts)
+        return out[..., : self.vocab[name]] if name in self.vocab else out
 
     def __call__(self, ts: TokenSet, context: TokenSet | None = None, cache: DecodeCache | None = None) -> Tensor:
         return self.core(ts, context, cache, masks=self.masks)
