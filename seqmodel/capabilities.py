@@ -19,7 +19,9 @@ TOKENIZER_CAPABILITIES: dict[str, tuple[str, ...]] = {
     "examples": ("examples",),  # examples() -> a few field values (`seqmodel plugins check`)
     "compare": ("same",),  # same(value, decoded) -> bool, for a lossy or re-represented decode
     "modalities": ("specs",),  # specs() -> {role: ModalitySpec}: a tokenizer of several modalities
-    "hf_tokenizer": ("hf_tokenizer",),  # hf_tokenizer() -> a HuggingFace `tokenizers.Tokenizer` (`seqmodel export --format hf`)
+    "hf_tokenizer": ("hf_tokenizer",),  # the state as a HuggingFace `tokenizers` tokenizer.json, both ways: hf_tokenizer() ->
+    # a `tokenizers.Tokenizer` (`seqmodel export --format hf`), and load(directory) reads a directory holding only a
+    # tokenizer.json (`init_from = "hf:..."`; one it cannot use is a one-line error)
     "parts": ("encode_parts",),  # encode_parts(parts) -> the ids of the joined value, part by part; fit takes parts as values (see `Parts`)
 }
 """Tokenizer capability -> the members a tokenizer declaring it must have."""

@@ -173,7 +173,30 @@ def test_init_from_hf_errors_are_one_line(tmp_path, corpus):
     hf_dir = save_gpt2(tmp_path / "gpt2", "gelu_new")
     recipe = bpe_recipe(tmp_path, corpus, f"hf:{hf_dir}")
     done = cli("run", recipe, "--out", tmp_path / "r2", "--no-progress", "--set", 'tokenizer.kind="char"', check=False)
-    assert done.returncode == 2 and "'bpe'" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert done.returncode == 2 and "a 'BPE' tokenizer" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_init_from_hf_needs_a_tokenizer_that_reads_tokenizer_json(tmp_path, corpus):
+    """The HF origin names no plugin: any tokenizer declaring "hf_tokenizer" may take the
+    tokenizer.json; one that does not is a one-line error naming the recipe key."""
+    hf_dir = save_gpt2(tmp_path / "gpt2", "gelu_new")
+    done = cli("check", bpe_recipe(tmp_path, corpus, f"hf:{hf_dir}"), "--set", 'tokenizer.kind="kmer"', check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "[tokenizers.text] kind: 'kmer'" in done.stderr and "'hf_tokenizer' capability" in done.stderr
+
+
+def test_a_char_run_exported_as_gpt2_imports_back_into_a_char_recipe(tmp_path, corpus):
+    """The char tokenizer reads the tokenizer.json its export wrote (capability "hf_tokenizer"):
+    the round trip run -> GPT-2 -> run keeps the vocabulary and the logits."""
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=4)
+    cli("run", recipe, "--out", tmp_path / "char", "--no-progress")
+    cli("export", tmp_path / "char", "--format", "hf", "--out", tmp_path / "hf")
+    cli("run", recipe, "--out", tmp_path / "back", "--no-progress", "--set", f'train.init_from="hf:{tmp_path / "hf"}"',
+        "--set", "train.steps=1", "--set", "train.lr=0.0", "--set", "train.min_lr=0.0", "--set", "train.warmup=0")
+    source, back = seqmodel.load(tmp_path / "char", device="cpu"), seqmodel.load(tmp_path / "back", device="cpu")
+    assert back.pipeline.tokenizers["text"].chars == source.pipeline.tokenizers["text"].chars
+    ids = source.pipeline.tokenizers["text"].encode("Good night, sweet lord!").ids[None]
+    assert (logits(back, ids) - logits(source, ids)).abs().max() < 1e-5
 
 
 def test_export_of_what_is_not_a_run_is_a_one_line_error(tmp_path):
