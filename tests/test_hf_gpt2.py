@@ -205,3 +205,86 @@ def test_export_of_what_is_not_a_run_is_a_one_line_error(tmp_path):
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
     done = cli("export", tmp_path, "--format", "tflite", check=False)
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+# -- an import takes every weight from the file, or refuses in one line --------------------------
+def damaged(hf_dir: Path, edit) -> Path:
+    """`hf_dir` with its model.safetensors rewritten by `edit(tensors)` (which may also replace the file)."""
+    from safetensors.torch import load_file, save_file
+
+    path = hf_dir / "model.safetensors"
+    tensors = load_file(str(path))
+    if edit(tensors, hf_dir) is not False:
+        save_file(tensors, str(path))
+    return hf_dir
+
+
+def _nan(t, d):
+    t["transformer.h.1.ln_2.weight"][3] = float("nan")
+
+
+def _inf(t, d):
+    t["transformer.wpe.weight"][0, 0] = float("inf")
+
+
+def _truncate(t, d):
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return False
+
+
+def _no_weights(t, d):
+    (d / "model.safetensors").unlink()
+    return False
+
+
+DAMAGE = {
+    "a missing tensor": (lambda t, d: t.pop("transformer.h.1.mlp.c_fc.weight"), "no tensor 'transformer.h.1.mlp.c_fc.weight'"),
+    "a renamed tensor": (lambda t, d: t.__setitem__("transformer.h.0.attn.qkv.weight", t.pop("transformer.h.0.attn.c_attn.weight")),
+                         "no tensor 'transformer.h.0.attn.c_attn.weight'"),
+    "no weights file": (_no_weights, "no weights file"),
+    "integer weights": (lambda t, d: t.__setitem__("transformer.ln_f.bias", t["transformer.ln_f.bias"].to(torch.int32)),
+                        "'transformer.ln_f.bias' is int32"),
+    "bool weights": (lambda t, d: t.__setitem__("transformer.wte.weight", t["transformer.wte.weight"] > 0),
+                     "'transformer.wte.weight' is bool"),
+    "another shape": (lambda t, d: t.__setitem__("transformer.h.0.mlp.c_proj.bias", torch.zeros(7)), "has shape (7,)"),
+    "a NaN": (_nan, "'transformer.h.1.ln_2.weight' has non-finite values"),
+    "an infinity": (_inf, "'transformer.wpe.weight' has non-finite values"),
+    "a truncated file": (_truncate, "not a readable safetensors file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_gpt2_weights_file_is_a_one_line_error_in_check_and_run(tmp_path, corpus, case):
+    """transformers' own loader fills what the file lacks with random weights (and casts any dtype);
+    the import reads the file itself and names the problem."""
+    edit, message = DAMAGE[case]
+    hf_dir = damaged(save_gpt2(tmp_path / "gpt2", "gelu_new"), edit)
+    recipe = bpe_recipe(tmp_path, corpus, f"hf:{hf_dir}")
+    for argv in (["check", recipe], ["run", recipe, "--out", tmp_path / "r", "--no-progress"]):
+        done = cli(*argv, check=False)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+        assert message in done.stderr, done.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_pickled_state_dict_is_read_with_weights_only(tmp_path, corpus):
+    """pytorch_model.bin alone: read through torch.load(weights_only=True), the same logits as
+    transformers' own model; a pickle of anything but tensors is refused without suggesting to unpickle it."""
+    hf_dir = save_gpt2(tmp_path / "gpt2", "gelu")
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
+    torch.save({k: v for k, v in reference.state_dict().items() if k != "lm_head.weight"}, hf_dir / "pytorch_model.bin")
+    (hf_dir / "model.safetensors").unlink()
+    run, _ = imported(tmp_path, corpus, hf_dir)
+    ids = torch.randint(reference.config.vocab_size, (1, CONTEXT), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (logits(run, ids) - reference(ids).logits).abs().max() < 1e-5
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    torch.save({"transformer.wte.weight": Payload()}, hf_dir / "pytorch_model.bin")
+    done = cli("check", bpe_recipe(tmp_path, corpus, f"hf:{hf_dir}"), check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "pytorch_model.bin" in done.stderr, done.stderr
+    assert "weights_only=False" not in done.stderr and "unpickled!" not in done.stdout + done.stderr

@@ -174,6 +174,8 @@ def load_weights(module: nn.Module, recipe: Recipe) -> None:
                     continue
                 raise UserError(f"{where}: the source has no parameter {base_name(name)!r} "
                                 f"(a model of another shape; it has {len(source)} tensors)")
+            if src.is_floating_point() and not bool(torch.isfinite(src).all()):
+                raise UserError(f"{where}: the source's tensor {base_name(name)!r} has non-finite values (NaN or infinity)")
             tensor.copy_(_fit(src, tensor, base_name(name), where))
             loaded += 1
     unused = sorted(set(source) - {base_name(n) for n in target})
