@@ -288,3 +288,41 @@ def test_a_pickled_state_dict_is_read_with_weights_only(tmp_path, corpus):
     done = cli("check", bpe_recipe(tmp_path, corpus, f"hf:{hf_dir}"), check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "pytorch_model.bin" in done.stderr, done.stderr
     assert "weights_only=False" not in done.stderr and "unpickled!" not in done.stdout + done.stderr
+
+
+# -- generation past the context -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def context_64(tmp_path_factory, corpus):
+    """A char run of a 64-token context and its GPT-2 export."""
+    tmp = tmp_path_factory.mktemp("context_64")
+    cli("run", tiny_char_recipe(tmp, corpus, steps=20), "--out", tmp / "run", "--no-progress", "--set", "model.context=64")
+    done = cli("export", tmp / "run", "--format", "hf", "--out", tmp / "hf")
+    return tmp / "run", tmp / "hf", done
+
+
+def test_the_text_generation_pipeline_stops_at_the_context(context_64):
+    """transformers' pipeline asks for 256 new tokens by default; a 64-position GPT-2 crashed
+    with IndexError. generation_config.json stops it where the context is full."""
+    _, hf, done = context_64
+    assert "at most 64 tokens" in done.stdout and "generation_config.json" in done.stdout
+    assert transformers.GenerationConfig.from_pretrained(str(hf)).max_length == 64
+    generator = transformers.pipeline("text-generation", model=str(hf), device="cpu")
+    prompt = "KING: "
+    result = generator(prompt, return_tensors=True)[0]["generated_token_ids"]
+    assert len(result) == 64 and result[: len(prompt)] == generator.tokenizer(prompt)["input_ids"]
+
+
+def test_the_documented_loop_generates_past_the_context_as_seqmodel_sample_does(context_64):
+    """docs/export.md's sliding-window loop over the transformers model gives 200 new tokens,
+    exactly `seqmodel sample --greedy`'s."""
+    from doc_snippets import snippet
+
+    run_dir, hf, _ = context_64
+    scope = {}
+    exec(snippet("export.md", "generate_long"), scope)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf)).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(hf))
+    prompt = "KING: Good night"
+    ours = seqmodel.load(run_dir, device="cpu").generate(prompt, greedy=True, max_new_tokens=200)
+    theirs = tok.decode(tok(prompt)["input_ids"] + scope["generate_long"](model, tok(prompt)["input_ids"], 200))
+    assert theirs == ours and len(ours) == len(prompt) + 200
