@@ -118,8 +118,11 @@ def hf_origin(spec: str, modalities: tuple[str, ...]) -> Origin:
         raise UserError(f"{spec}: a GPT-2 model reads one text modality; the recipe has {len(modalities)} tokenizers")
     tf = _transformers()
     folder = model_folder(spec)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{spec}: no config.json in {folder}")
     try:
-        config = tf.AutoConfig.from_pretrained(str(folder))
+        with quiet(tf):
+            config = tf.AutoConfig.from_pretrained(str(folder))
     except Exception as err:  # transformers raises many types for a damaged or foreign config.json
         raise UserError(f"{spec}: cannot read config.json: {first_line(err)}") from None
     table = model_table(config, spec)
@@ -133,8 +136,11 @@ def hf_origin(spec: str, modalities: tuple[str, ...]) -> Origin:
 
 
 def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    """The start of an error's message on one line (a first line ending in ':' with the next)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
 
 
 def model_folder(spec: str) -> Path:
@@ -160,8 +166,11 @@ def save_tokenizer_json(spec: str, folder: Path, path: Path) -> None:
     """The model's tokenizer as a `tokenizers` ``tokenizer.json`` at `path` (`AutoTokenizer`
     converts one that has only ``vocab.json`` and ``merges.txt``)."""
     tf = _transformers()
+    if not ((folder / TOKENIZER_FILE).is_file() or all((folder / f).is_file() for f in ("vocab.json", "merges.txt"))):
+        raise UserError(f"{spec}: no tokenizer in {folder} ({TOKENIZER_FILE}, or vocab.json and merges.txt)")
     try:
-        tok = tf.AutoTokenizer.from_pretrained(str(folder))
+        with quiet(tf):
+            tok = tf.AutoTokenizer.from_pretrained(str(folder))
     except Exception as err:  # missing or damaged tokenizer files raise many types in transformers
         raise UserError(f"{spec}: cannot read the tokenizer: {first_line(err)}") from None
     backend = getattr(tok, "backend_tokenizer", None)

@@ -16,8 +16,11 @@ available): the graph is traced on one and both are checked against PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -37,6 +40,19 @@ def _onnx():
     except ImportError as err:
         raise UserError(f"export --format onnx needs the `{err.name}` package: pip install 'seqmodel[export]'") from None
     return onnxruntime
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """torch.onnx's log lines off for the block (its first export names every torchvision
+    operator it skips, which a seqmodel model never uses)."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def flatten(ts: TokenSet, prefix: str = "") -> dict[str, Tensor]:
@@ -177,7 +193,7 @@ def export_onnx(pipe, out: Path) -> dict:
     auto = torch.export.Dim.AUTO
     dynamic = tuple({0: auto, 1: auto} for _ in tensors)
     names = graph.output_names(batches[0])
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), quiet_exporter():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(graph, tuple(tensors), dynamo=True, dynamic_shapes={"tensors": dynamic}, input_names=graph.names,
                                     output_names=names, verbose=False)
