@@ -22,7 +22,7 @@ def add_parsers(sub) -> dict:
 
 def cmd_export(args) -> int:
     from seqmodel import api
-    from seqmodel.interop.hf_gpt2 import export_hf
+    from seqmodel.interop.hf_gpt2 import check_exportable, export_hf
     from seqmodel.interop.onnx import export_onnx
     from seqmodel.interop.target import check_target, export_folder
     from seqmodel.model.lora import merge
@@ -35,6 +35,8 @@ def cmd_export(args) -> int:
     pipe = api.load(run_dir, device="cpu").pipeline
     if pipe.recipe.train.lora.rank:
         merge(pipe.module.core)
+    if args.format == "hf":
+        check_exportable(pipe, f"{run_dir}: export --format hf")
     exporter = export_hf if args.format == "hf" else export_onnx
     with export_folder(out, {"format": args.format, "run": str(run_dir.resolve())}) as folder:
         check = exporter(pipe, folder)

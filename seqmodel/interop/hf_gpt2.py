@@ -22,6 +22,7 @@ Reference: Radford et al., "Language Models are Unsupervised Multitask Learners"
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -95,10 +96,10 @@ def model_table(config, where: str) -> dict:
 
 
 def check_numbers(config, where: str) -> None:
-    """A one-line error for a config.json size that is not a positive integer (or an epsilon that
-    is not a positive number)."""
-    def positive(value, kind) -> bool:
-        return isinstance(value, kind) and not isinstance(value, bool) and value > 0 and value == value and value != float("inf")
+    """A one-line error for a config.json size that is not a positive integer, an epsilon that is
+    not a positive number, or a tie_word_embeddings that is not a boolean."""
+    def positive(value, kinds) -> bool:
+        return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
     for key in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size", "n_inner"):
         value = getattr(config, key, None)
@@ -130,7 +131,8 @@ def hf_origin(spec: str, modalities: tuple[str, ...]) -> Origin:
     save_tokenizer_json(spec, folder, Path(state.name) / TOKENIZER_FILE)
     modality = modalities[0]
     tokenizer = TokenizerState(Path(state.name), capability="hf_tokenizer", what="a HuggingFace tokenizer.json")
-    record = {"init_from": spec, "hf": str(folder) if Path(spec.removeprefix("hf:")).expanduser().is_dir() else spec.removeprefix("hf:"),
+    name = spec.removeprefix("hf:")
+    record = {"init_from": spec, "hf": str(folder) if Path(name).expanduser().is_dir() else name,
               "model_type": config.model_type, "commit": getattr(config, "_commit_hash", None), "transformers": tf.__version__}
     return Origin(spec, table, {modality: tokenizer}, lambda: gpt2_weights(spec, folder, config, table, modality), record, keep=state)
 
@@ -313,6 +315,13 @@ def hf_state(pipe) -> dict[str, Tensor]:
     return out
 
 
+def check_exportable(pipe, where: str = "export --format hf") -> None:
+    """A one-line error (starting with `where`) when the model cannot be written as GPT-2."""
+    why = export_problem(pipe)
+    if why:
+        raise UserError(f"{where}: cannot write this model as GPT-2: {why}")
+
+
 def separator_id(tok) -> int | None:
     """The id a tokenizer puts between documents (its `separator` capability), or None."""
     return tok.eot_id if "separator" in declared(tok) else None
@@ -363,9 +372,7 @@ def export_hf(pipe, out: Path) -> dict:
     """Write `pipe` (weights loaded, LoRA merged) as a HuggingFace GPT-2 directory into the
     existing empty folder `out`; returns a check of the result: the largest logit difference
     between the pipeline's model and the written one on a probe sequence."""
-    why = export_problem(pipe)
-    if why:
-        raise UserError(f"export --format hf: cannot write this model as GPT-2: {why}")
+    check_exportable(pipe)
     tf = _transformers()
     model = tf.GPT2LMHeadModel(hf_config(pipe))
     missing, unexpected = model.load_state_dict(hf_state(pipe), strict=False)
