@@ -2,6 +2,7 @@
 written whole or not at all (a failed write leaves the target as it was)."""
 
 import contextlib
+import json
 import os
 import resource
 import signal
@@ -80,6 +81,17 @@ def test_an_empty_folder_or_an_earlier_export_is_replaced_whole(tmp_path, run_di
     (tmp_path / "out" / "notes.txt").write_text("mine")
     assert "'notes.txt'" in one_line_error(cli("export", run_dir, "--format", "hf", "--out", tmp_path / "out", check=False))
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine" and (tmp_path / "out" / "model.onnx").is_file()
+
+
+def test_an_export_written_before_seqmodel_json_listed_its_files_is_replaced(tmp_path, run_dir):
+    """The default RUN/export/hf of an earlier seqmodel version: its seqmodel.json has no file list."""
+    out = tmp_path / "old"
+    out.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (out / name).write_text("old")
+    (out / "seqmodel.json").write_text(json.dumps({"run": str(run_dir), "format": "hf"}))
+    cli("export", run_dir, "--format", "hf", "--out", out)
+    assert (out / "config.json").read_text() != "old" and "files" in json.loads((out / "seqmodel.json").read_text())
 
 
 def test_a_failed_write_is_one_line_and_leaves_the_target_as_it_was(tmp_path, run_dir):

@@ -25,11 +25,16 @@ MARKER = "seqmodel.json"
 """The file that marks a folder as a seqmodel export, listing what the export wrote."""
 
 
+EARLIER_HF = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json")
+"""What an HF export wrote before seqmodel.json listed its files ({"run", "format": "hf"} only)."""
+
+
 def written_by_export(folder: Path) -> set[str] | None:
     """The file names an earlier export wrote into `folder` (None: `folder` is not one)."""
     try:
         record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-        files = record["files"]
+        files = record["files"] if "files" in record or record["format"] != "hf" else list(EARLIER_HF)
         assert isinstance(files, list) and all(isinstance(f, str) for f in files) and record["format"] in ("hf", "onnx")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AssertionError, RecursionError):
         return None
