@@ -12,6 +12,6 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def snippet(page: str, name: str) -> str:
     """The Python source of the block marked `name` in docs/`page`."""
     text = (DOCS / page).read_text(encoding="utf-8")
-    found = re.search(rf"<!-- test: {re.escape(name)} -->\n```python\n(.*?)\n```", text, re.S)
+    found = re.search(rf"<!-- test: {re.escape(name)} -->\n```python\n(.*?)\n```", text, re.DOTALL)
     assert found, f"docs/{page} has no block marked <!-- test: {name} -->"
     return found.group(1) + "\n"

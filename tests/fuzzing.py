@@ -378,6 +378,7 @@ def tiny_gpt2(folder: Path, text: str) -> Path:
     """A 2-layer GPT-2 with a byte-level BPE tokenizer trained on `text`, saved by transformers."""
     import torch
     import transformers
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())

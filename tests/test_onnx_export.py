@@ -154,7 +154,7 @@ def test_the_documented_onnx_program_gives_what_predict_gives(tmp_path, digits_e
                           cwd=tmp_path, check=True)
     first = json.loads(done.stdout)
     scope = {"__name__": "doc"}
-    exec(code, scope)
+    exec(code, scope)  # noqa: S102 -- the documentation's own code
     run = seqmodel.load(run_dir, device="cpu")
     tok = run.pipeline.tokenizers["image"]
     predicted = json.loads(cli("predict", run_dir, *images.values(), "--json").stdout)

@@ -124,7 +124,7 @@ def hf_origin(spec: str, modalities: tuple[str, ...]) -> Origin:
     try:
         with quiet(tf):
             config = tf.AutoConfig.from_pretrained(str(folder))
-    except Exception as err:  # transformers raises many types for a damaged or foreign config.json
+    except Exception as err:  # noqa: BLE001 -- transformers raises many types for a damaged or foreign config.json
         raise UserError(f"{spec}: cannot read config.json: {first_line(err)}") from None
     table = model_table(config, spec)
     state = tempfile.TemporaryDirectory(prefix="seqmodel-hf-tokenizer-")
@@ -160,7 +160,7 @@ def model_folder(spec: str) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(name, allow_patterns=HUB_FILES))
-    except Exception as err:  # network, authentication, unknown repository: huggingface_hub's own types
+    except Exception as err:  # noqa: BLE001 -- network, authentication, unknown repository: huggingface_hub's own types
         raise UserError(f"{spec}: cannot download the model from the HuggingFace hub: {first_line(err)}") from None
 
 
@@ -173,7 +173,7 @@ def save_tokenizer_json(spec: str, folder: Path, path: Path) -> None:
     try:
         with quiet(tf):
             tok = tf.AutoTokenizer.from_pretrained(str(folder))
-    except Exception as err:  # missing or damaged tokenizer files raise many types in transformers
+    except Exception as err:  # noqa: BLE001 -- missing or damaged tokenizer files raise many types in transformers
         raise UserError(f"{spec}: cannot read the tokenizer: {first_line(err)}") from None
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
@@ -248,7 +248,7 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
         raise UserError(f"{path}: missing or not a file")
     try:
         return load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for every kind of bad file
+    except Exception as err:  # noqa: BLE001 -- safetensors raises its own error types for every kind of bad file
         raise UserError(f"{path}: not a readable safetensors file: {first_line(err)}") from None
 
 
@@ -258,7 +258,7 @@ def _read_pickled(path: Path) -> dict[str, Tensor]:
         raise UserError(f"{path}: missing or not a file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a refused pickle, a truncated zip, garbage: torch's message would suggest unpickling
+    except Exception:  # noqa: BLE001 -- a refused pickle, a truncated zip, garbage: torch's message would suggest unpickling
         raise UserError(f"{path}: not a file of plain tensors that torch.load(weights_only=True) reads; seqmodel never "
                         f"unpickles other objects (convert the weights to {SAFETENSORS})") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):

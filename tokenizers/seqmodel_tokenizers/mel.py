@@ -187,13 +187,13 @@ class MelTokenizer:
             "kind": "log-mel slices",
             "steps": [
                 "read: soundfile.read(path, dtype='float32'); channels averaged to mono; clipped to [-1, 1]",
-                "resample to sample_rate with torchaudio.functional.resample (its default sinc filter) when the "
-                "file's rate differs",
-                "log-mel: Whisper's front end; for 16 kHz input with Whisper's settings the frames are "
-                "whisper.log_mel_spectrogram(x, padding=N)[:, : T // hop_length].T for any N >= n_fft // 2 + hop_length "
-                "(seqmodel_tokenizers.mel_features.log_mel)",
-                "slices: (frames_total, n_mels) -> (ceil(frames_total / frames), frames * n_mels), frame-major "
-                "within a slice; the last slice padded with the minimum of the features",
+                ("resample to sample_rate with torchaudio.functional.resample (its default sinc filter) when the "
+                 "file's rate differs"),
+                ("log-mel: Whisper's front end; for 16 kHz input with Whisper's settings the frames are "
+                 "whisper.log_mel_spectrogram(x, padding=N)[:, : T // hop_length].T for any N >= n_fft // 2 + hop_length "
+                 "(seqmodel_tokenizers.mel_features.log_mel)"),
+                ("slices: (frames_total, n_mels) -> (ceil(frames_total / frames), frames * n_mels), frame-major "
+                 "within a slice; the last slice padded with the minimum of the features"),
                 "positions: the slice index 0..N-1",
             ],
             "sample_rate": c.sample_rate, "n_fft": c.n_fft, "hop_length": c.hop_length, "n_mels": c.n_mels,

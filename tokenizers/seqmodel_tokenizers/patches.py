@@ -271,17 +271,17 @@ class PatchTokenizer:
         return {
             "kind": "image patches",
             "steps": [
-                "read: Pillow Image.open, ImageOps.exif_transpose; mode 1 -> L; P -> RGB (RGBA if it has "
-                "transparency); I, I;16, F -> L (values above 255 scaled by 255/65535, rounded); LA, RGBA: "
-                "alpha-composited over white (Image.alpha_composite) -> L, RGB; other modes -> RGB",
+                ("read: Pillow Image.open, ImageOps.exif_transpose; mode 1 -> L; P -> RGB (RGBA if it has "
+                 "transparency); I, I;16, F -> L (values above 255 scaled by 255/65535, rounded); LA, RGBA: "
+                 "alpha-composited over white (Image.alpha_composite) -> L, RGB; other modes -> RGB"),
                 "pixels: float32 in [0, 1] (8-bit values / 255), (H, W, C)",
                 "channels: grey -> RGB repeats the plane; RGB -> grey is the dot product with luma (float32)",
                 "crop: the centre square, side = min(H, W), top = (H - side) // 2, left = (W - side) // 2",
-                "resize: unless already size x size, each channel alone as a Pillow mode 'F' (float32) image, "
-                "Image.resize((size, size), resample)",
+                ("resize: unless already size x size, each channel alone as a Pillow mode 'F' (float32) image, "
+                 "Image.resize((size, size), resample)"),
                 "clip to [0, 1], then (x - mean) / std per channel (float32)",
-                "patches: (C, size, size) -> (N, patch * patch * C), row-major over the grid of patches; within "
-                "a patch rows, then columns, then channels (einops 'c (h p1) (w p2) -> (h w) (p1 p2 c)')",
+                ("patches: (C, size, size) -> (N, patch * patch * C), row-major over the grid of patches; within "
+                 "a patch rows, then columns, then channels (einops 'c (h p1) (w p2) -> (h w) (p1 p2 c)')"),
                 "positions: 'row_column' gives (row, column) of each patch (N, 2); 'index' its index 0..N-1",
             ],
             "channels": self.channels, "luma": _LUMA.tolist(), "size": self.size, "resample": self.config.resample,
