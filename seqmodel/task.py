@@ -122,11 +122,17 @@ class Exports(Protocol):
         """Named outputs an exported graph adds to the core's (a classifier's logits ...)."""
 
 
+class DescribesExports(Protocol):
+    def export_info(self) -> dict[str, dict]:
+        """JSON-able facts about the outputs `export_outputs` adds, by output name (the classes of a
+        classifier's logits ...): an ONNX export writes them into signature.json."""
+
+
 CAPABILITIES: dict[str, tuple[type, tuple[str, ...]]] = {
     name: (protocol, TASK_CAPABILITIES[name]) for name, protocol in (
         ("generate", Generates), ("score", Scores), ("predict", Predicts), ("sample", Samples), ("report", Reports),
         ("metrics", Measures), ("state", KeepsState), ("modalities", AddsModalities), ("export", Exports),
-        ("eval_options", object))}
+        ("export_info", DescribesExports), ("eval_options", object))}
 """Task capability -> (its Protocol, the members a class declaring it must have)."""
 
 
