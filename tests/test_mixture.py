@@ -194,3 +194,11 @@ def test_two_processes_follow_the_one_process_mixture(tmp_path, corpus):
         for key in a:
             if key.endswith("loss"):
                 assert abs(a[key] - b[key]) < 1e-4, (key, a, b)
+
+
+def test_a_mixture_run_is_not_exported_silently_wrong(tmp_path, corpus):
+    out = tmp_path / "run"
+    seqmodel("run", mixture_recipe(tmp_path, corpus, steps=1, eval_every=1), "--out", out, "--no-progress")
+    for fmt in ("hf", "onnx"):
+        done = seqmodel("export", out, "--format", fmt, check=False)
+        assert done.returncode == 2 and len(errors(done)) == 1 and "mixture" in errors(done)[0]

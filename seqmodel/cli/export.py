@@ -33,6 +33,9 @@ def cmd_export(args) -> int:
     out = Path(args.out) if args.out else run_dir / "export" / args.format
     check_target(out)
     pipe = api.load(run_dir, device="cpu").pipeline
+    if pipe.members:
+        raise UserError(f"{run_dir}: export of a mixture run is not supported yet (its members share one model "
+                        "under different masks and heads)")
     if pipe.recipe.train.lora.rank:
         merge(pipe.module.core)
     if args.format == "hf":
