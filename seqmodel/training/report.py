@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from seqmodel.data.pipeline import Pipeline
+from seqmodel.errors import UserError, cut
 from seqmodel.plots import figure
 from seqmodel.task import can
 
@@ -29,7 +30,19 @@ def loss_curve(history: list[dict], path: Path, title: str = "", unit: str = "na
 
 
 def finish_run(pipeline: Pipeline, run_dir: Path, history: list[dict]) -> None:
-    """Write the loss curve, end-of-run samples and whatever pictures the task draws."""
+    """Write the loss curve, end-of-run samples and whatever pictures the task draws; a failure
+    is one line that says the trained run is kept (its last checkpoint was written before)."""
+    try:
+        write_report(pipeline, run_dir, history)
+    except Exception as err:  # noqa: BLE001 -- a plugin's report must not read as a lost run
+        what = str(err) if isinstance(err, UserError) else (
+            f"the {pipeline.recipe.task.name!r} task plugin failed: {type(err).__name__}: {cut(err, 300)}")
+        raise UserError(f"{run_dir}: the run finished and its checkpoints are kept, but the end-of-run report "
+                        f"failed: {what}") from err
+
+
+def write_report(pipeline: Pipeline, run_dir: Path, history: list[dict]) -> None:
+    """The loss curve, end-of-run samples and the task's pictures."""
     task, model = pipeline.task, pipeline.module.eval()
     loss_curve(history, run_dir / "loss.png", title=f"{pipeline.recipe.path}",
                unit=task.loss_label if can(task, "metrics") else "nats/token")
