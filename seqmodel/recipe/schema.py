@@ -172,9 +172,13 @@ def _plugin(kind: str, table: Any, key: str, where: str) -> tuple[str, Any, dict
     if not isinstance(table, dict):
         raise UserError(f"{where}: expected a table")
     rest = dict(table)
-    name = rest.pop(key, None)
-    if not isinstance(name, str):
+    if key not in rest:
         raise UserError(f"{where} {key}: required, the name of a {kind} plugin")
+    name = rest.pop(key)
+    if not isinstance(name, str):
+        several = (f"; a recipe has one {kind}, and several files go in its own keys (seqmodel plugins show NAME)"
+                   if isinstance(name, list) and kind == "source" else "")
+        raise UserError(f"{where} {key}: expected the name of one {kind} plugin (a string), got {shown(name)}{several}")
     return name, registry.load(kind, name, f"{where} {key}"), rest
 
 
