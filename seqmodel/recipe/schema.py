@@ -88,7 +88,8 @@ class TrainConfig:
     """Experiment trackers through accelerate ("tensorboard", "wandb", ...); metrics.jsonl is always written."""
     keep_best: str = ""
     """Also keep the checkpoint with the best value of this metric ("val_loss", or one the task reports
-    at each evaluation: "accuracy", "exact_match", "mean_return" ...) as checkpoints/best; "" keeps none."""
+    at each evaluation: "accuracy", "exact_match", "mean_return" ...) as checkpoints/best; "" keeps none.
+    A name the task does not report is refused by `check` and `run`."""
     best_mode: str = "auto"
     """Whether `keep_best` minimises ("min") or maximises ("max") its metric; "auto": min for names with
     loss, cer, error, bits, perplexity or mse in them, max otherwise."""

@@ -33,7 +33,7 @@ from seqmodel.recipe.schema import TrainConfig
 from seqmodel.task import Slice, random_generator
 from seqmodel.training import budget, checkpoint, warm_start
 from seqmodel.training.cpu_memory import keep_freed_memory
-from seqmodel.training.tracking import Tracker
+from seqmodel.training.tracking import Tracker, check_keep_best
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FQN-keyed, gathered (FSDP) or plain
 
@@ -277,6 +277,7 @@ class Trainer:
         self.tracker = Tracker(self.pipeline, self.run_dir, self.acc.is_main_process, plain=not self.show_bar)
         if cfg.keep_best and cfg.distributed == "fsdp":
             raise UserError("[train] keep_best: not available with distributed = \"fsdp\" yet; use ddp or keep_best = \"\"")
+        check_keep_best(self.pipeline)
         if cfg.fingerprint_batches:
             self.fingerprints = open(self.run_dir / f"batches.rank{self.acc.process_index}.log", "a", buffering=1)
         if cfg.compile:

@@ -86,6 +86,7 @@ class ClassifyTask:
 
     Config = ClassifyConfig
     capabilities = ("predict", "report", "state", "modalities", "metrics", "export")
+    metric_names = ("accuracy",)  # what metrics() reports (`[train] keep_best` is checked against them)
     loss_label = "cross-entropy (nats/example)"
     FILE = "labels.json"
 

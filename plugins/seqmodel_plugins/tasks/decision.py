@@ -196,6 +196,7 @@ class DecisionTask:
     Config = DecisionConfig
     EvalOptions = DecisionEvalOptions
     capabilities = ("report", "modalities", "eval_options", "metrics")
+    metric_names = ("mean_return",)  # what metrics() reports (`[train] keep_best` is checked against them)
 
     def __init__(self, config: DecisionConfig) -> None:
         self.config = config
