@@ -155,6 +155,8 @@ def step_of(ckpt: Path) -> int:
 
 def _pointed(root: Path) -> Path | None:
     """The checkpoint ``latest`` names, if it is a well-formed name of a complete checkpoint."""
+    if not (root / "latest").is_file():  # a FIFO there would block the read
+        return None
     try:
         with open(root / "latest", "rb") as f:
             name = f.read(64).decode("ascii").strip()
