@@ -121,3 +121,28 @@ def test_the_builtin_tasks_name_the_metrics_they_report(tracked):
         cls = registry.load("task", row.name)
         if "metrics" in getattr(cls, "capabilities", ()):
             assert isinstance(cls.metric_names, tuple) and cls.metric_names, row.name
+
+
+def test_init_from_the_best_checkpoint_starts_from_its_weights(tracked, tmp_path, corpus):
+    from safetensors.torch import load_file
+
+    run, _ = tracked
+    best = run / "checkpoints" / "best"
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1, eval_every=1, init_from=str(best), lr=0.0, min_lr=0.0, warmup=0)
+    assert "ok (decoder" in cli("check", recipe).stdout
+    cli("run", recipe, "--out", tmp_path / "run", "--no-progress", "--set", "sample.num_samples=0")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["init_from"]
+    assert record["checkpoint"] == "best" and record["step"] == json.loads((best / "state.json").read_text())["step"]
+    started, kept = load_file(tmp_path / "run" / "checkpoints" / "step_0000001" / "model.safetensors"), load_file(best / "model.safetensors")
+    assert started.keys() == kept.keys() and all(started[k].equal(kept[k]) for k in kept)  # lr 0: one step changes nothing
+
+
+def test_init_from_a_folder_of_checkpoints_that_a_run_does_not_keep_is_one_line(tracked, tmp_path, corpus):
+    import shutil
+
+    run, _ = tracked
+    shutil.copytree(run, tmp_path / "copy")
+    shutil.copytree(run / "checkpoints" / "step_0000012", tmp_path / "copy" / "checkpoints" / "step_12.diverged")
+    recipe = tiny_char_recipe(tmp_path, corpus, init_from=str(tmp_path / "copy" / "checkpoints" / "step_12.diverged"))
+    assert one_line_error(cli("check", recipe, check=False)).endswith(
+        "step_12.diverged: not a checkpoint a run keeps (checkpoints/step_N or checkpoints/best)")
