@@ -298,3 +298,45 @@ def test_csv_labels_that_are_not_classes_are_one_line_errors(tmp_path, labels, m
 def test_csv_labels_as_class_indices_or_names_pass_check(tmp_path):
     assert ": ok (" in seqmodel("check", table_recipe(tmp_path, [i % 3 for i in range(40)])).stdout
     assert ": ok (" in seqmodel("check", table_recipe(tmp_path, ["pos" if i % 2 else "neg" for i in range(40)])).stdout
+
+
+def test_a_metadata_csv_and_transcripts_with_a_byte_order_mark_read_as_without(tmp_path):
+    audio_folder(tmp_path / "plain", n=3)
+    audio_folder(tmp_path / "bom", n=3)
+    text = (tmp_path / "bom" / "metadata.csv").read_text()
+    (tmp_path / "bom" / "metadata.csv").write_text(text, encoding="utf-8-sig")  # what spreadsheet programs export
+    assert (tmp_path / "bom" / "metadata.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    split = {name: AudioFolderSource(AudioFolderConfig(**dict.fromkeys(("train", "val", "test"), str(tmp_path / name)))).split("train")
+             for name in ("plain", "bom")}
+    assert [ex["text"] for ex in split["bom"]] == [ex["text"] for ex in split["plain"]] == ["00", "11", "22"]
+    write_wav(tmp_path / "beside" / "a.wav", 16000, 0.1, 440)
+    (tmp_path / "beside" / "a.txt").write_text("hello\n", encoding="utf-8-sig")
+    assert AudioFolderSource(AudioFolderConfig(**dict.fromkeys(("train", "val", "test"), str(tmp_path / "beside")))).split("train")[0]["text"] == "hello"
+
+
+def test_a_fifo_in_an_image_folder_is_one_line_not_a_hang(tmp_path):
+    import os
+    import signal
+
+    from PIL import Image
+    from seqmodel_plugins.image_data import imagefolder_files, load_image
+
+    for name in ("a", "b"):
+        (tmp_path / "shapes" / name).mkdir(parents=True)
+        Image.new("L", (4, 4), 9).save(tmp_path / "shapes" / name / "0.png")
+    os.mkfifo(tmp_path / "shapes" / "b" / "1.png")
+
+    def stop(signum, frame):
+        raise TimeoutError("still running after 30 s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(30)
+    try:
+        with pytest.raises(UserError, match=r"b/1.png is not a regular file \(a FIFO, socket or device\); class folder "):
+            imagefolder_files(tmp_path / "shapes")
+        with pytest.raises(UserError, match=r"1.png is not a regular file \(a FIFO, socket or device\), expected an "
+                                            r"image file$"):
+            load_image(tmp_path / "shapes" / "b" / "1.png")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -72,7 +72,7 @@ class AudioFolderConfig:
 def _metadata_rows(file: Path, column: str) -> list[tuple[int, dict]]:
     """(line number, row) of a metadata.csv or metadata.jsonl; a missing column is an error naming it."""
     try:
-        with file.open(encoding="utf-8", newline="") as f:
+        with file.open(encoding="utf-8-sig", newline="") as f:  # a BOM (spreadsheet exports) is no part of a name
             if file.suffix == ".csv":
                 reader = csv.DictReader(f)
                 rows = [(n + 2, row) for n, row in enumerate(reader)]
@@ -87,6 +87,14 @@ def _metadata_rows(file: Path, column: str) -> list[tuple[int, dict]]:
             raise UserError(f"{file}: no {name!r} column (it has: {', '.join(header) or 'none'}); expected "
                             f"file_name,{column}" + (" (set text_column)" if name == column else ""))
     return rows
+
+
+def _transcript(file: Path) -> str:
+    """A transcript file's text (UTF-8, a BOM dropped, stripped)."""
+    try:
+        return file.read_text(encoding="utf-8-sig").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{file}: cannot read the transcript: {cut(err, 160)}") from None
 
 
 def _check_audio(file: Path) -> None:
@@ -120,7 +128,7 @@ def folder_examples(folder: str, column: str = "text") -> list[dict]:
             if not text.is_file():
                 raise UserError(f"{audio}: no transcript (expected {text.name} beside it, or a metadata.csv "
                                 f"with file_name,{column} in {root})")
-            pairs.append((audio.resolve(), text.read_text(encoding="utf-8").strip()))
+            pairs.append((audio.resolve(), _transcript(text)))
     if not pairs:
         raise UserError(f"audio folder {root} holds no audio files ({', '.join(AUDIO_SUFFIXES)}) with transcripts")
     for audio, _ in pairs:
