@@ -35,6 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seqmodel import registry
+from seqmodel.config import build
+from seqmodel.errors import UserError
+from seqmodel.model.config import ModelConfig
+from seqmodel.model.transformer import Transformer
 from seqmodel.plugin import ModalitySpec, declared, segment_problem, tensor_kind
 from seqmodel.segments import Segment, collate
 
@@ -58,8 +63,6 @@ def check_tokenizer(name: str, out: Callable[[str], Any] = print) -> bool:
     Returns:
         True when every check passed.
     """
-    from seqmodel import registry
-
     try:
         cls = registry.load("tokenizer", name)
     except Exception as err:  # a broken plugin is a failed check, not a crash
@@ -122,9 +125,6 @@ class _Kit:
         self.segments: list[Segment] = []
 
     def new(self):
-        from seqmodel.config import build
-        from seqmodel.errors import UserError
-
         try:
             config = build(self.cls.Config, {}, "the default Config:")
         except UserError as err:
@@ -238,9 +238,6 @@ class _Kit:
                 raise CheckFailed(f"sample {i}: different decoding {when}")
 
     def forward_backward(self) -> str:
-        from seqmodel.model.config import ModelConfig
-        from seqmodel.model.transformer import Transformer
-
         spec, segs = self.tok.spec(), [s for s in self.segments if len(s)]
         if not segs:
             raise CheckFailed("every sample encodes to zero tokens; return examples() that give tokens")

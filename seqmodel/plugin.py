@@ -60,6 +60,13 @@ class ModalitySpec:
     def discrete(self) -> bool:
         return self.vocab_size is not None
 
+    def position_tables(self, context: int) -> tuple[int, ...]:
+        """Rows of each learned position table the model gives this modality, one per coordinate:
+        one 1-D table for "learned" and "timestep", row and column tables for "2d", none for
+        "rotary" and "none"; `max_positions` sizes them, else the model's `context`."""
+        limits = self.max_positions or (context,)
+        return {"learned": limits[:1], "timestep": limits[:1], "2d": limits[:2]}.get(self.position, ())
+
 
 class Tokenizer(Protocol):
     """Turns one field of an example into a `Segment` and back.

@@ -172,7 +172,7 @@ class TaskContext:
         where: the recipe's path, for error messages.
         plugins: modality -> "tokenizer plugin 'name' (distribution D V)", for error messages.
         prepared: (modality, split) -> that split's id stream from its prepared store
-            (`seqmodel.prepare.Prepared`); None encodes streams in memory.
+            (`seqmodel.data.prepare.Prepared`); None encodes streams in memory.
     """
 
     tokenizers: Mapping[str, Any]

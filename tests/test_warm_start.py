@@ -177,3 +177,18 @@ def test_check_validates_a_warm_start_against_the_source_weights(tmp_path, sourc
     assert "tensors loaded" in done.stderr and ": ok (" in done.stdout
     done = cli("check", recipe, "--set", f'train.init_from="{source}"', "--set", "model.layers=3", check=False)
     assert done.returncode == 2 and "no parameter 'core.decoder.blocks.2" in done.stderr
+
+
+def test_prepare_of_a_warm_start_prepares_the_stores_its_run_reads(tmp_path, source, monkeypatch):
+    """`seqmodel prepare` assembles the pipeline as `run` does: with the source's tokenizer state,
+    not one fitted afresh on the new data (whose characters differ), so the run builds nothing."""
+    monkeypatch.setenv("SEQMODEL_STORES", str(tmp_path / "stores"))
+    other = tmp_path / "other.txt"
+    other.write_text(make_text(400, seed=5).replace("e", "é"))
+    recipe = tiny_char_recipe(tmp_path, other, steps=1)
+    options = ["--set", f'train.init_from="{source}"', "--set", 'tokenizer.unknown="skip"']
+    prepared = cli("prepare", recipe, *options)
+    assert prepared.stdout.count("prepared now") == 2
+    ran = cli("run", recipe, "--out", tmp_path / "ft", "--no-progress", *options)
+    assert "prepared the" not in ran.stderr  # every store the run reads was there already
+    assert cli("prepare", recipe, *options).stdout.count("ready") == 2

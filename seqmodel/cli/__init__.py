@@ -13,8 +13,8 @@ from seqmodel import progress
 from seqmodel._version import __version__
 from seqmodel.cli import export, infer, inspect, train
 from seqmodel.cli.args import OneLineParser
+from seqmodel.cli.launch import WORKER_ERRORS
 from seqmodel.errors import UserError, cut
-from seqmodel.training.launcher import WORKER_ERRORS
 
 FAMILIES = (train, infer, export, inspect)
 

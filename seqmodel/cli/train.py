@@ -39,15 +39,15 @@ def add_parsers(sub) -> dict:
 
 
 def launch(args) -> int:
-    """Re-run this command on `--num-processes` workers (see seqmodel.launcher)."""
-    from seqmodel.training.launcher import launch as launch_workers
+    """Re-run this command on `--num-processes` workers (see seqmodel.cli.launch)."""
+    from seqmodel.cli.launch import launch as launch_workers
 
     return launch_workers(args)
 
 
 def cmd_run(args) -> int:
     from seqmodel.api import run
-    from seqmodel.training.launcher import WORKER_ERRORS, stopped_message
+    from seqmodel.cli.launch import WORKER_ERRORS, stopped_message
     from seqmodel.training.train import Interrupted
 
     if args.num_processes != 1 and "LOCAL_RANK" not in os.environ:

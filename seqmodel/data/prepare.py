@@ -6,7 +6,7 @@ Two things are kept under `seqmodel.files.files.stores_root()`:
 - ``fits/<key>/``: a tokenizer's fitted state, keyed by the source's identity, the tokenizer
   plugin (name, distribution version, code), its config (and the content of files it names), the
   field and the modality. A new run on the same data loads it instead of fitting again.
-- ``streams/<key>/``: a split's id stream (see `seqmodel.store`), keyed by the source's identity,
+- ``streams/<key>/``: a split's id stream (see `seqmodel.data.store`), keyed by the source's identity,
   the tokenizer's fitted state, both plugins (distribution version and code), the field, the
   modality and the split. A changed corpus or tokenizer is a new key, so an old store is never
   read for a new recipe.

@@ -9,7 +9,8 @@ References: Vaswani et al. 2017 (Transformer); Radford et al. 2019 and karpathy/
 GPT, init); Dosovitskiy et al. 2020 (ViT patches); Su et al. 2021 (rotary positions); Ainslie et
 al. 2023 (grouped-query attention); Dehghani et al. 2023 and OLMo 2 (query-key normalisation);
 Chen et al. 2021 (Decision Transformer's embedding LayerNorm). The norms and MLPs to choose
-from are in seqmodel.layers, the KV cache in seqmodel.kv_cache.
+from are in seqmodel.model.layers, the KV cache in seqmodel.model.kv_cache, the `[model]`
+config in seqmodel.model.config.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class Attention(nn.Module):
         gqa = self.kv_heads != self.heads
         if plan.block_mask is not None:
             return flex_attention(q, k, v, plan.block_mask, enable_gqa=gqa)
-        if self.training and self.dropout and q.device.type == "cpu":  # see seqmodel.dropout
+        if self.training and self.dropout and q.device.type == "cpu":  # see seqmodel.model.dropout
             if gqa:
                 k, v = (t.repeat_interleave(self.heads // self.kv_heads, dim=1) for t in (k, v))
             return attention_with_dropout(q, k, v, plan.mask, plan.is_causal, self.dropout)
@@ -194,9 +195,7 @@ class PositionEncoding(nn.Module):
 
     def __init__(self, spec: ModalitySpec, d_model: int, context: int) -> None:
         super().__init__()
-        limits = spec.max_positions or (context,)
-        sizes = {"learned": limits[:1], "timestep": limits[:1], "2d": limits[:2]}
-        self.tables = nn.ModuleList(nn.Embedding(n, d_model) for n in sizes.get(spec.position, ()))
+        self.tables = nn.ModuleList(nn.Embedding(n, d_model) for n in spec.position_tables(context))
 
     def forward(self, positions: Tensor) -> Tensor | int:  # (B, T, P) -> (B, T, D)
         return sum((t(positions[..., i]) for i, t in enumerate(self.tables)), 0)

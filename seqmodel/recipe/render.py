@@ -14,7 +14,11 @@ import types
 import typing
 from functools import cache
 
+from seqmodel import registry
+from seqmodel.capabilities import can, declared
 from seqmodel.config import is_path_field
+from seqmodel.model.config import ModelConfig, SampleConfig
+from seqmodel.recipe.schema import TrainConfig
 
 
 @cache
@@ -101,9 +105,6 @@ def table_lines(cls: type, values: dict | None = None, first: dict | None = None
 def plugin_doc(kind: str, name: str) -> str:
     """Every key of a plugin's recipe table (and a task's evaluation options), with type, default
     and docstring, for `seqmodel plugins show NAME`."""
-    from seqmodel import registry
-    from seqmodel.plugin import declared
-    from seqmodel.task import can
 
     cls = registry.load(kind, name)
     dist, version = registry.plugin_version(kind, name)
@@ -121,8 +122,6 @@ def plugin_doc(kind: str, name: str) -> str:
 
 def recipe_doc(recipe) -> str:
     """The recipe with every setting, defaults included, as annotated TOML (`seqmodel check --print`)."""
-    from seqmodel.model.config import ModelConfig, SampleConfig
-    from seqmodel.recipe.schema import TrainConfig
 
     resolved = recipe.resolved()
     out = [f"# {recipe.path}: every setting, defaults included", "", "[model]"]

@@ -1,6 +1,6 @@
 """Recipes: TOML files validated into typed config sections.
 
-    [model]        seqmodel.model.ModelConfig
+    [model]        seqmodel.model.config.ModelConfig
     [train]        TrainConfig below
     [data]         source = "<plugin>", then that source plugin's Config keys
     [tokenizer]    kind = "<plugin>", field, modality, then the tokenizer's Config keys

@@ -14,7 +14,9 @@ import os
 import sys
 from dataclasses import dataclass
 
+from seqmodel.capabilities import can
 from seqmodel.errors import UserError
+from seqmodel.model.config import mlp_hidden
 from seqmodel.plugin import ModalitySpec
 
 BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
@@ -49,8 +51,6 @@ def attention_parameters(model) -> int:
 
 def block_parameters(model, cross: bool) -> int:
     """One block without biases: attention, MLP, their norms, and cross-attention with its norm."""
-    from seqmodel.model.config import mlp_hidden
-
     d, hidden = model.d_model, mlp_hidden(model)
     mlp = d * hidden * (3 if model.mlp == "swiglu" else 2)
     return attention_parameters(model) + mlp + 2 * d + ((attention_parameters(model) + d) if cross else 0)
@@ -59,8 +59,6 @@ def block_parameters(model, cross: bool) -> int:
 def estimate(model, train, specs: list[ModalitySpec] = (), outputs: tuple[str, ...] = (), world: int = 1) -> Estimate:
     """A lower bound of what training `model` (a ModelConfig) with `train` (a TrainConfig) needs
     in each of `world` processes; without `specs` the modalities' tables are left out."""
-    from seqmodel.model.config import mlp_hidden
-
     d, hidden = model.d_model, mlp_hidden(model)
     decoder_cross = model.arch == "encoder_decoder"
     layers = model.layers + ((model.encoder_layers or model.layers) if decoder_cross else 0)
@@ -72,8 +70,7 @@ def estimate(model, train, specs: list[ModalitySpec] = (), outputs: tuple[str, .
         tables += s.vocab_size * d if s.discrete else (s.width + 1) * d
         if s.name in outputs and (not s.discrete or not model.tie_embeddings):
             tables += d * (s.vocab_size or s.width)
-        limits = s.max_positions or (model.context,)
-        positions += {"learned": limits[0], "timestep": limits[0], "2d": sum(limits[:2])}.get(s.position, 0) * d
+        positions += sum(s.position_tables(model.context)) * d
     tables += len(specs) * d
     per_rank = max(1, train.batch_size // max(1, world))
     width = 2 if train.precision in ("bf16", "fp16") else 4
@@ -135,8 +132,6 @@ def check_fits(recipe, specs: list[ModalitySpec] = (), outputs: tuple[str, ...] 
 
 def pipeline_specs(pipe) -> tuple[list[ModalitySpec], tuple[str, ...]]:
     """The modality specs and output heads a pipeline's model will have (as `Pipeline.build_model`)."""
-    from seqmodel.task import can
-
     specs = {m: tok.spec() for m, tok in pipe.tokenizers.items()}
     specs = pipe.task.model_specs(specs) if can(pipe.task, "modalities") else list(specs.values())
     return specs, tuple(pipe.task.outputs())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from seqmodel.errors import UserError, shown
 from seqmodel.task import can
+from seqmodel.training.report import loss_curve
 
 LOWER_IS_BETTER = ("loss", "cer", "error", "bits", "perplexity", "mse")
 """A metric whose name contains one of these is minimised by `keep_best` (others are maximised)."""
@@ -96,8 +97,6 @@ class Tracker:
         if self.plain:
             print(f"seqmodel: {log_line(record)}", file=sys.stderr, flush=True)
         if "val_loss" in record:
-            from seqmodel.training.report import loss_curve
-
             loss_curve(history, self.run_dir / "loss.png", title=self.pipeline.recipe.path, unit=self.loss_label)
 
     def best_so_far(self, record: dict, history: list[dict]) -> bool:

@@ -1,7 +1,7 @@
 """Warm starts: a new run that begins from another model's weights (`[train] init_from`).
 
 The source is a run directory (its newest checkpoint), one of its checkpoint directories, or
-``hf:DIR_OR_NAME``, a GPT-2-family HuggingFace model (`seqmodel.hf_gpt2`). The new run
+``hf:DIR_OR_NAME``, a GPT-2-family HuggingFace model (`seqmodel.interop.hf_gpt2`). The new run
 
 - takes the source's `[model]` table, with the keys its own recipe sets on top (so a fine-tuning
   recipe names only what it changes: dropout, context, masks ...), and must have its architecture;
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from seqmodel.config import build
 from seqmodel.errors import UserError
+from seqmodel.interop.hf_gpt2 import hf_origin
 from seqmodel.model.config import LoRAConfig, ModelConfig
 from seqmodel.model.lora import base_name, is_adapter, merged_state
 from seqmodel.recipe.schema import Recipe
@@ -63,8 +64,6 @@ class Origin:
 def open_origin(spec: str, modalities: tuple[str, ...] = ()) -> Origin:
     """The source named by `spec` (cached: the run reads it when it starts and again for the weights)."""
     if spec.startswith(HF_PREFIX):
-        from seqmodel.interop.hf_gpt2 import hf_origin
-
         return hf_origin(spec, modalities)
     return run_origin(spec)
 

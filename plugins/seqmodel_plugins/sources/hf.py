@@ -24,7 +24,7 @@ Without streaming, the prepared dataset stays in `datasets`' memory-mapped Arrow
 are converted when read. Streaming (``streaming = true``) reads examples lazily from the files or
 the hub instead of preparing the whole dataset on disk first: `split` returns an iterable that
 starts a new pass on each iteration. A token-stream task (`lm`, `mlm`) reads it once, example by
-example, into its prepared store (`seqmodel.prepare`), which every later run maps; a preparation
+example, into its prepared store (`seqmodel.data.prepare`), which every later run maps; a preparation
 killed part-way continues where it stopped (`Stream.state_dict`, on `datasets`'
 `IterableDataset.state_dict`). Map-style tasks collect the split into a list. The identity (the
 store's key and the resume guard's data fingerprint) holds the size and modification time of

@@ -7,6 +7,9 @@ agent, which forwards it to every worker (each saves its checkpoint and exits) a
 them; whatever is still alive when the launcher leaves is killed, so no worker keeps writing the
 run directory as an orphan. The launcher holds the run directory's lock for its workers; a
 worker's user error is left in a folder and printed once, without the agent's traceback.
+
+The training modules are imported inside the functions: the CLI imports this module for every
+command, and `seqmodel --help` must not wait for torch.
 """
 
 from __future__ import annotations
@@ -60,8 +63,8 @@ def launch(args) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from seqmodel.api import check_resume_target, default_run_dir, recipe_of
     from seqmodel.training import budget
+    from seqmodel.training.lifecycle import check_resume_target, default_run_dir, recipe_of
     from seqmodel.training.lock import HELD_BY, run_lock
 
     if args.num_processes < 1:
