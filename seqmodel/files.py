@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,19 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def not_regular(path: Path) -> str | None:
+    """What `path` is when it is neither a regular file nor a folder ("a FIFO", "a link to
+    nothing" ...), for sources to refuse in one line: reading a FIFO waits for a writer forever.
+    None for a file or a folder."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "a link to nothing, or a link loop" if path.is_symlink() else "missing or unreadable"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
 
 
 def is_main_process() -> bool:

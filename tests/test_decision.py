@@ -278,7 +278,7 @@ IDS3 = RNG.integers(0, 3, size=40)
      "'MountainCar-v0' has 3 discrete actions (ids 0 to 2): discrete actions are stored as integer ids, shape (N,)"),
     ("MountainCar-v0", STATES2, np.where(IDS3 == 2, 4, IDS3), "integer ids from 0 to 4, but env_id 'MountainCar-v0' "
      "has 3 discrete actions (ids 0 to 2)"),
-    ("MountainCar-v0", STATES3, IDS3, "states have 3 number(s) per step, but env_id 'MountainCar-v0''s observations "
+    ("MountainCar-v0", STATES3, IDS3, "states have 3 number(s) per step, but the observations of env_id 'MountainCar-v0' "
      "flatten to 2"),
     ("Pendulum-v1", STATES3, IDS3, "actions are integer ids from 0 to 2, but env_id 'Pendulum-v1' has continuous "
      "actions of 1 number(s) per step: its actions are stored as floats, shape (N, 1)"),
@@ -294,7 +294,7 @@ def test_check_refuses_episodes_that_do_not_fit_the_environment(tmp_path, env_id
 def test_check_refuses_a_task_environment_that_does_not_fit_the_run(tmp_path):
     done = cli("check", _episode_recipe(tmp_path, "MountainCar-v0", STATES2, IDS3, env_id="Acrobot-v1"), check=False)
     assert _one_line_error(done).endswith("[task] env_id 'Acrobot-v1' (where evaluation plays): this run's states "
-                                          "have 2 number(s) per step, but the environment's observations flatten to 6")
+                                          "have 2 number(s) per step, but the observations of the environment flatten to 6")
     done = cli("check", _episode_recipe(tmp_path, "MountainCar-v0", STATES2, IDS3), "--set", "tokenizer.num_actions=5",
                check=False)
     assert "this run's actions are integer ids from 0 to 4, but the environment has 3 discrete actions" in _one_line_error(done)

@@ -172,7 +172,7 @@ def env_problem(env: gymnasium.Env, state_width: int, discrete: bool, width: int
     cannot come from `env`, or None; `subject` and `name` word the message ("'states'" ...)."""
     expected = spaces.flatdim(env.observation_space)
     if state_width != expected:
-        return (f"{subject} states have {state_width} number(s) per step, but {name}'s observations "
+        return (f"{subject} states have {state_width} number(s) per step, but the observations of {name} "
                 f"flatten to {expected}")
     return action_problem(env.action_space, discrete, width, ids, f"{subject} actions", name)
 
@@ -417,6 +417,9 @@ def load_episodes(path: str | Path) -> list[Episode]:
             data = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise UserError(f"{path}: not a readable .npz episode file ({e})") from None
+    except MemoryError:
+        raise UserError(f"{path}: not a readable .npz episode file (an array's header claims more memory than "
+                        "there is)") from None
     states, actions, rewards, starts = _validate(path, data)
     bounds = np.append(starts, len(states))
     return [Episode(states[a:b], actions[a:b], rewards[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]

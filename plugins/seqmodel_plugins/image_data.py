@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from seqmodel.errors import UserError
+from seqmodel.files import not_regular
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -160,8 +161,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise UserError(f"image file {path} does not exist")
     if path.is_dir():
         raise UserError(f"{path} is a folder, expected an image file ({_EXTENSIONS})")
-    if not path.is_file():
-        raise UserError(f"{path} is not a regular file (a FIFO, socket or device), expected an image file")
+    odd = not_regular(path)
+    if odd:
+        raise UserError(f"{path} is not a regular file ({odd}), expected an image file")
     try:
         with Image.open(path) as image:
             image.load()
@@ -248,9 +250,10 @@ def imagefolder_files(root: str | os.PathLike) -> tuple[list[tuple[Path, int]], 
         if not files:
             raise UserError(f"class folder {class_dir} holds no images ({_EXTENSIONS})")
         for file in files:
-            if file.suffix.lower() in IMAGE_EXTENSIONS and not file.is_dir() and not file.is_file():
-                raise UserError(f"{file} is not a regular file (a FIFO, socket or device); class folder {class_dir} "
-                                f"may hold only {_EXTENSIONS} files")
+            odd = not_regular(file) if file.suffix.lower() in IMAGE_EXTENSIONS else None
+            if odd:
+                raise UserError(f"{file} is not a regular file ({odd}); class folder {class_dir} may hold only "
+                                f"{_EXTENSIONS} files")
             if file.is_dir() or file.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise UserError(
                     f"{file} is not an image file; class folder {class_dir} may hold only "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,7 @@ import soundfile as sf
 
 from seqmodel.config import path_field
 from seqmodel.errors import UserError, cut, shown
+from seqmodel.files import not_regular
 
 SPLITS = ("train", "val", "test")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga")
@@ -119,7 +121,9 @@ def folder_examples(folder: str, column: str = "text") -> list[dict]:
         for line, row in _metadata_rows(meta, column):
             audio = (root / str(row["file_name"] or "")).resolve()
             if not audio.is_file():
-                raise UserError(f"{meta}: line {line}: file_name {shown(row['file_name'])} names no file in {root}")
+                odd = not_regular(audio) if os.path.lexists(audio) else None
+                raise UserError(f"{meta}: line {line}: file_name {shown(row['file_name'])} names "
+                                + (f"{odd}, not an audio file" if odd else f"no file in {root}"))
             pairs.append((audio, str(row[column] or "")))
     else:
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
