@@ -715,8 +715,9 @@ def episode_cases(rng: random.Random, folder: Path, n: int, runs: float = 0.25) 
         name, env = rng.choice(sorted(damages)), rng.choice(["CartPole-v1", "MountainCar-v0", "Pendulum-v1"])
         where = folder / f"episodes_{i}"
         command = "run" if rng.random() < runs else "check"
+        arrays = _episode_arrays(rng, env)
 
-        def prepare(where=where, name=name, env=env, arrays=_episode_arrays(rng, env)):
+        def prepare(where=where, name=name, env=env, arrays=arrays):
             shutil.rmtree(where, ignore_errors=True)
             where.mkdir(parents=True)
             content = damages[name](arrays)

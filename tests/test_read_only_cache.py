@@ -49,7 +49,7 @@ def test_eval_reads_a_read_only_cache_that_holds_its_stores(trained, locks):
 
 
 def test_a_store_a_read_only_cache_lacks_is_one_line_naming_the_folder(trained):
-    recipe, run, stores = trained
+    recipe, _, stores = trained
     undo = read_only(stores)
     try:
         done = seqmodel("check", recipe, "--set", "tokenizer.include='~'", check=False)

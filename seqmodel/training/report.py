@@ -34,7 +34,7 @@ def finish_run(pipeline: Pipeline, run_dir: Path, history: list[dict]) -> None:
     is one line that says the trained run is kept (its last checkpoint was written before)."""
     try:
         write_report(pipeline, run_dir, history)
-    except Exception as err:  # noqa: BLE001 -- a plugin's report must not read as a lost run
+    except Exception as err:  # a plugin's report must not read as a lost run
         what = str(err) if isinstance(err, UserError) else (
             f"the {pipeline.recipe.task.name!r} task plugin failed: {type(err).__name__}: {cut(err, 300)}")
         raise UserError(f"{run_dir}: the run finished and its checkpoints are kept, but the end-of-run report "
