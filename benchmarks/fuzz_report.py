@@ -1,14 +1,17 @@
 """Fuzz the whole command line and print how each case ended (tests/fuzzing.py).
 
-    python benchmarks/fuzz_report.py [--recipes N] [--run-dirs N] [--predict N] [--flags N] [--data N]
-                                     [--runs-folders N] [--seed S] [--json OUT]
+    python benchmarks/fuzz_report.py [--recipes N] [--run-dirs N] [--predict N] [--flags N]
+                                     [--hf-dirs N] [--export-targets N] [--data N] [--runs-folders N]
+                                     [--seed S] [--json OUT]
 
 Trains a tiny character LM and a tiny digit classifier in a temporary folder, then runs the cases
 in this process, each with a time limit: mutated recipes (`check`, and `run` for the first ones),
 copies of the trained run with one file damaged (`run --resume`, `eval`, `sample`, `score`,
-`tokenize`), files handed to `predict`, random command lines, user data files (CSV / JSON tables,
-image folders, audio folders, gymnasium episode files, each with one thing wrong, through `check`
-or a two-step `run`) and run folders handed to `seqmodel runs`. Prints a table of outcomes per
+`tokenize`), files handed to `predict`, random command lines, damaged GPT-2 directories for
+`init_from = "hf:DIR"` (`check`, `run`), `export --out` targets, user data files (CSV / JSON
+tables, image folders, audio folders, gymnasium episode files, each with one thing wrong, through
+`check` or a two-step `run`) and run folders handed to `seqmodel runs` (a count of 0 leaves a
+family out). Prints a table of outcomes per
 family (exit 0 / exit 2 with one line / other exit / traceback / hang) and every case that ended
 otherwise than the first two.
 """
@@ -46,6 +49,8 @@ def main() -> None:
     ap.add_argument("--run-dirs", type=int, default=400)
     ap.add_argument("--predict", type=int, default=100)
     ap.add_argument("--flags", type=int, default=600)
+    ap.add_argument("--hf-dirs", type=int, default=150, help="damaged GPT-2 directories (check, run)")
+    ap.add_argument("--export-targets", type=int, default=120, help="export --out targets")
     ap.add_argument("--data", type=int, default=60, help="cases of each family of user data files")
     ap.add_argument("--runs-folders", type=int, default=150, help="run folders handed to `seqmodel runs`")
     ap.add_argument("--seed", type=int, default=0)
@@ -76,6 +81,7 @@ def main() -> None:
             fuzzing.episode_cases(rng, tmp, args.data),
             fuzzing.runs_cases(rng, tmp / "run", tmp, args.runs_folders),
         ]
+        families += interop_families(args, rng, tmp, corpus)
         t0 = time.perf_counter()
         results = [fuzzing.run_case(case, args.timeout) for cases in families for case in cases]
         seconds = time.perf_counter() - t0
@@ -92,6 +98,17 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps([{"family": r.case.family, "case": r.case.name, "outcome": r.outcome,
                                                 "detail": r.detail} for r in results], indent=1))
+
+
+def interop_families(args, rng: random.Random, tmp: Path, corpus: Path) -> list:
+    """Damaged GPT-2 directories (built here) and export targets (of the trained tmp/run)."""
+    families = []
+    if args.hf_dirs:
+        gpt2 = fuzzing.tiny_gpt2(tmp / "gpt2", corpus.read_text())
+        families.append(fuzzing.hf_dir_cases(rng, gpt2, corpus, tmp, args.hf_dirs))
+    if args.export_targets:
+        families.append(fuzzing.export_cases(rng, tmp / "run", tmp, args.export_targets))
+    return families
 
 
 if __name__ == "__main__":

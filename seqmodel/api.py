@@ -47,6 +47,9 @@ class Run:
         return self.pipeline.module.eval()
 
     def _need(self, capability: str, what: str) -> None:
+        if self.pipeline.members:
+            raise UserError(f"{self.dir}: a mixture's members {what} each with its own task: name one with --member "
+                            f"({', '.join(self.pipeline.members)})")
         if not can(self.task, capability):
             raise UserError(f"{self.dir}: the {self.pipeline.recipe.task.name!r} task cannot {what} "
                             f"(it declares: {', '.join(sorted(declared(self.task))) or 'nothing optional'})")
@@ -75,11 +78,12 @@ class Run:
         return self.task.predict(self.model, [str(p) for p in inputs])
 
 
-def load(run_dir: str | Path, device: str | None = None, which: str = "latest") -> Run:
+def load(run_dir: str | Path, device: str | None = None, which: str = "latest", member: str | None = None) -> Run:
     """Open a run directory: rebuild its pipeline and load a checkpoint's weights.
 
     Args:
         which: "latest" (the newest), "best" (kept by `[train] keep_best`) or a step number.
+        member: of a mixture run, the member whose task the `Run` uses (None: the whole mixture).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -92,7 +96,9 @@ def load(run_dir: str | Path, device: str | None = None, which: str = "latest") 
     module = pipe.module
     checkpoint.load_weights(module, ckpt)
     module.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
-    return Run(pipe, run_dir)
+    if member is not None and not pipe.members:
+        raise UserError(f"--member {member}: {run_dir} is not a mixture run")
+    return Run(pipe.member(member) if pipe.members else pipe, run_dir)
 
 
 def run(recipe: str | Path | Recipe | dict, overrides: list[str] = (), out: str | Path | None = None,

@@ -19,7 +19,12 @@ TOKENIZER_CAPABILITIES: dict[str, tuple[str, ...]] = {
     "examples": ("examples",),  # examples() -> a few field values (`seqmodel plugins check`)
     "compare": ("same",),  # same(value, decoded) -> bool, for a lossy or re-represented decode
     "modalities": ("specs",),  # specs() -> {role: ModalitySpec}: a tokenizer of several modalities
-    "hf_tokenizer": ("hf_tokenizer",),  # hf_tokenizer() -> a HuggingFace `tokenizers.Tokenizer` (`seqmodel export --format hf`)
+    "hf_tokenizer": ("hf_tokenizer",),  # the state as a HuggingFace `tokenizers` tokenizer.json, both ways: hf_tokenizer() ->
+    # a `tokenizers.Tokenizer` (`seqmodel export --format hf`), and load(directory) reads a directory holding only a
+    # tokenizer.json (`init_from = "hf:..."`; one it cannot use is a one-line error)
+    "preprocessing": ("preprocessing",),  # preprocessing() -> a JSON-able description of how read_file and encode (not
+    # training) turn an input file into the segment's values or ids and positions, for code outside seqmodel
+    # (`seqmodel export --format onnx` writes it into signature.json)
     "parts": ("encode_parts",),  # encode_parts(parts) -> the ids of the joined value, part by part; fit takes parts as values (see `Parts`)
 }
 """Tokenizer capability -> the members a tokenizer declaring it must have."""
@@ -44,6 +49,8 @@ TASK_CAPABILITIES: dict[str, tuple[str, ...]] = {
     "state": ("save", "load"),
     "modalities": ("model_specs",),
     "export": ("export_outputs",),
+    "export_info": ("export_info",),  # export_info() -> {output name: JSON-able facts} for export_outputs' outputs
+    # (the classify task: {"logits": {"classes": [...]}}), written beside each output in an ONNX signature.json
     "eval_options": ("EvalOptions",),  # a dataclass of `seqmodel eval --set KEY=VALUE` options
 }
 """Task capability -> the members a task declaring it must have (their Protocols: `seqmodel.task`)."""

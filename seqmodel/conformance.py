@@ -12,7 +12,9 @@ relies on:
 - contract: `Segment` shapes and dtypes against `spec()` (ids int64 (T,) below vocab_size, or
   values float32 (T, width), finite), positions int64 (T,) or (T, P) within ``max_positions``,
   modality names.
-- save/load: a fresh instance loaded from the saved state has the same spec and encodings.
+- save/load: a fresh instance loaded from the saved state has the same spec and encodings (and,
+  for "hf_tokenizer", from a folder holding only its ``hf_tokenizer()``'s tokenizer.json; a
+  "preprocessing" description must be JSON-able).
 - determinism: encoding twice, and fitting twice under the same seed, give identical results.
 - forward/backward: a 1-layer `Transformer` with an output head for the modality runs on
   ``collate`` of the encodings; the loss and every gradient are finite.
@@ -24,6 +26,7 @@ own tests).
 
 from __future__ import annotations
 
+import json
 import random
 import tempfile
 from collections.abc import Callable
@@ -218,6 +221,21 @@ class _Kit:
         if fresh.spec() != self.tok.spec():
             raise CheckFailed(f"spec after load {fresh.spec()} != spec before save {self.tok.spec()}")
         self.compare(fresh, "after save/load")
+        if "hf_tokenizer" in declared(self.tok):
+            with tempfile.TemporaryDirectory() as tmp:
+                self.tok.hf_tokenizer().save(str(Path(tmp) / "tokenizer.json"))
+                fresh = self.new()
+                try:
+                    fresh.load(Path(tmp))
+                except Exception as err:  # noqa: BLE001 -- any failure of the plugin is the check's finding
+                    raise CheckFailed(f"capability hf_tokenizer: load() of a folder holding only its hf_tokenizer()'s "
+                                      f"tokenizer.json raised {type(err).__name__}: {' '.join(str(err).split())}") from None
+            self.compare(fresh, "after load() of a folder holding only its hf_tokenizer()'s tokenizer.json (capability hf_tokenizer)")
+        if "preprocessing" in declared(self.tok):
+            try:
+                json.dumps(self.tok.preprocessing())
+            except (TypeError, ValueError) as err:
+                raise CheckFailed(f"preprocessing() is not JSON-able: {err}") from None
 
     def determinism(self) -> None:
         for i, (x, seg) in enumerate(zip(self.samples, self.segments)):

@@ -176,3 +176,25 @@ def locked(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def replace_folder(tmp: Path, folder: Path) -> None:
+    """Rename the finished folder `tmp` to `folder`, durably. An existing `folder` is moved aside
+    first and removed only once `tmp` has taken its place (put back if the rename fails)."""
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(tmp)
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}") if folder.exists() else None
+    if old is not None:
+        os.rename(folder, old)
+    try:
+        os.rename(tmp, folder)
+    except BaseException:
+        if old is not None:
+            os.rename(old, folder)
+        raise
+    fsync_dir(folder.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -73,7 +73,7 @@ def check_exact(model: Transformer, prefix: list[Segment]) -> None:
     sampling never has them, and the KV cache could not reproduce the attention it implies."""
     layout = [(s.modality, max(len(s), 1)) for s in prefix[:-1]] + [(prefix[-1].modality, model.cfg.context)]
     view = layout_view(layout)
-    leak = future_leak(model.decoder.schedule, view, view.segment == len(prefix) - 1)
+    leak = future_leak(model.masks, view, view.segment == len(prefix) - 1)
     if leak is not None:
         raise UserError(f"generate: the decoder's mask {str(leak)!r} lets a generated token see later ones, which "
                         "token-by-token generation cannot give it (with or without the KV cache); train with a "

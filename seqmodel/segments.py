@@ -86,6 +86,7 @@ class TokenSet:
     time: Tensor  # (B, L) int64 first position coordinate (index, timestep, patch row ...)
     extras: dict = field(default_factory=dict)  # task-specific tensors (labels ...)
     context: TokenSet | None = None  # the encoder's set, for a model with cross-attention
+    member: str = ""  # the mixture member this batch is from ("" in a single-task run)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -64,7 +64,9 @@ class Task(Protocol):
         """Step-indexed batches of a split (train=True: augmentation and shuffling)."""
 
     def loss(self, core: Transformer, head: nn.Module | None, batch: TokenSet) -> tuple[Tensor, dict]:
-        """(scalar loss, stats) of a batch; stats may hold "tokens" (counted for tokens/s)."""
+        """(scalar loss, stats) of a batch; stats may hold "tokens" (counted for tokens/s) and,
+        for a loss that is a mean over a varying number of terms (target tokens), "targets": that
+        number, so that several processes weigh every term alike."""
 
     def evaluate(self, model: TrainModule, split: str, limit: int | None, options: Any) -> dict:
         """Metrics on a split (`limit` caps the batches; `options` is an `EvalOptions` or None)."""
@@ -124,11 +126,17 @@ class Exports(Protocol):
         """Named outputs an exported graph adds to the core's (a classifier's logits ...)."""
 
 
+class DescribesExports(Protocol):
+    def export_info(self) -> dict[str, dict]:
+        """JSON-able facts about the outputs `export_outputs` adds, by output name (the classes of a
+        classifier's logits ...): an ONNX export writes them into signature.json."""
+
+
 CAPABILITIES: dict[str, tuple[type, tuple[str, ...]]] = {
     name: (protocol, TASK_CAPABILITIES[name]) for name, protocol in (
         ("generate", Generates), ("score", Scores), ("predict", Predicts), ("sample", Samples), ("report", Reports),
         ("metrics", Measures), ("state", KeepsState), ("modalities", AddsModalities), ("export", Exports),
-        ("eval_options", object))}
+        ("export_info", DescribesExports), ("eval_options", object))}
 """Task capability -> (its Protocol, the members a class declaring it must have)."""
 
 
@@ -151,6 +159,12 @@ def encode_checked(tokenizer: Any, value: Any, who: str, context: int | None = N
     if problem:
         raise UserError(f"{who}: encode gave a segment that does not fit: {problem}")
     return seg
+
+
+def masked_mean(values: Tensor, keep: Tensor) -> Tensor:
+    """The mean of `values` where `keep` is true: 0, not NaN, when nothing is kept (a batch whose
+    targets are all masked, as a mixture member's can be, contributes no loss)."""
+    return torch.where(keep, values, 0).sum() / keep.sum().clamp(min=1)
 
 
 # -- what a task sees ------------------------------------------------------------------------

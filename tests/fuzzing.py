@@ -1,9 +1,10 @@
 """Fuzz cases for the whole command line, and how each one ended.
 
-Four families of bad input, each generated from a seed so that a count is reproducible:
-recipes (mutated TOML run through `check`, and `run` where `check` accepts them), damaged run
-directories (`run --resume`, `eval`, `sample`, `score`, `tokenize` on a copy of a trained run with
-one file damaged), files for `predict`, and random command-line flags. A case ends as one of
+Families of bad input, each generated from a seed so that a count is reproducible: recipes
+(mutated TOML run through `check`, and `run` where `check` accepts them), damaged run directories
+(`run --resume`, `eval`, `sample`, `score`, `tokenize` on a copy of a trained run with one file
+damaged), files for `predict`, random command-line flags, damaged HuggingFace GPT-2 directories
+(`init_from = "hf:DIR"` through `check` and `run`) and export targets (`export --out`). A case ends as one of
 OUTCOMES; only the first two are acceptable. Used by tests/test_fuzz.py and
 benchmarks/fuzz_report.py.
 """
@@ -43,6 +44,7 @@ class Case:
     argv: list[str]
     prepare: Callable[[], None] | None = None  # makes the damaged files, just before the case runs
     gap: bool = False  # damage read by the saved-recipe loader or a plugin (see state_read_by_plugins)
+    during: Callable[[], contextlib.AbstractContextManager] | None = None  # holds while the case runs (a full disk)
 
 
 @dataclass
@@ -64,7 +66,7 @@ def run_case(case: Case, timeout: float = 60) -> Result:
     previous = signal.signal(signal.SIGALRM, alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), (case.during or contextlib.nullcontext)():
             try:
                 code = cli.main(case.argv)
             except SystemExit as stop:
@@ -368,6 +370,345 @@ def flag_cases(rng: random.Random, trained: Path, recipe: Path, bad_recipe: Path
         argv = [str(trained) if a == "RUN" else str(recipe) if a == "RECIPE" else str(bad_recipe) if a == "BAD" else a
                 for a in argv]
         yield Case("command-line flags", " ".join(argv)[:160], argv)
+
+
+# -- damaged HuggingFace GPT-2 directories (init_from = "hf:DIR") ---------------------------------
+
+def tiny_gpt2(folder: Path, text: str) -> Path:
+    """A 2-layer GPT-2 with a byte-level BPE tokenizer trained on `text`, saved by transformers."""
+    import torch
+    import transformers
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    eot = tok.token_to_id("<|endoftext|>")
+    config = transformers.GPT2Config(vocab_size=len(fast), n_positions=32, n_embd=16, n_layer=2, n_head=2, bos_token_id=eot,
+                                     eos_token_id=eot)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(str(folder))
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+def hf_recipe(path: Path, corpus: Path, hf_dir: Path) -> Path:
+    path.write_text(f'[train]\ninit_from = "hf:{hf_dir}"\nsteps = 1\nbatch_size = 2\neval_every = 1\neval_batches = 1\n'
+                    f'threads = 1\n[data]\nsource = "text"\npaths = ["{corpus}"]\n[tokenizer]\nkind = "bpe"\n'
+                    '[task]\nkind = "lm"\n[sample]\nnum_samples = 0\n')
+    return path
+
+
+def _tensors(folder: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _save_tensors(folder: Path, tensors) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(folder / "model.safetensors"))
+
+
+def _edit_tensors(edit: Callable) -> Callable[[Path, random.Random], None]:
+    def damage(folder: Path, rng: random.Random) -> None:
+        tensors = _tensors(folder)
+        edit(tensors, rng.choice(sorted(tensors)), rng)
+        _save_tensors(folder, tensors)
+    return damage
+
+
+def _cast(dtype_name: str):
+    import torch
+
+    def edit(t, name, rng):
+        t[name] = t[name].to(getattr(torch, dtype_name)) if dtype_name != "bool" else t[name] > 0
+    return edit
+
+
+def _poison(value: float):
+    def edit(t, name, rng):
+        t[name] = t[name].clone()
+        t[name].view(-1)[rng.randrange(t[name].numel())] = value
+    return edit
+
+
+def _reshape(t, name, rng) -> None:
+    import torch
+
+    t[name] = torch.zeros(*[d + rng.choice([-1, 1, 5]) for d in t[name].shape])
+
+
+def _config_edit(key: str, value) -> Callable[[Path, random.Random], None]:
+    def damage(folder: Path, rng: random.Random) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        if value is _DELETE:
+            config.pop(key, None)
+        else:
+            config[key] = value
+        (folder / "config.json").write_text(json.dumps(config))
+    return damage
+
+
+class _Deleted:
+    def __repr__(self) -> str:
+        return "(deleted)"
+
+
+_DELETE = _Deleted()
+
+
+def _replace_file(name: str, content: bytes | None) -> Callable[[Path, random.Random], None]:
+    def damage(folder: Path, rng: random.Random) -> None:
+        _write(folder / name, content)
+    return damage
+
+
+def _bytes_damage(name: str, kind: str) -> Callable[[Path, random.Random], None]:
+    def damage(folder: Path, rng: random.Random) -> None:
+        data = (folder / name).read_bytes()
+        _write(folder / name, dict(_damages(rng, data))[kind])
+    return damage
+
+
+def _pickled(kind: str) -> Callable[[Path, random.Random], None]:
+    """Only pytorch_model.bin: the state dict itself, an object torch.load(weights_only=True)
+    refuses, a list, or a truncated file."""
+    def damage(folder: Path, rng: random.Random) -> None:
+        import torch
+
+        tensors = _tensors(folder)
+        (folder / "model.safetensors").unlink()
+        path = folder / "pytorch_model.bin"
+        if kind == "state dict":
+            torch.save(tensors, path)
+        elif kind == "object":
+            torch.save({"transformer.wte.weight": Random(0)}, path)
+        elif kind == "list":
+            torch.save(list(tensors.values()), path)
+        else:
+            torch.save(tensors, path)
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return damage
+
+
+class Random(random.Random):
+    """A picklable object that is not a tensor (what weights_only refuses)."""
+
+
+def _sharded(kind: str) -> Callable[[Path, random.Random], None]:
+    """model.safetensors split into two shards behind an index, then: nothing else, a missing
+    shard, a shard named outside the folder, or an index that is not one."""
+    def damage(folder: Path, rng: random.Random) -> None:
+        tensors = _tensors(folder)
+        (folder / "model.safetensors").unlink()
+        names = sorted(tensors)
+        shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+        from safetensors.torch import save_file
+
+        for shard, keys in shards.items():
+            save_file({k: tensors[k] for k in keys}, str(folder / shard))
+        weight_map = {k: shard for shard, keys in shards.items() for k in keys}
+        if kind == "missing shard":
+            (folder / "model-00002-of-00002.safetensors").unlink()
+        elif kind == "outside":
+            weight_map[names[0]] = "../model-00001-of-00002.safetensors"
+        index = {"weight_map": weight_map} if kind != "not an index" else [1, 2]
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return damage
+
+
+def _remove_tokenizer(folder: Path, rng: random.Random) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
+        (folder / name).unlink(missing_ok=True)
+
+
+def _other_vocabulary(folder: Path, rng: random.Random) -> None:
+    """A tokenizer of another vocabulary size than the weights."""
+    state = json.loads((folder / "tokenizer.json").read_text())
+    vocab = state["model"]["vocab"]
+    for token in sorted(vocab, key=vocab.get)[-5:]:
+        del vocab[token]
+    state["model"]["merges"] = [m for m in state["model"]["merges"]
+                                if "".join(m if isinstance(m, list) else m.split(" ")) in vocab]
+    (folder / "tokenizer.json").write_text(json.dumps(state))
+
+
+HF_DAMAGES: dict[str, Callable[[Path, random.Random], None]] = {
+    "intact": lambda folder, rng: None,
+    "a tensor missing": _edit_tensors(lambda t, name, rng: t.pop(name)),
+    "a tensor renamed": _edit_tensors(lambda t, name, rng: t.__setitem__(name.replace(".weight", ".w").replace(".bias", ".b"), t.pop(name))),
+    "an extra tensor": _edit_tensors(lambda t, name, rng: t.__setitem__("transformer.extra.weight", t[name].clone())),
+    "prefix dropped": _edit_tensors(lambda t, name, rng: [t.__setitem__(k.removeprefix("transformer."), t.pop(k)) for k in list(t)]),
+    **{f"a tensor as {d}": _edit_tensors(_cast(d)) for d in ("int32", "int64", "uint8", "bool", "float16", "bfloat16",
+                                                            "float64", "complex64")},
+    "a NaN": _edit_tensors(_poison(math.nan)),
+    "an infinity": _edit_tensors(_poison(-math.inf)),
+    "a tensor of another shape": _edit_tensors(_reshape),
+    "a transposed weight": _edit_tensors(lambda t, name, rng: t.__setitem__(name, t[name].t().contiguous() if t[name].dim() == 2 else t[name])),
+    **{f"model.safetensors {k}": _bytes_damage("model.safetensors", k)
+       for k in ("empty", "truncated", "bit flips", "100 kB of garbage", "a folder", "JSON list")},
+    "no weights file": _replace_file("model.safetensors", None),
+    **{f"pytorch_model.bin only: {k}": _pickled(k) for k in ("state dict", "object", "list", "truncated")},
+    **{f"sharded: {k}": _sharded(k) for k in ("fine", "missing shard", "outside", "not an index")},
+    **{f"config.json {k}": _bytes_damage("config.json", k) for k in ("empty", "truncated", "not UTF-8", "JSON list",
+                                                                     "JSON null", "deleted", "a folder")},
+    **{f"config.json {key} = {value!r}": _config_edit(key, value) for key, value in (
+        ("model_type", "llama"), ("model_type", _DELETE), ("model_type", 7), ("n_layer", "x"), ("n_layer", 0),
+        ("n_layer", 3), ("n_layer", -1), ("n_layer", True), ("n_embd", 24), ("n_embd", 17), ("n_head", 0), ("n_head", 3),
+        ("n_positions", 64), ("n_positions", 8), ("vocab_size", 5), ("n_inner", 40), ("n_inner", "big"),
+        ("activation_function", "relu"), ("layer_norm_epsilon", -1), ("layer_norm_epsilon", "x"),
+        ("tie_word_embeddings", False), ("tie_word_embeddings", "yes"), ("scale_attn_weights", False),
+        ("add_cross_attention", True))},
+    "no tokenizer": _remove_tokenizer,
+    **{f"tokenizer.json {k}": _bytes_damage("tokenizer.json", k) for k in ("empty", "truncated", "JSON list", "deleted",
+                                                                           "100 kB of garbage")},
+    "tokenizer_config.json garbage": _bytes_damage("tokenizer_config.json", "100 kB of garbage"),
+    "a tokenizer of another vocabulary": _other_vocabulary,
+    "the directory missing": lambda folder, rng: shutil.rmtree(folder),
+    "the directory a file": lambda folder, rng: (shutil.rmtree(folder), folder.write_text("x")),
+    "the directory empty": lambda folder, rng: (shutil.rmtree(folder), folder.mkdir()),
+}
+"""What can be wrong with a GPT-2 directory, each a function (folder, rng) that damages a copy."""
+
+
+def hf_dir_cases(rng: random.Random, base: Path, corpus: Path, folder: Path, n: int, runs: float = 0.25) -> Iterator[Case]:
+    """`n` copies of the GPT-2 directory `base`, each with one damage of HF_DAMAGES (the first
+    len(HF_DAMAGES) cases take each once, in a shuffled order), through `check` or (a fraction
+    `runs` of them) `run` with one step."""
+    names = sorted(HF_DAMAGES)
+    rng.shuffle(names)
+    for i in range(n):
+        name = names[i] if i < len(names) else rng.choice(names)
+        hf_dir, recipe = folder / f"hf_{i}", folder / f"hf_{i}.toml"
+        seed = rng.randrange(2**32)
+
+        def prepare(hf_dir=hf_dir, recipe=recipe, name=name, seed=seed):
+            shutil.rmtree(hf_dir, ignore_errors=True)
+            shutil.copytree(base, hf_dir)
+            hf_recipe(recipe, corpus, hf_dir)
+            HF_DAMAGES[name](hf_dir, random.Random(seed))
+
+        run = rng.random() < runs
+        argv = ["run", str(recipe), "--out", str(folder / f"hf_run_{i}"), "--no-progress"] if run else ["check", str(recipe)]
+        yield Case("HF directories", f"{argv[0]} with {name}", argv, prepare)
+
+
+# -- export targets (export --out) ----------------------------------------------------------------
+
+@contextlib.contextmanager
+def full_disk(limit: int = 20_000) -> Iterator[None]:
+    """Writes past `limit` bytes fail with EFBIG, as on a full disk (RLIMIT_FSIZE, SIGXFSZ ignored)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def _folder_with(files: dict[str, bytes]) -> Callable[[Path], Path]:
+    def make(out: Path) -> Path:
+        out.mkdir(parents=True)
+        for name, content in files.items():
+            (out / name).write_bytes(content)
+        return out
+    return make
+
+
+def _earlier_export(extra: dict[str, bytes] | None = None, marker: bytes | None = None) -> Callable[[Path], Path]:
+    """A folder that looks like an earlier export (as its seqmodel.json says), with `extra` files
+    of the user's or another `marker`."""
+    files = {"config.json": b"{}", "model.safetensors": b"x", "seqmodel.json": marker or json.dumps(
+        {"format": "hf", "run": "r", "files": ["config.json", "model.safetensors"]}).encode()}
+    return _folder_with(files | (extra or {}))
+
+
+def _read_only(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(out.parent, 0o555)
+    return out
+
+
+def _symlink_to(target: Callable[[Path], Path]) -> Callable[[Path], Path]:
+    def make(out: Path) -> Path:
+        real = target(out.with_name(out.name + "_real"))
+        out.symlink_to(real, target_is_directory=True)
+        return out
+    return make
+
+
+EXPORT_TARGETS: dict[str, tuple[Callable[[Path, Path], Path], bool]] = {}
+"""Where `export --out` may point: name -> (function (case folder, trained run) -> the --out
+path, made as the name says; whether the disk is full while the case runs)."""
+
+
+def _target(name: str, make: Callable[[Path], Path] | None = None, full: bool = False) -> None:
+    EXPORT_TARGETS[name] = (lambda folder, run: (make or (lambda out: out))(folder / "out"), full)
+
+
+def _in_run(name: str, rel: Callable[[Path], Path]) -> None:
+    EXPORT_TARGETS[name] = (lambda folder, run: rel(run), False)
+
+
+for _name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+              "model.onnx", "signature.json", "notes.txt"):
+    _target(f"a folder holding the user's {_name}", _folder_with({_name: b"mine"}))
+_target("a new folder")
+_target("a new nested folder", lambda out: out / "a" / "b")
+_target("an empty folder", _folder_with({}))
+_target("an earlier export", _earlier_export())
+_target("an earlier export with a user file", _earlier_export({"README.md": b"mine"}))
+_target("an earlier export whose seqmodel.json is garbage", _earlier_export(marker=b"\xff not json"))
+_target("an earlier export whose seqmodel.json lists nothing", _earlier_export(marker=b'{"format": "hf", "files": []}'))
+_target("a user's seqmodel.json", _folder_with({"seqmodel.json": b'{"mine": true}'}))
+_target("a file", lambda out: (out.write_bytes(b"mine"), out)[1])
+_target("a folder under a file", lambda out: (out.write_bytes(b"mine"), out / "sub")[1])
+_target("a symlink to a user folder", _symlink_to(_folder_with({"notes.txt": b"mine"})))
+_target("a symlink to an empty folder", _symlink_to(_folder_with({})))
+_target("a read-only parent", lambda out: _read_only(out / "sub"))
+_target("a name too long", lambda out: out / ("x" * 300))
+_target("a full disk", None, full=True)
+_target("a full disk over an earlier export", _earlier_export(), full=True)
+_in_run("the run directory", lambda run: run)
+_in_run("the run's checkpoints", lambda run: run / "checkpoints")
+_in_run("a checkpoint", lambda run: max((run / "checkpoints").glob("step_*")))
+_in_run("a new folder in checkpoints", lambda run: run / "checkpoints" / "step_9999999")
+_in_run("the run's tokenizer folder", lambda run: run / "tokenizers" / "text")
+_in_run("the root", lambda run: Path("/"))
+
+
+def export_cases(rng: random.Random, trained: Path, folder: Path, n: int, onnx: float = 0.2) -> Iterator[Case]:
+    """`n` exports of (a copy of) `trained` to the targets of EXPORT_TARGETS (each once first, in a
+    shuffled order), `--format onnx` for a fraction `onnx` of them, else hf."""
+    names = sorted(EXPORT_TARGETS)
+    rng.shuffle(names)
+    for i in range(n):
+        name = names[i] if i < len(names) else rng.choice(names)
+        fmt = "onnx" if rng.random() < onnx else "hf"
+        case_dir, run = folder / f"export_{i}", folder / f"export_{i}" / "run"
+        out_of, full = EXPORT_TARGETS[name]
+        argv = ["export", str(run), "--format", fmt, "--out", "<set by prepare>"]
+
+        def prepare(case_dir=case_dir, run=run, out_of=out_of, argv=argv):
+            if case_dir.exists():
+                for p in case_dir.rglob("*"):  # a read-only parent of an earlier case
+                    if p.is_dir() and not p.is_symlink():
+                        os.chmod(p, 0o755)
+                shutil.rmtree(case_dir)
+            shutil.copytree(trained, run)
+            argv[-1] = str(out_of(case_dir, run))
+
+        yield Case("export targets", f"export --format {fmt} to {name}", argv, prepare, during=full_disk if full else None)
 
 
 # -- user data files: tables, image folders, audio folders, episode files -------------------------

@@ -205,3 +205,16 @@ def test_values_equal_is_an_honest_comparison():
     assert not values_equal(torch.arange(3), torch.arange(3) + 1, 1.0)  # integers compare exactly
     assert not values_equal("abc", "ab", 0.0)
     assert json.dumps(values_equal(object(), object(), 0.0)) == "false"
+
+
+def test_a_tokenizer_declaring_hf_tokenizer_must_load_its_tokenizer_json():
+    """Capability "hf_tokenizer" is both ways: `init_from = "hf:DIR"` hands the tokenizer a folder
+    holding only a tokenizer.json, so one whose load() cannot read it fails save/load."""
+
+    class OneWay(CharTokenizer):
+        def load(self, directory):
+            self._set_vocab(json.loads((directory / self.FILE).read_text())["chars"])
+
+    ok, lines = run(OneWay)
+    assert not ok and line(lines, "save/load").startswith("FAIL save/load: capability hf_tokenizer: load() of a folder")
+    assert run(CharTokenizer)[0]

@@ -170,6 +170,30 @@ def test_command_line_flags(tmp_path, trained, monkeypatch, n):
     assert_clean([fuzzing.run_case(c) for c in fuzzing.flag_cases(random.Random(3), run, recipe, bad, tmp_path, n)])
 
 
+# -- damaged HuggingFace GPT-2 directories and export targets (tests/fuzzing.py, their own section) --
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory, corpus):
+    pytest.importorskip("transformers")
+    return fuzzing.tiny_gpt2(tmp_path_factory.mktemp("fuzz_gpt2") / "gpt2", corpus.read_text())
+
+
+@pytest.mark.parametrize("n", [pytest.param(16, id="fast"), pytest.param(len(fuzzing.HF_DAMAGES) * 2, id="more", marks=pytest.mark.slow)])
+def test_damaged_hf_directories(tmp_path, gpt2_dir, corpus, monkeypatch, n):
+    """`init_from = "hf:DIR"` through check and run: missing, renamed or extra tensors, other dtypes,
+    NaN, truncated or pickled weights, bad config.json or tokenizer files."""
+    monkeypatch.chdir(tmp_path)
+    assert_clean([fuzzing.run_case(c) for c in fuzzing.hf_dir_cases(random.Random(5), gpt2_dir, corpus, tmp_path, n)])
+
+
+@pytest.mark.parametrize("n", [pytest.param(16, id="fast"), pytest.param(len(fuzzing.EXPORT_TARGETS) * 3, id="more", marks=pytest.mark.slow)])
+def test_export_targets(tmp_path, trained, monkeypatch, n):
+    """`export --out` at user files, a run's checkpoints, a file, a symlink, a read-only folder, a full disk ..."""
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    assert_clean([fuzzing.run_case(c) for c in fuzzing.export_cases(random.Random(6), trained[1], tmp_path, n)])
+
+
 # -- user data files and run folders (tests/fuzzing.py, "user data files" and "run folders") ----
 
 DATA_FAMILIES = {"tables": fuzzing.table_cases, "image folders": fuzzing.image_cases,

@@ -173,7 +173,30 @@ def test_init_from_hf_errors_are_one_line(tmp_path, corpus):
     hf_dir = save_gpt2(tmp_path / "gpt2", "gelu_new")
     recipe = bpe_recipe(tmp_path, corpus, f"hf:{hf_dir}")
     done = cli("run", recipe, "--out", tmp_path / "r2", "--no-progress", "--set", 'tokenizer.kind="char"', check=False)
-    assert done.returncode == 2 and "'bpe'" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert done.returncode == 2 and "a 'BPE' tokenizer" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_init_from_hf_needs_a_tokenizer_that_reads_tokenizer_json(tmp_path, corpus):
+    """The HF origin names no plugin: any tokenizer declaring "hf_tokenizer" may take the
+    tokenizer.json; one that does not is a one-line error naming the recipe key."""
+    hf_dir = save_gpt2(tmp_path / "gpt2", "gelu_new")
+    done = cli("check", bpe_recipe(tmp_path, corpus, f"hf:{hf_dir}"), "--set", 'tokenizer.kind="kmer"', check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "[tokenizers.text] kind: 'kmer'" in done.stderr and "'hf_tokenizer' capability" in done.stderr
+
+
+def test_a_char_run_exported_as_gpt2_imports_back_into_a_char_recipe(tmp_path, corpus):
+    """The char tokenizer reads the tokenizer.json its export wrote (capability "hf_tokenizer"):
+    the round trip run -> GPT-2 -> run keeps the vocabulary and the logits."""
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=4)
+    cli("run", recipe, "--out", tmp_path / "char", "--no-progress")
+    cli("export", tmp_path / "char", "--format", "hf", "--out", tmp_path / "hf")
+    cli("run", recipe, "--out", tmp_path / "back", "--no-progress", "--set", f'train.init_from="hf:{tmp_path / "hf"}"',
+        "--set", "train.steps=1", "--set", "train.lr=0.0", "--set", "train.min_lr=0.0", "--set", "train.warmup=0")
+    source, back = seqmodel.load(tmp_path / "char", device="cpu"), seqmodel.load(tmp_path / "back", device="cpu")
+    assert back.pipeline.tokenizers["text"].chars == source.pipeline.tokenizers["text"].chars
+    ids = source.pipeline.tokenizers["text"].encode("Good night, sweet lord!").ids[None]
+    assert (logits(back, ids) - logits(source, ids)).abs().max() < 1e-5
 
 
 def test_export_of_what_is_not_a_run_is_a_one_line_error(tmp_path):
@@ -182,3 +205,124 @@ def test_export_of_what_is_not_a_run_is_a_one_line_error(tmp_path):
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
     done = cli("export", tmp_path, "--format", "tflite", check=False)
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+# -- an import takes every weight from the file, or refuses in one line --------------------------
+def damaged(hf_dir: Path, edit) -> Path:
+    """`hf_dir` with its model.safetensors rewritten by `edit(tensors)` (which may also replace the file)."""
+    from safetensors.torch import load_file, save_file
+
+    path = hf_dir / "model.safetensors"
+    tensors = load_file(str(path))
+    if edit(tensors, hf_dir) is not False:
+        save_file(tensors, str(path))
+    return hf_dir
+
+
+def _nan(t, d):
+    t["transformer.h.1.ln_2.weight"][3] = float("nan")
+
+
+def _inf(t, d):
+    t["transformer.wpe.weight"][0, 0] = float("inf")
+
+
+def _truncate(t, d):
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return False
+
+
+def _no_weights(t, d):
+    (d / "model.safetensors").unlink()
+    return False
+
+
+DAMAGE = {
+    "a missing tensor": (lambda t, d: t.pop("transformer.h.1.mlp.c_fc.weight"), "no tensor 'transformer.h.1.mlp.c_fc.weight'"),
+    "a renamed tensor": (lambda t, d: t.__setitem__("transformer.h.0.attn.qkv.weight", t.pop("transformer.h.0.attn.c_attn.weight")),
+                         "no tensor 'transformer.h.0.attn.c_attn.weight'"),
+    "no weights file": (_no_weights, "no weights file"),
+    "integer weights": (lambda t, d: t.__setitem__("transformer.ln_f.bias", t["transformer.ln_f.bias"].to(torch.int32)),
+                        "'transformer.ln_f.bias' is int32"),
+    "bool weights": (lambda t, d: t.__setitem__("transformer.wte.weight", t["transformer.wte.weight"] > 0),
+                     "'transformer.wte.weight' is bool"),
+    "another shape": (lambda t, d: t.__setitem__("transformer.h.0.mlp.c_proj.bias", torch.zeros(7)), "has shape (7,)"),
+    "a NaN": (_nan, "'transformer.h.1.ln_2.weight' has non-finite values"),
+    "an infinity": (_inf, "'transformer.wpe.weight' has non-finite values"),
+    "a truncated file": (_truncate, "not a readable safetensors file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_gpt2_weights_file_is_a_one_line_error_in_check_and_run(tmp_path, corpus, case):
+    """transformers' own loader fills what the file lacks with random weights (and casts any dtype);
+    the import reads the file itself and names the problem."""
+    edit, message = DAMAGE[case]
+    hf_dir = damaged(save_gpt2(tmp_path / "gpt2", "gelu_new"), edit)
+    recipe = bpe_recipe(tmp_path, corpus, f"hf:{hf_dir}")
+    for argv in (["check", recipe], ["run", recipe, "--out", tmp_path / "r", "--no-progress"]):
+        done = cli(*argv, check=False)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+        assert message in done.stderr, done.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_pickled_state_dict_is_read_with_weights_only(tmp_path, corpus):
+    """pytorch_model.bin alone: read through torch.load(weights_only=True), the same logits as
+    transformers' own model; a pickle of anything but tensors is refused without suggesting to unpickle it."""
+    hf_dir = save_gpt2(tmp_path / "gpt2", "gelu")
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
+    torch.save({k: v for k, v in reference.state_dict().items() if k != "lm_head.weight"}, hf_dir / "pytorch_model.bin")
+    (hf_dir / "model.safetensors").unlink()
+    run, _ = imported(tmp_path, corpus, hf_dir)
+    ids = torch.randint(reference.config.vocab_size, (1, CONTEXT), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (logits(run, ids) - reference(ids).logits).abs().max() < 1e-5
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    torch.save({"transformer.wte.weight": Payload()}, hf_dir / "pytorch_model.bin")
+    done = cli("check", bpe_recipe(tmp_path, corpus, f"hf:{hf_dir}"), check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "pytorch_model.bin" in done.stderr, done.stderr
+    assert "weights_only=False" not in done.stderr and "unpickled!" not in done.stdout + done.stderr
+
+
+# -- generation past the context -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def context_64(tmp_path_factory, corpus):
+    """A char run of a 64-token context and its GPT-2 export."""
+    tmp = tmp_path_factory.mktemp("context_64")
+    cli("run", tiny_char_recipe(tmp, corpus, steps=20), "--out", tmp / "run", "--no-progress", "--set", "model.context=64")
+    done = cli("export", tmp / "run", "--format", "hf", "--out", tmp / "hf")
+    return tmp / "run", tmp / "hf", done
+
+
+def test_the_text_generation_pipeline_stops_at_the_context(context_64):
+    """transformers' pipeline asks for 256 new tokens by default; a 64-position GPT-2 crashed
+    with IndexError. generation_config.json stops it where the context is full."""
+    _, hf, done = context_64
+    assert "at most 64 tokens" in done.stdout and "generation_config.json" in done.stdout
+    assert transformers.GenerationConfig.from_pretrained(str(hf)).max_length == 64
+    generator = transformers.pipeline("text-generation", model=str(hf), device="cpu")
+    prompt = "KING: "
+    result = generator(prompt, return_tensors=True)[0]["generated_token_ids"]
+    assert len(result) == 64 and result[: len(prompt)] == generator.tokenizer(prompt)["input_ids"]
+
+
+def test_the_documented_loop_generates_past_the_context_as_seqmodel_sample_does(context_64):
+    """docs/export.md's sliding-window loop over the transformers model gives 200 new tokens,
+    exactly `seqmodel sample --greedy`'s."""
+    from doc_snippets import snippet
+
+    run_dir, hf, _ = context_64
+    scope = {}
+    exec(snippet("export.md", "generate_long"), scope)  # noqa: S102 -- the documentation's own code
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf)).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(hf))
+    prompt = "KING: Good night"
+    ours = seqmodel.load(run_dir, device="cpu").generate(prompt, greedy=True, max_new_tokens=200)
+    theirs = tok.decode(tok(prompt)["input_ids"] + scope["generate_long"](model, tok(prompt)["input_ids"], 200))
+    assert theirs == ours and len(ours) == len(prompt) + 200

@@ -192,3 +192,21 @@ def test_prepare_of_a_warm_start_prepares_the_stores_its_run_reads(tmp_path, sou
     ran = cli("run", recipe, "--out", tmp_path / "ft", "--no-progress", *options)
     assert "prepared the" not in ran.stderr  # every store the run reads was there already
     assert cli("prepare", recipe, *options).stdout.count("ready") == 2
+
+
+def test_a_source_checkpoint_with_non_finite_weights_is_a_one_line_error(tmp_path, source, corpus):
+    """Not blamed later on the learning rate: the import names the tensor."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    copy = tmp_path / "nan_source"
+    shutil.copytree(source, copy)
+    path = checkpoint.latest(copy) / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["core.decoder.blocks.1.mlp.fc.weight"][0, 0] = float("nan")
+    save_file(tensors, str(path))
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1)
+    for argv in (["check", recipe], ["run", recipe, "--out", tmp_path / "r", "--no-progress"]):
+        done = cli(*argv, "--set", f'train.init_from="{copy}"', check=False)
+        one_line_error(done, "'core.decoder.blocks.1.mlp.fc.weight' has non-finite values")

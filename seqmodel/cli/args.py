@@ -25,3 +25,10 @@ def add_overrides(p, help: str | None = None) -> None:
 def add_checkpoint(p) -> None:
     p.add_argument("--checkpoint", default="latest", metavar="NAME",
                    help="which weights: latest (default), best ([train] keep_best) or a step number")
+
+
+def add_run_options(p, checkpoint: bool = True) -> None:
+    """`--checkpoint` (which weights) and `--member` (which member of a mixture run)."""
+    if checkpoint:
+        add_checkpoint(p)
+    p.add_argument("--member", metavar="NAME", help="of a mixture run: the member whose task to use")

@@ -12,7 +12,8 @@ def add_parsers(sub) -> dict:
                        description="Write a trained run for other tools: --format hf (a GPT-2 directory that "
                                    "transformers' AutoModelForCausalLM and AutoTokenizer load; decoder-only language "
                                    "models of GPT-2's shape) or --format onnx (any model; see docs/export.md). "
-                                   "LoRA adapters are merged into the weights.")
+                                   "LoRA adapters are merged into the weights. The output folder must be new, empty "
+                                   "or an earlier export; it is written whole or not at all.")
     p.add_argument("run", help="run directory")
     p.add_argument("--format", required=True, choices=["hf", "onnx"])
     p.add_argument("--out", help="output directory (default: RUN/export/FORMAT)")
@@ -20,19 +21,27 @@ def add_parsers(sub) -> dict:
 
 
 def cmd_export(args) -> int:
+    from seqmodel import api
+    from seqmodel.interop.hf_gpt2 import check_exportable, export_hf
+    from seqmodel.interop.onnx import export_onnx
+    from seqmodel.interop.target import check_target, export_folder
+    from seqmodel.model.lora import merge
 
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     out = Path(args.out) if args.out else run_dir / "export" / args.format
+    check_target(out)
+    pipe = api.load(run_dir, device="cpu").pipeline
+    if pipe.recipe.train.lora.rank:
+        merge(pipe.module.core)
     if args.format == "hf":
-        from seqmodel.interop.hf_gpt2 import export_hf
-
-        check = export_hf(run_dir, out)
-    else:
-        from seqmodel.interop.onnx import export_onnx
-
-        check = export_onnx(run_dir, out)
+        check_exportable(pipe, f"{run_dir}: export --format hf")
+    exporter = export_hf if args.format == "hf" else export_onnx
+    with export_folder(out, {"format": args.format, "run": str(run_dir.resolve())}) as folder:
+        check = exporter(pipe, folder)
     print(f"wrote {out}; {check['checked_with']} reads it back: largest |output difference| "
           f"{check['max_abs_difference']:.2e} on {check['probe']}")
+    if check.get("note"):
+        print(f"note: {check['note']}")
     return 0

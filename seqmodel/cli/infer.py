@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from seqmodel.cli.args import add_checkpoint
+from seqmodel.cli.args import add_run_options
 from seqmodel.errors import UserError
 
 
@@ -21,12 +21,12 @@ def add_parsers(sub) -> dict:
     p.add_argument("--seed", type=int, help="seed of the sampler")
     p.add_argument("--greedy", action="store_true", default=None, help="take the most likely token each step")
     p.add_argument("--no-cache", action="store_true", help="recompute the context each step (no KV cache)")
-    add_checkpoint(p)
+    add_run_options(p)
     p = sub.add_parser("score", help="per-token log-probabilities of a text, and the task's summary")
     p.add_argument("run")
     p.add_argument("--text", required=True)
     p.add_argument("--json", action="store_true")
-    add_checkpoint(p)
+    add_run_options(p)
     p = sub.add_parser("eval", help="evaluate a run on a split", epilog=_eval_options_help,
                        description="Task metrics of a trained run on a split.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,13 +36,13 @@ def add_parsers(sub) -> dict:
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="an evaluation option the run's task declares (repeatable); listed below")
     p.add_argument("--json", action="store_true")
-    add_checkpoint(p)
+    add_run_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p = sub.add_parser("predict", help="run a trained model on input files")
     p.add_argument("run")
     p.add_argument("inputs", nargs="+", help="input files")
     p.add_argument("--json", action="store_true")
-    add_checkpoint(p)
+    add_run_options(p)
     p = sub.add_parser("tokenize", help="show how a run's tokenizer splits a text (or decodes ids)")
     p.add_argument("run")
     g = p.add_mutually_exclusive_group(required=True)
@@ -50,6 +50,7 @@ def add_parsers(sub) -> dict:
     g.add_argument("--ids", help="comma-separated ids to decode, e.g. 1,2,3")
     p.add_argument("--modality", help="which tokenizer (default: the first discrete one)")
     p.add_argument("--json", action="store_true")
+    add_run_options(p, checkpoint=False)
     return {"sample": cmd_sample, "score": cmd_score, "eval": cmd_eval, "predict": cmd_predict, "tokenize": cmd_tokenize}
 
 
@@ -73,7 +74,7 @@ def _eval_options_help() -> str:
 def cmd_sample(args) -> int:
     from seqmodel.api import load
 
-    r = load(args.run, which=args.checkpoint)
+    r = load(args.run, which=args.checkpoint, member=args.member)
     kw = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "greedy")}
     print(r.generate(args.prompt, use_cache=not args.no_cache, **kw))
     return 0
@@ -82,7 +83,7 @@ def cmd_sample(args) -> int:
 def cmd_score(args) -> int:
     from seqmodel.api import load
 
-    out = load(args.run, which=args.checkpoint).score(args.text)
+    out = load(args.run, which=args.checkpoint, member=args.member).score(args.text)
     if args.json:
         print(json.dumps(out))
         return 0
@@ -108,7 +109,7 @@ def cmd_eval(args) -> int:
         if not sep or not key.strip():
             raise UserError(f"--set {text!r}: expected KEY=VALUE (the options of each task are listed by seqmodel eval --help)")
         options[key.strip()] = parse_value(value)
-    metrics = load(args.run, which=args.checkpoint).evaluate(args.split, args.limit, **options)
+    metrics = load(args.run, which=args.checkpoint, member=args.member).evaluate(args.split, args.limit, **options)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -119,7 +120,7 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from seqmodel.api import load
 
-    rows = load(args.run, which=args.checkpoint).predict(args.inputs)
+    rows = load(args.run, which=args.checkpoint, member=args.member).predict(args.inputs)
     if args.json:
         print(json.dumps(rows))
     else:
@@ -135,7 +136,7 @@ def cmd_tokenize(args) -> int:
     from seqmodel.plugin import declared
     from seqmodel.segments import Segment
 
-    pipe = load(args.run).pipeline
+    pipe = load(args.run, member=args.member).pipeline
     discrete = [m for m, t in pipe.tokenizers.items() if t.spec().discrete]
     if not discrete:
         kinds = ", ".join(f"{m}={type(t).__name__}" for m, t in pipe.tokenizers.items())

@@ -47,11 +47,12 @@ def text_grid(mask: torch.Tensor, bands: list[tuple[str, int, int]], limit: int 
     return "\n".join(lines)
 
 
-def draw_png(masks: list[tuple[str, torch.Tensor]], bands, path: Path) -> None:
+def draw_png(panels: list[tuple[str, torch.Tensor, list]], path: Path) -> None:
+    """One picture per (title, mask, modality bands)."""
     from seqmodel.plots import figure
 
-    with figure(path, grid=(1, len(masks)), size=(4.2 * len(masks), 4.4), dpi=120) as (fig, axes):
-        for ax, (title, m) in zip(axes[0], masks):
+    with figure(path, grid=(1, len(panels)), size=(4.2 * len(panels), 4.4), dpi=120) as (fig, axes):
+        for ax, (title, m, bands) in zip(axes[0], panels):
             ax.imshow(m.numpy(), cmap="Blues", vmin=0, vmax=1.25, interpolation="nearest")
             for name, a, b in bands:
                 for edge in (a - 0.5, b - 0.5):
@@ -67,34 +68,43 @@ def draw_png(masks: list[tuple[str, torch.Tensor]], bands, path: Path) -> None:
             ax.tick_params(labelsize=6)
 
 
-def recipe_masks(path: str, overrides: list[str], length: int | None):
-    """(title, mask) per distinct layer mask of a recipe's main stack, on a real example."""
+def recipe_views(path: str, overrides: list[str], length: int | None) -> list[tuple[str, MaskSchedule, tuple, int]]:
+    """(member name or "", mask schedule, (view, bands, valid) of a real example, layers) for a
+    recipe, or for each member of a mixture."""
     from seqmodel.recipe.schema import load_recipe
     from seqmodel.task import Slice
     from seqmodel.training.lifecycle import assemble
 
     pipe = assemble(load_recipe(path, overrides))
-    recipe = pipe.recipe
-    batch = pipe.task.batches("val", False).batch(Slice(0, 0, 0, 1, 1))
-    view, bands, valid = set_view(batch, length)  # an encoder-decoder's batch is the decoder's set
-    schedule = MaskSchedule.parse(recipe.model.mask, recipe.model.layer_masks, where=f"{path}: [model]")
-    return schedule, view, bands, valid, recipe.model.layers
+    out = []
+    for name, member in (pipe.members or {"": pipe}).items():
+        model = member.recipe.model
+        batch = member.task.batches("val", False).batch(Slice(0, 0, 0, 1, 1))
+        where = f"{path}: [mixture.{name}]" if name else f"{path}: [model]"
+        schedule = MaskSchedule.parse(model.mask, model.layer_masks, where=where)
+        out.append((name, schedule, set_view(batch, length), model.layers))  # an encoder-decoder's: the decoder's set
+    return out
+
+
+def panels(name: str, schedule: MaskSchedule, view: TokenView, bands: list, valid: torch.Tensor, n_layers: int) -> list:
+    """(title, dense mask, bands) per distinct mask of a schedule."""
+    layers: dict = {}
+    for i in range(max(n_layers, len(schedule.masks))):
+        layers.setdefault(schedule.for_layer(i), []).append(i)
+    prefix = f"{name}: " if name else ""
+    return [(prefix + (f"{m}  (layers {', '.join(map(str, ls))})" if len(schedule.masks) > 1 else str(m)),
+             dense_mask(m, view, view, valid)[0, 0], bands) for m, ls in layers.items()]
 
 
 def show(target: str, length: int = 32, out: str | None = None, overrides: list[str] = ()) -> str:
     """Render `target` (a recipe path or a pattern string); returns the terminal picture."""
     if target.endswith(".toml"):
-        schedule, view, bands, valid, n_layers = recipe_masks(target, list(overrides), length)
+        pictures = [p for name, schedule, (view, bands, valid), n in recipe_views(target, list(overrides), length)
+                    for p in panels(name, schedule, view, bands, valid, n)]
     else:
-        schedule = MaskSchedule((parse_mask(target, "mask"),))
         view, bands = synthetic_view(length)
-        valid = torch.ones(1, length, dtype=torch.bool)
-        n_layers = 1
-    layers: dict = {}
-    for i in range(max(n_layers, len(schedule.masks))):
-        layers.setdefault(schedule.for_layer(i), []).append(i)
-    masks = [(f"{m}  (layers {', '.join(map(str, ls))})" if len(schedule.masks) > 1 else str(m),
-              dense_mask(m, view, view, valid)[0, 0]) for m, ls in layers.items()]
+        pictures = panels("", MaskSchedule((parse_mask(target, "mask"),)), view, bands,
+                          torch.ones(1, length, dtype=torch.bool), 1)
     if out:
-        draw_png(masks, bands, Path(out))
-    return "\n\n".join(f"{title}\n{text_grid(m, bands)}" for title, m in masks)
+        draw_png(pictures, Path(out))
+    return "\n\n".join(f"{title}\n{text_grid(m, bands)}" for title, m, bands in pictures)

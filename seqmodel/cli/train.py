@@ -75,7 +75,7 @@ def cmd_check(args) -> int:
 
         print(recipe_doc(recipe))
     pipe = assemble(recipe)
-    budget.check_fits(recipe, *budget.pipeline_specs(pipe))
+    budget.check_fits(recipe, *pipe.model_specs())
     check_keep_best(pipe)
     if recipe.train.init_from:
         warm_start.load_weights(pipe.module, recipe)
@@ -83,7 +83,9 @@ def cmd_check(args) -> int:
     n = pipe.module.core.num_parameters()
     print(f"{recipe.path}: ok ({recipe.model.arch}, {recipe.model.layers} layers, d_model {recipe.model.d_model}, "
           f"{n / 1e6:.2f} M parameters; tokenizers: "
-          + ", ".join(f"{m}={b.name}" for m, b in recipe.tokenizers.items()) + f"; task {recipe.task.name}; "
+          + ", ".join(f"{m}={b.name}" for m, b in recipe.tokenizers.items())
+          + (f"; members {', '.join(f'{n} ({m.recipe.task.name})' for n, m in recipe.members.items())}; " if recipe.members
+             else f"; task {recipe.task.name}; ")
           + ", ".join(f"first {split} batch loss {loss:.3f}" for split, loss in losses.items()) + ")")
     return 0
 
@@ -96,9 +98,10 @@ def cmd_prepare(args) -> int:
     pipe = assemble(load_recipe(resolve(args.recipe), args.overrides))
     rows = pipe.prepare(args.splits or ("train", "val"))
     for row in rows:
-        print(f"{row['split']:<5}  {row['modality']}  {row['tokens']:>14,} tokens  {row['dtype']:<6}  "
+        member = f"{row['member']}  " if "member" in row else ""
+        print(f"{member}{row['split']:<5}  {row['modality']}  {row['tokens']:>14,} tokens  {row['dtype']:<6}  "
               f"{'prepared now' if row['built'] else 'ready':<12}  {row['folder']}")
     if not rows:
-        print(f"{args.recipe}: tokenizers fitted; the {pipe.recipe.task.name!r} task reads its examples directly "
-              "(no token stream to prepare)")
+        what = f"the {pipe.recipe.task.name!r} task reads" if pipe.recipe.task else "the members' tasks read"
+        print(f"{args.recipe}: tokenizers fitted; {what} its examples directly (no token stream to prepare)")
     return 0

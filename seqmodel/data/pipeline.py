@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 
+import torch
+
 from seqmodel import registry
 from seqmodel.config import build
 from seqmodel.data.prepare import ModalityData, Prepared, SourceData, fit_tokenizer
@@ -21,7 +23,7 @@ from seqmodel.errors import UserError, cut
 from seqmodel.masks import MaskSchedule
 from seqmodel.model.lora import wrap
 from seqmodel.model.transformer import Transformer
-from seqmodel.plugin import declared
+from seqmodel.plugin import ModalitySpec, declared
 from seqmodel.recipe.schema import Recipe
 from seqmodel.task import SPLITS, Slice, TaskContext, TrainModule, can
 
@@ -32,12 +34,17 @@ class Pipeline:
     Attributes:
         recipe: the validated recipe.
         tokenizers: modality -> tokenizer instance.
-        task: the task plugin instance (set up by `fit` or `from_run`).
+        task: the task plugin instance (set up by `fit` or `load`).
+        members: a mixture's member pipelines (`seqmodel.data.mixture`); none here.
     """
 
-    def __init__(self, recipe: Recipe) -> None:
+    members: dict = {}
+
+    def __init__(self, recipe: Recipe, tokenizers: Mapping[str, object] | None = None) -> None:
+        """`tokenizers`: instances to use for some modalities (shared with other mixture members)."""
         self.recipe = recipe
-        self.tokenizers = {m: b.cls(b.config, m) for m, b in recipe.tokenizers.items()}
+        given = tokenizers or {}
+        self.tokenizers = {m: given[m] if m in given else b.cls(b.config, m) for m, b in recipe.tokenizers.items()}
         self.fields = {m: b.field for m, b in recipe.tokenizers.items()}
         self.task = recipe.task.cls(recipe.task.config)
         self._examples: dict[str, object] = {}
@@ -123,7 +130,7 @@ class Pipeline:
             except Exception as err:  # e.g. a tokenizer fed a field of the wrong kind
                 raise UserError(f"{self.recipe.path}: [tokenizers.{m}] {registry.describe('tokenizer', self.recipe.tokenizers[m].name)}"
                                 f" could not fit on field {self.fields[m]!r}: {type(err).__name__}: {cut(err, 300)}") from err
-        self.task.setup(self.context())
+        self.setup_task()
 
     def load(self, tokenizers: Mapping[str, Path], task: Path | None = None) -> None:
         """Load each tokenizer's saved state (modality -> directory) and the task's, instead of
@@ -132,13 +139,27 @@ class Pipeline:
             _load_state(tok, tokenizers[m], registry.describe("tokenizer", self.recipe.tokenizers[m].name))
         if task is not None and can(self.task, "state"):
             _load_state(self.task, task, registry.describe("task", self.recipe.task.name))
+        self.setup_task()
+
+    def setup_task(self) -> None:
+        """Give the task its context (after the tokenizers are fitted or loaded)."""
         self.task.setup(self.context())
 
-    def build_model(self) -> TrainModule:
+    def update_schedule(self, train, sample) -> None:
+        """New `[train]` and `[sample]` values (a resume that changes them); the task sees them."""
+        self.recipe.train, self.recipe.sample = train, sample
+        self.setup_task()
+
+    def model_specs(self) -> tuple[list[ModalitySpec], tuple[str, ...]]:
+        """The modality specs and output heads the model is built with."""
         specs = {m: tok.spec() for m, tok in self.tokenizers.items()}
         specs = self.task.model_specs(specs) if can(self.task, "modalities") else list(specs.values())
+        return specs, tuple(self.task.outputs())
+
+    def build_model(self) -> TrainModule:
+        specs, outputs = self.model_specs()
         check_mask_modalities(self.recipe, [s.name for s in specs])
-        core = Transformer(self.recipe.model, specs, outputs=self.task.outputs())
+        core = Transformer(self.recipe.model, specs, outputs=outputs)
         if self.recipe.train.lora.rank:
             wrap(core, self.recipe.train.lora, self.recipe.path)
         head = self.task.build_head(self.recipe.model.d_model)
@@ -151,15 +172,7 @@ class Pipeline:
     def dry_run(self, examples: int = 2) -> dict[str, float]:
         """The loss of a first small batch of the train and val splits, without training: what
         `seqmodel check` runs so that data and tokenizer problems surface before a run."""
-        import torch
-
-        module, losses = self.module.eval(), {}
-        for split, train in (("train", True), ("val", False)):
-            batch = self.task.batches(split, train).batch(Slice(0, 0, 0, examples, examples))
-            with torch.no_grad():
-                loss, _ = module(batch.to(module.device))
-            losses[split] = float(loss)
-        return losses
+        return first_losses(self.module.eval(), self.task, examples)
 
     def eval_options(self, options: dict):
         """The task's `EvalOptions` from ``{key: value}`` (one-line errors naming the key)."""
@@ -206,3 +219,14 @@ def _load_state(plugin, directory: Path, who: str) -> None:
         raise
     except Exception as err:  # noqa: BLE001 -- whatever a plugin's reader raises on a damaged file
         raise UserError(f"{directory}: damaged state of {who}: {type(err).__name__}: {cut(err, 160)}") from None
+
+
+@torch.no_grad()
+def first_losses(module, task, examples: int = 2) -> dict[str, float]:
+    """`module`'s loss on a first small batch of the train and of the val split of `task`."""
+    losses = {}
+    for split, train in (("train", True), ("val", False)):
+        batch = task.batches(split, train).batch(Slice(0, 0, 0, examples, examples))
+        loss, _ = module(batch.to(module.device))
+        losses[split] = float(loss)
+    return losses

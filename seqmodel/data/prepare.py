@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import itertools
 import json
 import shutil
 import sys
@@ -175,19 +176,22 @@ def fit_key(data: ModalityData) -> str:
                    "config_files": config_files(data.config), "field": data.field, "modality": data.modality})
 
 
-def fit_tokenizer(data: ModalityData) -> None:
-    """Fit a tokenizer on the training split, or load the state an earlier fit on the same data left."""
-    tok, modality = data.tokenizer, data.modality
-    folder = files.stores_root() / "fits" / fit_key(data)
+def fit_tokenizer(*data: ModalityData) -> None:
+    """Fit a tokenizer on the training split, or load the state an earlier fit on the same data
+    left. Several `data` (mixture members sharing the tokenizer): fit once on all of their values."""
+    first = data[0]
+    tok, modality = first.tokenizer, first.modality
+    key = fit_key(first) if len(data) == 1 else digest({"what": "shared fit", "fits": [fit_key(d) for d in data]})
+    folder = files.stores_root() / "fits" / key
     with files.locked(folder):
         if files.is_complete(folder):
             try:
                 tok.load(folder)
-                say(f"{data.plugin} tokenizer ({modality}): fitted state reused from {folder}")
+                say(f"{first.plugin} tokenizer ({modality}): fitted state reused from {folder}")
                 return
             except UserError as err:
                 say(f"the fitted state in {folder} is damaged ({err}); fitting again")
-        tok.fit(training_values(data))
+        tok.fit(itertools.chain.from_iterable(training_values(d) for d in data))
         files.remove_leftovers(folder)
         with files.new_folder(folder) as tmp:
             tok.save(tmp)

@@ -16,8 +16,11 @@ available): the graph is traced on one and both are checked against PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -37,6 +40,19 @@ def _onnx():
     except ImportError as err:
         raise UserError(f"export --format onnx needs the `{err.name}` package: pip install 'seqmodel[export]'") from None
     return onnxruntime
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """torch.onnx's log lines off for the block (its first export names every torchvision
+    operator it skips, which a seqmodel model never uses)."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def flatten(ts: TokenSet, prefix: str = "") -> dict[str, Tensor]:
@@ -117,26 +133,67 @@ def signature(session) -> dict:
     return {"inputs": rows(session.get_inputs()), "outputs": rows(session.get_outputs())}
 
 
-def export_onnx(run_dir: Path, out: Path) -> dict:
-    """Write run `run_dir` as ``out/model.onnx`` and ``out/signature.json``; returns the check:
-    the largest difference between onnxruntime's outputs and PyTorch's on two validation batches."""
-    from seqmodel import api
-    from seqmodel.model.lora import merge
+def example_layout(ts: TokenSet, tokenizers: dict) -> list[dict]:
+    """The segments of the first example of `ts`, in token order: each one's modality, segment
+    and doc numbers, and where its tokens come from: an input ("from": "input", built as the
+    modality's preprocessing says), or constant data the task adds to every example (a class
+    token: its ids or values and positions), or else the task ("from": "task")."""
+    layout = []
+    for segment in ts.segment[0, ts.valid[0]].unique_consecutive().tolist():
+        in_segment = ts.valid[0] & (ts.segment[0] == segment)
+        name = ts.modalities[int(ts.modality[0, in_segment][0])]
+        row = {"modality": name, "segment": segment, "doc": int(ts.doc[0, in_segment][0])}
+        if name in tokenizers:
+            layout.append(row | {"from": "input"})
+            continue
+        constant = _constant_segment(ts, name, segment)
+        layout.append(row | ({"constant": constant} if constant is not None else {"from": "task"}))
+    return layout
 
+
+def _constant_segment(ts: TokenSet, name: str, segment: int) -> dict | None:
+    """The data and positions of segment `segment` (modality `name`) when every example of `ts`
+    has the same; else None."""
+    inp = ts.inputs[name]
+    kind, data = ("ids", inp.ids) if inp.ids is not None else ("values", inp.values)
+    seen = []
+    for b in range(ts.valid.shape[0]):
+        mine = inp.valid[b] & (ts.segment[b].gather(0, inp.slot[b]) == segment)
+        seen.append((data[b, mine], inp.positions[b, mine]))
+    first = seen[0]
+    if any(d.shape != first[0].shape or not torch.equal(d, first[0]) or not torch.equal(p, first[1]) for d, p in seen):
+        return None
+    return {kind: first[0].tolist(), "positions": first[1].tolist()}
+
+
+def describe(pipe, example: TokenSet, session) -> dict:
+    """signature.json: every input and output, and how to build the inputs from files (the
+    tokenizers' `preprocessing`, the example's layout) and read the outputs (the task's `export_info`)."""
+    sig = signature(session)
+    info = pipe.task.export_info() if can(pipe.task, "export_info") else {}
+    sig["outputs"] = [row | info.get(row["name"], {}) for row in sig["outputs"]]
+    sig["modalities"] = list(example.modalities)
+    sig["example"] = example_layout(example, pipe.tokenizers)
+    if example.context is not None:
+        sig["context.modalities"] = list(example.context.modalities)
+        sig["context.example"] = example_layout(example.context, pipe.tokenizers)
+    sig["preprocessing"] = {m: tok.preprocessing() for m, tok in pipe.tokenizers.items() if can(tok, "preprocessing")}
+    return sig
+
+
+def export_onnx(pipe, out: Path) -> dict:
+    """Write `pipe` (weights loaded, LoRA merged) as ``out/model.onnx`` and ``out/signature.json``
+    into the existing empty folder `out`; returns the check: the largest difference between
+    onnxruntime's outputs and PyTorch's on two validation batches."""
     ort = _onnx()
-    run = api.load(run_dir, device="cpu")
-    pipe = run.pipeline
-    if pipe.recipe.train.lora.rank:
-        merge(pipe.module.core)
     module = pipe.module.eval()
     batches = example_batches(pipe)
     graph = Graph(module, pipe.task, batches[0]).eval()
     tensors = list(flatten(batches[0]).values())
     auto = torch.export.Dim.AUTO
     dynamic = tuple({0: auto, 1: auto} for _ in tensors)
-    out.mkdir(parents=True, exist_ok=True)
     names = graph.output_names(batches[0])
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), quiet_exporter():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(graph, tuple(tensors), dynamo=True, dynamic_shapes={"tensors": dynamic}, input_names=graph.names,
                                     output_names=names, verbose=False)
@@ -149,9 +206,5 @@ def export_onnx(run_dir: Path, out: Path) -> dict:
             expected = graph(*feed.values())
         got = session.run(names, {k: v.numpy() for k, v in feed.items()})
         worst = max(worst, *(float((torch.from_numpy(g) - e.float()).abs().max()) for g, e in zip(got, expected)))
-    codes = {"modalities": list(batches[0].modalities)}
-    if batches[0].context is not None:
-        codes["context.modalities"] = list(batches[0].context.modalities)
-    (out / "signature.json").write_text(json.dumps(signature(session) | codes | {"run": str(run_dir)}, indent=1))
+    (out / "signature.json").write_text(json.dumps(describe(pipe, batches[0], session), indent=1))
     return {"checked_with": "onnxruntime", "max_abs_difference": worst, "probe": "two validation batches (all outputs)"}
-

@@ -140,11 +140,14 @@ class Stack(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(layers))
         self.ln_f = make_norm(cfg, cfg.d_model)
 
-    def forward(self, x, q: TokenView, k: TokenView, k_valid, q_valid, rope=None, memory=None, cross_plan=None, cache=None):
+    def forward(self, x, q: TokenView, k: TokenView, k_valid, q_valid, rope=None, memory=None, cross_plan=None, cache=None,
+                schedule: MaskSchedule | None = None):
+        """`schedule` replaces the stack's own mask schedule for this call (a mixture member's)."""
         plans: dict = {}
         Lq, Lk = q.index.shape[1], k.index.shape[1]
+        schedule = schedule or self.schedule
         for i, block in enumerate(self.blocks):
-            mask = self.schedule.for_layer(i)
+            mask = schedule.for_layer(i)
             if mask not in plans:  # FlexAttention is only asked about for masks without a fast path
                 plans[mask] = fast_plan(mask, Lq, Lk, k_valid) or masked_plan(
                     mask, q, k, k_valid, q_valid, cache is None and self.use_flex(x))
@@ -253,6 +256,11 @@ class Transformer(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
+    @property
+    def masks(self) -> MaskSchedule:
+        """The main stack's mask schedule (what `decode` applies unless a call gives another)."""
+        return (self.decoder or self.encoder).schedule
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -301,13 +309,15 @@ class Transformer(nn.Module):
         return angles.cos(), angles.sin()
 
     # -- forward -----------------------------------------------------------------------------
-    def encode(self, ts: TokenSet) -> tuple[Tensor, Tensor]:
-        """Run the encoder stack: (hidden (B, L, D), valid (B, L))."""
+    def encode(self, ts: TokenSet, masks: MaskSchedule | None = None) -> tuple[Tensor, Tensor]:
+        """Run the encoder stack: (hidden (B, L, D), valid (B, L)); `masks` replaces its schedule."""
         v = self.view(ts)
-        return self.encoder(self.embed(ts), v, v, ts.valid, ts.valid, self.rope(ts, v)), ts.valid
+        return self.encoder(self.embed(ts), v, v, ts.valid, ts.valid, self.rope(ts, v), schedule=masks), ts.valid
 
-    def decode(self, ts: TokenSet, memory: tuple[Tensor, Tensor] | None = None, cache: DecodeCache | None = None) -> Tensor:
-        """Run the decoder stack, optionally cross-attending to `memory` and extending `cache`."""
+    def decode(self, ts: TokenSet, memory: tuple[Tensor, Tensor] | None = None, cache: DecodeCache | None = None,
+               masks: MaskSchedule | None = None) -> Tensor:
+        """Run the decoder stack, optionally cross-attending to `memory` and extending `cache`;
+        `masks` replaces its mask schedule."""
         offset = cache.length if cache is not None else 0
         q = self.view(ts, offset)
         k, k_valid = q, ts.valid
@@ -323,17 +333,20 @@ class Transformer(nn.Module):
                 raise ValueError("an encoder_decoder model needs an encoder input (context)")
             mem_valid = memory[1]
             cross_plan = Plan(None if all_valid(mem_valid) else mem_valid[:, None, None, :])
-        out = self.decoder(self.embed(ts), q, k, k_valid, ts.valid, self.rope(ts, q), memory[0] if memory else None, cross_plan, cache)
+        out = self.decoder(self.embed(ts), q, k, k_valid, ts.valid, self.rope(ts, q), memory[0] if memory else None, cross_plan,
+                           cache, masks)
         if cache is not None:
             cache.length += ts.shape[1]
         return out
 
-    def forward(self, ts: TokenSet, context: TokenSet | None = None, cache: DecodeCache | None = None) -> Tensor:
-        """Final hidden states (B, L, D) of `ts` (encoder-decoder: `context` goes to the encoder)."""
+    def forward(self, ts: TokenSet, context: TokenSet | None = None, cache: DecodeCache | None = None,
+                masks: MaskSchedule | None = None) -> Tensor:
+        """Final hidden states (B, L, D) of `ts` (encoder-decoder: `context` goes to the encoder);
+        `masks` replaces the main stack's mask schedule for this call."""
         if self.decoder is None:
-            return self.encode(ts)[0]
+            return self.encode(ts, masks)[0]
         memory = self.encode(context) if self.encoder is not None and context is not None else None
-        return self.decode(ts, memory, cache)
+        return self.decode(ts, memory, cache, masks)
 
     # -- outputs -----------------------------------------------------------------------------
     def output(self, name: str, hidden: Tensor, ts: TokenSet) -> Tensor:
@@ -343,3 +356,32 @@ class Transformer(nn.Module):
             rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
             hidden = hidden[rows, inp.slot]
         return self.heads[name](hidden)
+
+
+class MaskedCore:
+    """The core as one member of a mixture sees it: every parameter shared, the member's
+    `[model]` config (its `mask` and `layer_masks`) and that mask schedule on every call, and of
+    each discrete modality only the member's own vocabulary (`vocab`: name -> size; another
+    member's task may have added ids to a shared modality).
+
+    Tasks use it exactly as a `Transformer` (call it, `decode` with a cache, `output` ...)."""
+
+    def __init__(self, core: Transformer, cfg: ModelConfig, vocab: dict[str, int] | None = None) -> None:
+        self.core, self.cfg, self.vocab = core, cfg, vocab or {}
+        self.masks = MaskSchedule.parse(cfg.mask, cfg.layer_masks)
+
+    def output(self, name: str, hidden: Tensor, ts: TokenSet) -> Tensor:
+        out = self.core.output(name, hidden, ts)
+        return out[..., : self.vocab[name]] if name in self.vocab else out
+
+    def __call__(self, ts: TokenSet, context: TokenSet | None = None, cache: DecodeCache | None = None) -> Tensor:
+        return self.core(ts, context, cache, masks=self.masks)
+
+    def encode(self, ts: TokenSet) -> tuple[Tensor, Tensor]:
+        return self.core.encode(ts, self.masks)
+
+    def decode(self, ts: TokenSet, memory=None, cache: DecodeCache | None = None) -> Tensor:
+        return self.core.decode(ts, memory, cache, self.masks)
+
+    def __getattr__(self, name: str):
+        return getattr(self.core, name)

@@ -121,16 +121,29 @@ def plugin_doc(kind: str, name: str) -> str:
 
 
 def recipe_doc(recipe) -> str:
-    """The recipe with every setting, defaults included, as annotated TOML (`seqmodel check --print`)."""
-
+    """The recipe with every setting, defaults included, as annotated TOML (`seqmodel check
+    --print`); a mixture shows each member resolved."""
     resolved = recipe.resolved()
     out = [f"# {recipe.path}: every setting, defaults included", "", "[model]"]
     out += table_lines(ModelConfig, resolved["model"])
     out += ["", "[train]", *table_lines(TrainConfig, resolved["train"])]
-    out += ["", "[data]", *table_lines(recipe.data.cls.Config, resolved["data"], {"source": recipe.data.name})]
+    if not recipe.members:
+        return "\n".join(out + member_lines(recipe, ""))
+    for name, member in recipe.members.items():
+        mask = member.recipe.model
+        out += ["", f"[mixture.{name}]", f"weight = {toml_value(member.weight)}",
+                f"loss_weight = {toml_value(member.loss_weight)}", f"mask = {toml_value(mask.mask)}",
+                f"layer_masks = {toml_value(mask.layer_masks)}"]
+        out += member_lines(member.recipe, f"mixture.{name}.")
+    return "\n".join(out)
+
+
+def member_lines(recipe, prefix: str) -> list[str]:
+    """The data, tokenizer, task and sample tables of a single-task recipe, under `prefix`."""
+    resolved = recipe.resolved()
+    out = ["", f"[{prefix}data]", *table_lines(recipe.data.cls.Config, resolved["data"], {"source": recipe.data.name})]
     for m, b in recipe.tokenizers.items():
         values = resolved["tokenizers"][m]
-        out += ["", f"[tokenizers.{m}]", *table_lines(b.cls.Config, values, {"kind": b.name, "field": b.field})]
-    out += ["", "[task]", *table_lines(recipe.task.cls.Config, resolved["task"], {"kind": recipe.task.name})]
-    out += ["", "[sample]", *table_lines(SampleConfig, resolved["sample"])]
-    return "\n".join(out)
+        out += ["", f"[{prefix}tokenizers.{m}]", *table_lines(b.cls.Config, values, {"kind": b.name, "field": b.field})]
+    out += ["", f"[{prefix}task]", *table_lines(recipe.task.cls.Config, resolved["task"], {"kind": recipe.task.name})]
+    return out + ["", f"[{prefix}sample]", *table_lines(SampleConfig, resolved["sample"])]

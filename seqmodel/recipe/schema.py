@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,11 @@ from seqmodel import registry
 from seqmodel.config import absolute_paths, build, check_plain, parse_override
 from seqmodel.errors import UserError, cut, shown
 from seqmodel.model.config import LoRAConfig, ModelConfig, SampleConfig
+from seqmodel.recipe.presets import resolve
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 MOST_THREADS = 1024  # torch.set_num_threads(10**6) crashes the process
-TABLES = ("model", "train", "data", "tokenizer", "tokenizers", "task", "sample")
+TABLES = ("model", "train", "data", "tokenizer", "tokenizers", "task", "sample", "mixture")
 
 
 @dataclass
@@ -148,17 +151,30 @@ class TokenizerBinding(PluginChoice):
 
 @dataclass
 class Recipe:
+    """A validated recipe. A mixture (`members`) has no data or task of its own: each member is a
+    single-task recipe, and `tokenizers` holds every member's, one per modality."""
+
     model: ModelConfig
     train: TrainConfig
-    data: PluginChoice
+    data: PluginChoice | None
     tokenizers: dict[str, TokenizerBinding]
-    task: PluginChoice
+    task: PluginChoice | None
     sample: SampleConfig
     path: str = "<recipe>"
     raw: dict = field(default_factory=dict)
+    members: dict[str, Member] = field(default_factory=dict)
+
+    def plugins(self) -> list[tuple[str, str]]:
+        """(kind, name) of every plugin the recipe uses, each once, in recipe order."""
+        if self.members:
+            return list(dict.fromkeys(p for m in self.members.values() for p in m.recipe.plugins()))
+        used = [("source", self.data.name), ("task", self.task.name)]
+        return list(dict.fromkeys(used + [("tokenizer", b.name) for b in self.tokenizers.values()]))
 
     def resolved(self) -> dict:
         """Every setting, defaults included, as plain data (saved with each run)."""
+        if self.members:
+            return {"model": asdict(self.model), "train": asdict(self.train), "mixture": resolved_members(self.members)}
         return {
             "model": asdict(self.model),
             "train": asdict(self.train),
@@ -220,6 +236,20 @@ def with_absolute_paths(raw: dict, base: str | Path) -> dict:
         out["tokenizer"] = resolved(out["tokenizer"], "tokenizer", "kind")
     if isinstance(out.get("tokenizers"), dict):
         out["tokenizers"] = {m: resolved(t, "tokenizer", "kind") for m, t in out["tokenizers"].items()}
+    if isinstance(out.get("mixture"), dict):
+        out["mixture"] = {name: member_paths(table, base) for name, table in out["mixture"].items()}
+    return out
+
+
+def member_paths(table: Any, base: str | Path) -> Any:
+    """A `[mixture.NAME]` table with its paths absolute: the recipe file it names (a shipped
+    recipe's name stays a name) and its inline plugin tables."""
+    if not isinstance(table, dict):
+        return table
+    out = with_absolute_paths(table, base)
+    name = out.get("recipe")
+    if isinstance(name, str) and ("/" in name or name.endswith(".toml")):
+        out["recipe"] = str(Path(base) / Path(name).expanduser())
     return out
 
 
@@ -235,6 +265,8 @@ def parse_recipe(raw: dict, where: str = "<recipe>", base: str | Path | None = N
             close = difflib.get_close_matches(key, TABLES, n=1)
             hint = f" (did you mean [{close[0]}]?)" if close else f" (known tables: {', '.join(TABLES)})"
             raise UserError(f"{where}: [{cut(key)}]: unknown table{hint}")
+    if "mixture" in raw:
+        return parse_mixture(raw, where)
     for key in ("data", "task"):
         if key not in raw:
             raise UserError(f"{where}: [{key}]: missing table")
@@ -299,3 +331,183 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     folder, those of `overrides` against the current directory."""
     raw = with_absolute_paths(read_toml(path), Path(path).resolve().parent)
     return parse_recipe(apply_overrides(raw, list(overrides)), str(path))
+
+
+# -- mixtures ------------------------------------------------------------------------------------
+# One model trained on several members, each its own data, tokenizers, task and mask, in one run:
+#
+#     [model]                      the one shared stack (arch "decoder" or "encoder": one stack)
+#     [train]                      the one schedule
+#     [mixture.NAME]               recipe = "char_lm" (a shipped name or a file), weight,
+#                                  loss_weight, mask / layer_masks (default: the named recipe's)
+#     [mixture.NAME.data]          inline tables, merged key by key over the named recipe's (a table
+#     [mixture.NAME.tokenizer(s)]  naming another plugin replaces it); or the whole member when it
+#     [mixture.NAME.task/sample]   names no recipe
+#
+# A member is parsed into an ordinary single-task `Recipe` (the mixture's `[model]` with the
+# member's mask, the mixture's `[train]`), so everything a single-task run does, a member does.
+
+MEMBER_KEYS = ("recipe", "weight", "loss_weight", "mask", "layer_masks", "data", "tokenizer", "tokenizers", "task",
+               "sample")
+MEMBER_TABLES = ("data", "task", "sample")
+PLUGIN_KEY = {"data": "source", "task": "kind", "sample": None}
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+SINGLE_TASK_TABLES = ("data", "tokenizer", "tokenizers", "task", "sample")
+
+
+@dataclass
+class Member:
+    """One member of a mixture.
+
+    Attributes:
+        name: its `[mixture.NAME]` key (metrics are logged as ``NAME/metric``).
+        recipe: the member as a single-task recipe (the mixture's model with its mask, the
+            mixture's schedule).
+        weight: how often a micro-batch is drawn from it, relative to the other members'.
+        loss_weight: factor on its loss.
+    """
+
+    name: str
+    recipe: Recipe
+    weight: float = 1.0
+    loss_weight: float = 1.0
+
+
+def merged(named: Any, inline: Any, plugin_key: str | None) -> Any:
+    """An inline table over a named recipe's: key by key, unless it names another plugin."""
+    if not isinstance(named, dict) or not isinstance(inline, dict):
+        return inline if inline is not None else named
+    if plugin_key and plugin_key in inline and inline[plugin_key] != named.get(plugin_key):
+        return dict(inline)
+    return named | inline
+
+
+def tokenizer_tables(raw: dict) -> dict[str, Any]:
+    """A recipe's tokenizer tables by modality: ``[tokenizer]`` becomes ``{modality: table}``."""
+    if isinstance(raw.get("tokenizer"), dict):
+        table = raw["tokenizer"]
+        return {str(table.get("modality", table.get("field", "text"))): table}
+    return dict(raw.get("tokenizers") or {})
+
+
+def positive(value: Any, key: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{where} {key}: expected a positive number, got {shown(value)}")
+    return float(value)
+
+
+def named_recipe(table: dict, where: str) -> tuple[dict, str]:
+    """The raw tables of the recipe a member names (paths made absolute against its folder)."""
+    name = table["recipe"]
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{where} recipe: expected a shipped recipe's name or a recipe file, got {shown(name)}")
+    try:
+        found = resolve(name)
+    except UserError as err:
+        raise UserError(f"{where} recipe: {err}") from None
+    raw = read_toml(found)
+    if "mixture" in raw:
+        raise UserError(f"{where} recipe: {found} is itself a mixture; a member names a single-task recipe")
+    return with_absolute_paths(raw, found.resolve().parent), str(found)
+
+
+def member_tables(table: Any, where: str, model: dict) -> dict:
+    """The raw single-task recipe of one member: its named recipe's tables with the inline ones
+    over them, the mixture's `[model]` with the member's mask, no `[train]` yet."""
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: expected a table (weight, recipe or data/tokenizer/task tables), got {shown(table)}")
+    for key in table:
+        if key not in MEMBER_KEYS:
+            raise UserError(f"{where} {cut(key)}: unknown key (a member takes: {', '.join(MEMBER_KEYS)})")
+    named, origin = named_recipe(table, where) if "recipe" in table else ({}, "")
+    inline = {k: v for k, v in table.items() if k in SINGLE_TASK_TABLES}
+    raw = {key: merged(named.get(key), inline.get(key), PLUGIN_KEY[key]) for key in MEMBER_TABLES
+           if named.get(key) is not None or inline.get(key) is not None}
+    tokenizers = tokenizer_tables(named)
+    given = tokenizer_tables(inline)
+    if isinstance(inline.get("tokenizer"), dict) and "modality" not in inline["tokenizer"] and len(tokenizers) == 1:
+        given = {next(iter(tokenizers)): inline["tokenizer"]}  # [mixture.N.tokenizer] is the named recipe's one tokenizer
+    for modality, t in given.items():
+        tokenizers[modality] = merged(tokenizers.get(modality), t, "kind")
+    if tokenizers:
+        raw["tokenizers"] = {m: {"modality": m} | t if isinstance(t, dict) else t for m, t in tokenizers.items()}
+    named_model = named.get("model") if isinstance(named.get("model"), dict) else {}
+    if named_model.get("arch") == "encoder_decoder" and "mask" not in table and "layer_masks" not in table:
+        raise UserError(f"{where}: {origin or 'its recipe'} is an encoder-decoder (cross-attention to a separate "
+                        "encoder), and a mixture's members share one stack: give the member a mask over one stream, "
+                        "e.g. mask = \"prefix\" (the inputs, then the target; see docs/mixtures.md)")
+    mask = {k: table[k] if k in table else named_model[k] for k in ("mask", "layer_masks") if k in table or k in named_model}
+    if "mask" in table and "layer_masks" not in table:
+        mask["layer_masks"] = []
+    raw["model"] = {k: v for k, v in model.items()} | mask
+    return raw
+
+
+def parse_members(raw: dict, where: str) -> dict[str, tuple[dict, float, float]]:
+    """name -> (its raw single-task recipe, weight, loss_weight) for every `[mixture.NAME]`."""
+    tables = raw["mixture"]
+    if not isinstance(tables, dict) or not tables:
+        raise UserError(f"{where}: [mixture]: expected one [mixture.NAME] table per member")
+    for key in SINGLE_TASK_TABLES:
+        if key in raw:
+            raise UserError(f"{where}: [{key}]: a mixture gives each member its own [mixture.NAME.{key}] (or names a "
+                            "recipe); the top level holds only [model], [train] and [mixture.NAME] tables")
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    if model.get("arch") == "encoder_decoder":
+        raise UserError(f"{where}: [model] arch: a mixture trains one stack, so \"decoder\" or \"encoder\" "
+                        "(each member brings its own mask), not \"encoder_decoder\"")
+    members = {}
+    for name, table in tables.items():
+        here = f"{where}: [mixture.{cut(name)}]"
+        if not NAME.fullmatch(name) or name in TABLES:
+            raise UserError(f"{here}: a member name is letters, digits, '_' and '-' (it names metrics and folders)")
+        member = member_tables(table, here, model)
+        weight = positive(table.get("weight", 1.0), "weight", here)
+        loss_weight = positive(table.get("loss_weight", 1.0), "loss_weight", here)
+        members[name] = (member, weight, loss_weight)
+    return members
+
+
+def check_shared_modalities(members: dict[str, Member], where: str) -> None:
+    """Members that name the same modality must tokenize it with the same plugin and settings."""
+    seen: dict[str, tuple[str, Any]] = {}
+    for name, member in members.items():
+        for modality, binding in member.recipe.tokenizers.items():
+            first = seen.setdefault(modality, (name, binding))
+            other = first[1]
+            if (other.name, other.config) != (binding.name, binding.config):
+                a, b = asdict(other.config), asdict(binding.config)
+                differ = (f"kind {other.name!r} vs {binding.name!r}" if other.name != binding.name else
+                          ", ".join(f"{k} {shown(a[k])} vs {shown(b[k])}" for k in a if a[k] != b.get(k)))
+                raise UserError(f"{where}: [mixture.{first[0]}] and [mixture.{name}] both have a modality {modality!r} "
+                                f"but tokenize it differently ({differ}); give one of them another modality name "
+                                "([mixture.NAME.tokenizers.OTHER]), or the same settings")
+
+
+def resolved_members(members: dict[str, Member]) -> dict:
+    """The `[mixture]` tables with every setting, as saved with a run (parsed back by `parse_members`)."""
+    out = {}
+    for name, m in members.items():
+        r = m.recipe.resolved()
+        out[name] = {"weight": m.weight, "loss_weight": m.loss_weight, "mask": r["model"]["mask"],
+                     "layer_masks": r["model"]["layer_masks"], "data": r["data"], "tokenizers": r["tokenizers"],
+                     "task": r["task"], "sample": r["sample"]}
+    return out
+
+
+def parse_mixture(raw: dict, where: str) -> Recipe:
+    """A mixture recipe: each member parsed as a single-task recipe with the mixture's `[model]`
+    (its own mask) and `[train]`."""
+    members = {}
+    for name, (member, weight, loss_weight) in parse_members(raw, where).items():
+        member["train"] = raw.get("train", {})
+        recipe = parse_recipe(member, f"{where}: [mixture.{name}]")
+        members[name] = Member(name, recipe, weight, loss_weight)
+    check_shared_modalities(members, where)
+    train = build(TrainConfig, raw.get("train", {}), f"{where}: [train]")
+    if train.init_from:
+        raise UserError(f"{where}: [train] init_from: a mixture starts from scratch (a warm start of a whole mixture "
+                        "is not supported yet)")
+    tokenizers = {m: b for member in members.values() for m, b in member.recipe.tokenizers.items()}
+    return Recipe(model=build(ModelConfig, raw.get("model", {}), f"{where}: [model]"), train=train, data=None,
+                  tokenizers=tokenizers, task=None, sample=SampleConfig(), path=where, raw=raw, members=members)

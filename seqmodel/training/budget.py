@@ -14,7 +14,6 @@ import os
 import sys
 from dataclasses import dataclass
 
-from seqmodel.capabilities import can
 from seqmodel.errors import UserError
 from seqmodel.model.config import mlp_hidden
 from seqmodel.plugin import ModalitySpec
@@ -128,13 +127,6 @@ def check_fits(recipe, specs: list[ModalitySpec] = (), outputs: tuple[str, ...] 
                         f"({count(est.parameters)} parameters and their gradients and AdamW moments, plus "
                         f"activations{procs}), more than {what} ({gigabytes(limit)})")
     return est
-
-
-def pipeline_specs(pipe) -> tuple[list[ModalitySpec], tuple[str, ...]]:
-    """The modality specs and output heads a pipeline's model will have (as `Pipeline.build_model`)."""
-    specs = {m: tok.spec() for m, tok in pipe.tokenizers.items()}
-    specs = pipe.task.model_specs(specs) if can(pipe.task, "modalities") else list(specs.values())
-    return specs, tuple(pipe.task.outputs())
 
 
 def warnings_for(recipe) -> list[str]:

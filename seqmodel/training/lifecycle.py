@@ -16,6 +16,7 @@ import torch
 
 from seqmodel import registry
 from seqmodel._version import __version__
+from seqmodel.data.mixture import pipeline_for
 from seqmodel.data.pipeline import Pipeline
 from seqmodel.errors import UserError
 from seqmodel.files import is_main_process, write_atomic
@@ -41,7 +42,7 @@ def assemble(recipe: Recipe | None = None, run_dir: Path | None = None, saved: b
     if saved:
         return rundir.load_pipeline(run_dir, recipe)
     recipe = warm_start.resolve(recipe)
-    pipe = Pipeline(recipe)
+    pipe = pipeline_for(recipe)
     pipe.fit(warm_start.tokenizer_states(recipe))
     return pipe
 
@@ -61,7 +62,9 @@ def default_run_dir(recipe_path: str | Path, resume: bool) -> Path:
 
 def data_fingerprint(pipe: Pipeline) -> str:
     """Hash of the source's identity and every tokenizer's saved state (each saved once per
-    process, shared with the prepared stores' keys)."""
+    process, shared with the prepared stores' keys); a mixture's, of its members'."""
+    if pipe.members:
+        return hashlib.sha256(json.dumps({n: data_fingerprint(p) for n, p in pipe.members.items()}).encode()).hexdigest()
     digest = hashlib.sha256(json.dumps(pipe.source_data.identity, sort_keys=True, default=str).encode())
     for m in sorted(pipe.tokenizers):
         for name, content in pipe.prepared.state_files(m):
@@ -72,7 +75,7 @@ def data_fingerprint(pipe: Pipeline) -> str:
 def environment(pipe: Pipeline) -> dict:
     """What a run depends on (written to run.json): versions, plugins and a data fingerprint."""
     recipe = pipe.recipe
-    used = [("source", recipe.data.name), ("task", recipe.task.name)] + [("tokenizer", b.name) for b in recipe.tokenizers.values()]
+    used = recipe.plugins()
     plugins = [{"kind": k, "name": n, "distribution": d, "version": v} for k, n in dict.fromkeys(used)
                for d, v in [registry.plugin_version(k, n)]]
     return {"seqmodel": __version__, "torch": torch.__version__, "accelerate": accelerate.__version__,
@@ -133,8 +136,7 @@ def check_resumable(run_dir: Path, recipe: Recipe | None, force: bool = False) -
     if force and any(not resumable(k) for k, _, _ in changed):
         pipe = assemble(recipe, run_dir, saved=True)
     else:
-        pipe.recipe.train, pipe.recipe.sample = recipe.train, recipe.sample
-        pipe.task.setup(pipe.context())  # the task sees the new values (eval_batches ...)
+        pipe.update_schedule(recipe.train, recipe.sample)  # the task sees the new values (eval_batches ...)
     return pipe
 
 

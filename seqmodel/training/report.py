@@ -22,11 +22,19 @@ def loss_curve(history: list[dict], path: Path, title: str = "", unit: str = "na
         if val:
             ax.plot(*zip(*val), "o-", label="validation", lw=1.5, ms=3)
             ax.annotate(f"{val[-1][1]:.4f}", val[-1], textcoords="offset points", xytext=(-30, 8))
+        for name, curve in member_curves(history).items():
+            ax.plot(*zip(*curve), "o--", label=f"{name} (validation)", lw=1, ms=2)
         ax.set(xlabel="step", ylabel=f"loss: {unit}", title=title)
         ax.margins(y=0.12)
         ax.grid(alpha=0.3)
         ax.legend()
     return path
+
+
+def member_curves(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """A mixture's per-member validation losses (``NAME/val_loss``) against step."""
+    names = dict.fromkeys(k.removesuffix("/val_loss") for r in history for k in r if k.endswith("/val_loss"))
+    return {n: [(r["step"], r[f"{n}/val_loss"]) for r in history if f"{n}/val_loss" in r] for n in names}
 
 
 def finish_run(pipeline: Pipeline, run_dir: Path, history: list[dict]) -> None:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from seqmodel.capabilities import can
+from seqmodel.data.mixture import pipeline_for
 from seqmodel.data.pipeline import Pipeline
 from seqmodel.errors import UserError, cut
 from seqmodel.files import write_atomic
@@ -59,7 +60,8 @@ def recorded_recipe(run_dir: Path, overrides: list[str] = ()):
     """The recipe a run ran with (its recipe.json, overrides included), with further ``--set``
     `overrides` applied: what `seqmodel run --resume RUN_DIR` continues with."""
     raw = saved_recipe(run_dir)
-    raw["tokenizers"] = {m: dict(t) | {"modality": m} for m, t in raw.get("tokenizers", {}).items()}
+    if "tokenizers" in raw:
+        raw["tokenizers"] = {m: dict(t) | {"modality": m} for m, t in raw["tokenizers"].items()}
     return parse_recipe(apply_overrides(raw, list(overrides)), str(Path(run_dir) / "recipe.json"))
 
 
@@ -95,7 +97,7 @@ def load_pipeline(run_dir: str | Path, recipe: Recipe | None = None) -> Pipeline
     """Rebuild the pipeline of a run directory: its saved recipe (or `recipe`, for a resume that
     changes some keys) with the run's tokenizer and task state loaded, not refitted."""
     run_dir = Path(run_dir)
-    pipe = Pipeline(recipe if recipe is not None else recorded_recipe(run_dir))
+    pipe = pipeline_for(recipe if recipe is not None else recorded_recipe(run_dir))
     for m in pipe.tokenizers:
         if not (run_dir / "tokenizers" / m).is_dir():
             raise UserError(f"{run_dir}: the run has no tokenizer state for modality {m!r}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -36,6 +36,10 @@ from seqmodel.training.cpu_memory import keep_freed_memory
 from seqmodel.training.tracking import Tracker, check_keep_best
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FQN-keyed, gathered (FSDP) or plain
+RESUMED_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True, strict=False)
+"""Loading: a parameter that never had a gradient (of a mixture member not drawn yet) has no AdamW
+moments in the checkpoint, as in the run that wrote it (`checkpoint.load_optimizer` checks the
+rest); torch would give it moments at step 1, so `Trainer.setup` removes them."""
 
 
 def fingerprint(batch) -> str:
@@ -115,10 +119,14 @@ def resolved_precision(precision: str, cpu: bool) -> str:
     return "bf16" if native else "fp32"
 
 
-def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
-    """Accelerator for the recipe: device, precision, accumulation, DDP/FSDP, trackers."""
+def make_accelerator(cfg: TrainConfig, run_dir: Path, sparse: bool = False) -> Accelerator:
+    """Accelerator for the recipe: device, precision, accumulation, DDP/FSDP, trackers. `sparse`:
+    a step may leave some parameters unused (a mixture member's batch uses only its modalities
+    and head), which DDP must be told."""
     cpu = budget.check_machine(cfg)
     kwargs = {}
+    if sparse and cfg.distributed != "fsdp":
+        kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     if cfg.distributed == "fsdp":
         from accelerate import FullyShardedDataParallelPlugin
 
@@ -247,12 +255,12 @@ class Trainer:
         cfg = self.cfg = self.pipeline.recipe.train
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.acc = make_accelerator(cfg, self.run_dir)
+        self.acc = make_accelerator(cfg, self.run_dir, sparse=bool(self.pipeline.members))
         if cfg.cpu_memory_cache and self.acc.device.type == "cpu":
             keep_freed_memory()
         world = self.acc.num_processes
         budget.check_split(cfg, world)
-        budget.check_fits(self.pipeline.recipe, *budget.pipeline_specs(self.pipeline), world=world)
+        budget.check_fits(self.pipeline.recipe, *self.pipeline.model_specs(), world=world)
         self.per_rank = cfg.batch_size // world
         torch.manual_seed(cfg.seed)
         module = self.pipeline.module
@@ -267,7 +275,10 @@ class Trainer:
             state = checkpoint.read_state(ckpt)
             checkpoint.load_weights(module, ckpt)
             saved = checkpoint.load_optimizer(ckpt, module, len(optimizer.param_groups))
-            set_optimizer_state_dict(module, optimizer, saved, options=FULL_STATE)
+            set_optimizer_state_dict(module, optimizer, saved, options=RESUMED_STATE)
+            for name, param in module.named_parameters():  # torch made their moments at step 1: start them as the run did
+                if name not in saved["state"]:
+                    optimizer.state.pop(param, None)
             for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):  # the recipe's, which may have changed
                 group.update(weight_decay=decay, betas=(cfg.beta1, cfg.beta2))
             start = state["step"]
@@ -338,6 +349,7 @@ class Trainer:
             with acc.accumulate(self.model):
                 with acc.autocast():
                     loss, stats = self.model(batch.to(acc.device))
+                loss = self.global_mean(loss, stats)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.grad_clip:
                     acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -346,6 +358,18 @@ class Trainer:
             total += loss.detach().float()
             tokens += int(stats.get("tokens", 0))
         return total / cfg.grad_accum, tokens
+
+    def global_mean(self, loss: torch.Tensor, stats: dict) -> torch.Tensor:
+        """This process's share of the mean over every process's loss terms, times the number of
+        processes (DDP averages gradients over processes): when the task says how many terms its
+        loss averages (stats["targets"]) and processes hold different numbers, a per-process mean
+        would weigh them unequally and several processes would not follow one."""
+        world = self.acc.num_processes
+        if world == 1 or "targets" not in stats:
+            return loss
+        mine = torch.tensor(float(stats["targets"]), device=loss.device)
+        every = self.acc.reduce(mine.clone(), reduction="sum")
+        return loss * (mine * world / every.clamp(min=1))
 
     def agree(self, step: int, loss: torch.Tensor, tokens: int, interrupt: Interrupt) -> tuple[float, int, bool]:
         """Average the loss over processes and agree on stopping (one collective per step)."""

@@ -1,12 +1,15 @@
 """Warm starts: a new run that begins from another model's weights (`[train] init_from`).
 
 The source is a run directory (its newest checkpoint), one of its checkpoint directories, or
-``hf:DIR_OR_NAME``, a GPT-2-family HuggingFace model (`seqmodel.interop.hf_gpt2`). The new run
+``hf:DIR_OR_NAME``, a GPT-2-family HuggingFace model (`seqmodel.interop.hf_gpt2`); each is an
+`seqmodel.interop.origin.Origin`. The new run
 
 - takes the source's `[model]` table, with the keys its own recipe sets on top (so a fine-tuning
   recipe names only what it changes: dropout, context, masks ...), and must have its architecture;
 - loads the source's tokenizer state instead of fitting its tokenizers (the ids must mean what
-  they meant to the weights), so each modality's tokenizer plugin must be the source's;
+  they meant to the weights), so each modality's tokenizer plugin must be the source's (a run),
+  or one that declares the capability of reading the source's format (``hf_tokenizer``: a
+  HuggingFace ``tokenizer.json``);
 - copies every parameter by name, refusing one whose shape differs (naming it); 1-D position
   tables are cut to a shorter context, as nanoGPT's ``crop_block_size``; LoRA adapters and a
   task's head may be new (a LoRA source is merged first: the new run starts from what the adapted
@@ -19,17 +22,19 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from seqmodel import registry
+from seqmodel.capabilities import can
 from seqmodel.config import build
 from seqmodel.errors import UserError
 from seqmodel.interop.hf_gpt2 import hf_origin
+from seqmodel.interop.origin import Origin, TokenizerState
 from seqmodel.model.config import LoRAConfig, ModelConfig
 from seqmodel.model.lora import base_name, is_adapter, merged_state
 from seqmodel.recipe.schema import Recipe
@@ -37,27 +42,6 @@ from seqmodel.training import checkpoint
 
 HF_PREFIX = "hf:"
 POSITION_TABLES = "core.positions."
-
-
-@dataclass
-class Origin:
-    """What a warm start takes from its source.
-
-    Attributes:
-        spec: the `init_from` string.
-        model: the source's `[model]` table (the keys it sets).
-        tokenizers: modality -> (tokenizer plugin name, directory holding its saved state).
-        load: the weights, named as this framework's `TrainModule` names them (``core.…``, ``head.…``).
-        record: what ``run.json`` says about the source.
-        keep: whatever must live as long as the origin (a temporary directory of tokenizer state).
-    """
-
-    spec: str
-    model: dict
-    tokenizers: dict[str, tuple[str, Path]]
-    load: Callable[[], dict[str, Tensor]]
-    record: dict = field(default_factory=dict)
-    keep: object = None
 
 
 @lru_cache(maxsize=4)
@@ -85,7 +69,7 @@ def run_origin(spec: str) -> Origin:
     try:
         recipe = json.loads(recipe_path.read_text())
         model, tables = dict(recipe["model"]), dict(recipe["tokenizers"])
-        tokenizers = {m: (str(t["kind"]), run_dir / "tokenizers" / m) for m, t in tables.items()}
+        tokenizers = {m: TokenizerState(run_dir / "tokenizers" / m, kind=str(t["kind"])) for m, t in tables.items()}
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
         raise UserError(f"{recipe_path}: corrupt run recipe: {err}") from None
     if ckpt is None or not (ckpt / "model.safetensors").is_file():
@@ -134,13 +118,21 @@ def resolve(recipe: Recipe) -> Recipe:
         if m not in origin.tokenizers:
             raise UserError(f"{where}: {spec} has no tokenizer for modality {m!r} "
                             f"(it has: {', '.join(origin.tokenizers) or 'none'})")
-        kind = origin.tokenizers[m][0]
-        if binding.name != kind:
-            raise UserError(f"{recipe.path}: [tokenizers.{m}] kind: {binding.name!r}, but {spec} tokenizes "
-                            f"{m!r} with {kind!r} (a warm start keeps the source's tokenizer)")
+        _check_reader(recipe, m, binding.name, origin.tokenizers[m])
     explicit = recipe.raw.get("model", {}) if isinstance(recipe.raw.get("model"), dict) else {}
     model = build(ModelConfig, origin.model | explicit, f"{recipe.path}: [model]")
     return replace(recipe, model=model)
+
+
+def _check_reader(recipe: Recipe, modality: str, kind: str, state: TokenizerState) -> None:
+    """A one-line error unless tokenizer plugin `kind` can read the source's tokenizer state."""
+    where, spec = f"{recipe.path}: [tokenizers.{modality}] kind", recipe.train.init_from
+    if state.kind and kind != state.kind:
+        raise UserError(f"{where}: {kind!r}, but {spec} tokenizes {modality!r} with {state.kind!r} "
+                        "(a warm start keeps the source's tokenizer)")
+    if state.capability and not can(registry.load("tokenizer", kind, where), state.capability):
+        raise UserError(f"{where}: {kind!r} cannot read the tokenizer of {spec} ({state.what}): it does not "
+                        f"declare the {state.capability!r} capability")
 
 
 def _open(recipe: Recipe) -> Origin:
@@ -154,7 +146,7 @@ def tokenizer_states(recipe: Recipe) -> dict[str, Path] | None:
     """Modality -> the directory its tokenizer loads its state from (None: fit them)."""
     if not recipe.train.init_from:
         return None
-    return {m: path for m, (_, path) in _open(recipe).tokenizers.items() if m in recipe.tokenizers}
+    return {m: state.directory for m, state in _open(recipe).tokenizers.items() if m in recipe.tokenizers}
 
 
 def record(recipe: Recipe) -> dict:
@@ -182,6 +174,8 @@ def load_weights(module: nn.Module, recipe: Recipe) -> None:
                     continue
                 raise UserError(f"{where}: the source has no parameter {base_name(name)!r} "
                                 f"(a model of another shape; it has {len(source)} tensors)")
+            if src.is_floating_point() and not bool(torch.isfinite(src).all()):
+                raise UserError(f"{where}: the source's tensor {base_name(name)!r} has non-finite values (NaN or infinity)")
             tensor.copy_(_fit(src, tensor, base_name(name), where))
             loaded += 1
     unused = sorted(set(source) - {base_name(n) for n in target})

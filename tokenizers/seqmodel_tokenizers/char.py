@@ -21,6 +21,8 @@ from seqmodel.segments import Segment
 
 from .fit_text import TextStream
 
+HF_FILE = "tokenizer.json"
+
 
 @dataclass
 class CharConfig:
@@ -46,6 +48,21 @@ class CharConfig:
         if self.position not in ("learned", "rotary", "none"):
             bad.append(("position", f"expected learned, rotary or none, got {self.position!r}"))
         return bad
+
+
+def hf_characters(path: Path) -> list[str]:
+    """The characters, in id order, of a `tokenizers` tokenizer.json whose model is a WordLevel
+    vocabulary of single characters with ids 0..n-1; a one-line `UserError` for any other."""
+    try:
+        model = json.loads(path.read_text(encoding="utf-8"))["model"]
+        kind, vocab = model["type"], model["vocab"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError):
+        raise UserError(f"{path}: not a readable HuggingFace tokenizer.json") from None
+    if not (kind == "WordLevel" and isinstance(vocab, dict) and vocab and all(isinstance(c, str) and len(c) == 1 for c in vocab)
+            and sorted(i for i in vocab.values() if type(i) is int) == list(range(len(vocab)))):
+        raise UserError(f"{path}: a {kind!r} tokenizer; the char tokenizer reads one of one character per token "
+                        "(a WordLevel vocabulary of single characters with ids 0..n-1, as its export writes)")
+    return sorted(vocab, key=vocab.get)
 
 
 class CharTokenizer:
@@ -153,7 +170,12 @@ class CharTokenizer:
         (directory / self.FILE).write_text(json.dumps({"chars": self.chars}, ensure_ascii=False))
 
     def load(self, directory: Path) -> None:
+        """Read the saved vocabulary, or a HuggingFace tokenizer.json of one character per token
+        (capability "hf_tokenizer": what `hf_tokenizer` gives, e.g. a char run exported as GPT-2)."""
         path = directory / self.FILE
+        if not path.exists() and (directory / HF_FILE).exists():
+            self._set_vocab(hf_characters(directory / HF_FILE))
+            return
         try:
             chars = json.loads(path.read_text(encoding="utf-8"))["chars"]
             assert isinstance(chars, list) and all(isinstance(c, str) and len(c) == 1 for c in chars) and chars

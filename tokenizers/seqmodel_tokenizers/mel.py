@@ -86,7 +86,7 @@ class MelTokenizer:
 
     Config = MelTokenizerConfig
     FILE = "mel.json"
-    capabilities = ("augment", "read_file", "examples", "compare")
+    capabilities = ("augment", "read_file", "examples", "compare", "preprocessing")
     STATE_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames")
 
     def __init__(self, config: MelTokenizerConfig, modality: str = "audio") -> None:
@@ -177,6 +177,28 @@ class MelTokenizer:
     def seconds(self, segment: Segment) -> float:
         """Duration covered by a segment's slices, in seconds."""
         return len(segment) * self.config.frames * self.config.hop_length / self.config.sample_rate
+
+    def preprocessing(self) -> dict:
+        """What `read_file` and `encode` (not training) do to a sound file, with the settings.
+        A description, not an exact recipe outside seqmodel: the resampler and the mel filterbank
+        are torchaudio's."""
+        c = self.config
+        return {
+            "kind": "log-mel slices",
+            "steps": [
+                "read: soundfile.read(path, dtype='float32'); channels averaged to mono; clipped to [-1, 1]",
+                ("resample to sample_rate with torchaudio.functional.resample (its default sinc filter) when the "
+                 "file's rate differs"),
+                ("log-mel: Whisper's front end; for 16 kHz input with Whisper's settings the frames are "
+                 "whisper.log_mel_spectrogram(x, padding=N)[:, : T // hop_length].T for any N >= n_fft // 2 + hop_length "
+                 "(seqmodel_tokenizers.mel_features.log_mel)"),
+                ("slices: (frames_total, n_mels) -> (ceil(frames_total / frames), frames * n_mels), frame-major "
+                 "within a slice; the last slice padded with the minimum of the features"),
+                "positions: the slice index 0..N-1",
+            ],
+            "sample_rate": c.sample_rate, "n_fft": c.n_fft, "hop_length": c.hop_length, "n_mels": c.n_mels,
+            "frames": c.frames, "log_mel_version": VERSION, "positions": "index",
+        }
 
     # -- persistence -------------------------------------------------------------------------
     def state(self) -> dict:

@@ -29,6 +29,7 @@ from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment
 
 from .patch_ops import (
+    _LUMA,
     channel_stats,
     grid_positions,
     patchify,
@@ -139,7 +140,7 @@ class PatchTokenizer:
 
     Config = PatchConfig
     FILE = "patches.json"
-    capabilities = ("augment", "read_file", "examples")
+    capabilities = ("augment", "read_file", "examples", "preprocessing")
 
     def __init__(self, config: PatchConfig, modality: str = "image") -> None:
         self.config, self.modality = config, modality
@@ -262,6 +263,31 @@ class PatchTokenizer:
         rc = grid_positions(self.grid, self.grid)
         positions = rc if self.config.position == "2d" else torch.arange(len(rc))
         return Segment(self.modality, values=values.contiguous(), positions=positions)
+
+    def preprocessing(self) -> dict:
+        """What `read_file` and `encode` (not training) do to an image file, step by step, with
+        the fitted numbers: enough to build this modality's ONNX inputs without seqmodel."""
+        self._need_state()
+        return {
+            "kind": "image patches",
+            "steps": [
+                ("read: Pillow Image.open, ImageOps.exif_transpose; mode 1 -> L; P -> RGB (RGBA if it has "
+                 "transparency); I, I;16, F -> L (values above 255 scaled by 255/65535, rounded); LA, RGBA: "
+                 "alpha-composited over white (Image.alpha_composite) -> L, RGB; other modes -> RGB"),
+                "pixels: float32 in [0, 1] (8-bit values / 255), (H, W, C)",
+                "channels: grey -> RGB repeats the plane; RGB -> grey is the dot product with luma (float32)",
+                "crop: the centre square, side = min(H, W), top = (H - side) // 2, left = (W - side) // 2",
+                ("resize: unless already size x size, each channel alone as a Pillow mode 'F' (float32) image, "
+                 "Image.resize((size, size), resample)"),
+                "clip to [0, 1], then (x - mean) / std per channel (float32)",
+                ("patches: (C, size, size) -> (N, patch * patch * C), row-major over the grid of patches; within "
+                 "a patch rows, then columns, then channels (einops 'c (h p1) (w p2) -> (h w) (p1 p2 c)')"),
+                "positions: 'row_column' gives (row, column) of each patch (N, 2); 'index' its index 0..N-1",
+            ],
+            "channels": self.channels, "luma": _LUMA.tolist(), "size": self.size, "resample": self.config.resample,
+            "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(), "patch": self.config.patch,
+            "positions": "row_column" if self.config.position == "2d" else "index",
+        }
 
     # -- decoding ----------------------------------------------------------------------------
     def decode_array(self, segment: Segment, normalised: bool = False) -> torch.Tensor:

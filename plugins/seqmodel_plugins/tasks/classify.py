@@ -104,7 +104,7 @@ class ClassifyTask:
     """See the module docstring."""
 
     Config = ClassifyConfig
-    capabilities = ("predict", "report", "state", "modalities", "metrics", "export")
+    capabilities = ("predict", "report", "state", "modalities", "metrics", "export", "export_info")
     metric_names = ("accuracy",)  # what metrics() reports (`[train] keep_best` is checked against them)
     loss_label = "cross-entropy (nats/example)"
     FILE = "labels.json"
@@ -222,6 +222,10 @@ class ClassifyTask:
     def export_outputs(self, core, head, batch) -> dict[str, torch.Tensor]:
         """What an exported graph adds: the class logits (B, classes)."""
         return {"logits": self.logits(core, head, batch)}
+
+    def export_info(self) -> dict[str, dict]:
+        """The class of each column of the exported logits."""
+        return {"logits": {"classes": list(self.label_names)}}
 
     def loss(self, core, head, batch):
         logits = self.logits(core, head, batch)

@@ -279,12 +279,13 @@ class DecisionTask:
     def loss(self, core, head, batch: TokenSet):
         out = self.predict_actions(core, head, batch).float()
         st = batch.inputs[self.tok.names["state"]]
-        mask = st.loss_mask
+        picked, wanted = out[st.loss_mask], st.targets[st.loss_mask]
         if self.tok.discrete_actions:
-            loss = F.cross_entropy(out[mask], st.targets[mask])
+            losses = F.cross_entropy(picked, wanted, reduction="none")
         else:
-            loss = F.mse_loss(out[mask], st.targets[mask].float())
-        return loss, {"tokens": int(batch.valid.sum())}
+            losses = F.mse_loss(picked, wanted.float(), reduction="none").mean(-1)
+        loss = losses.sum() / max(len(losses), 1)  # 0, not NaN, for a batch without a state to predict
+        return loss, {"tokens": int(batch.valid.sum()), "targets": len(losses)}
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()

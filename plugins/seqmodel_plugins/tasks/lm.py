@@ -21,7 +21,7 @@ from seqmodel.generate import choose_token, generate
 from seqmodel.masks import layout_view, require_no_future
 from seqmodel.model.config import SampleConfig
 from seqmodel.segments import Segment, dense_set
-from seqmodel.task import RandomBatches, TaskContext, can, chunks, per_split
+from seqmodel.task import RandomBatches, TaskContext, can, chunks, masked_mean, per_split
 
 
 @dataclass
@@ -96,8 +96,9 @@ class LMTask:
     def loss(self, core, head, batch):
         logits = core.output(self.modality, core(batch), batch)
         targets = batch.inputs[self.modality].targets
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return loss, {"tokens": targets.numel()}
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none")
+        counted = targets.flatten() != -100
+        return masked_mean(losses, counted), {"tokens": targets.numel(), "targets": int(counted.sum())}
 
     # -- evaluation and generation -------------------------------------------------------------
     @torch.no_grad()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from seqmodel.errors import UserError
 from seqmodel.plugin import ModalitySpec
 from seqmodel.segments import Segment, TokenSet, dense_set
-from seqmodel.task import SPLITS, RandomBatches, Slice, TaskContext, chunks, per_split, random_generator
+from seqmodel.task import SPLITS, RandomBatches, Slice, TaskContext, chunks, masked_mean, per_split, random_generator
 
 
 @dataclass
@@ -119,8 +119,10 @@ class MLMTask:
 
     def loss(self, core, head, batch: TokenSet):
         targets = batch.inputs[self.modality].targets
-        loss = F.cross_entropy(self.logits(core, batch).flatten(0, 1), targets.flatten(), ignore_index=-100)
-        return loss, {"tokens": targets.numel()}
+        losses = F.cross_entropy(self.logits(core, batch).flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                 reduction="none")
+        counted = targets.flatten() != -100
+        return masked_mean(losses, counted), {"tokens": targets.numel(), "targets": int(counted.sum())}
 
     @torch.no_grad()
     def evaluate(self, model, split: str, limit: int | None, options) -> dict:

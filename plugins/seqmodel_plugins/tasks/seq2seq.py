@@ -262,7 +262,8 @@ class Seq2SeqTask:
     def loss(self, core, head, batch: TokenSet):
         losses, counts = self.token_losses(core, batch, self.config.label_smoothing)
         loss = losses.sum() / counts.sum().clamp(min=1)
-        return loss, {"tokens": sum(int(ts.valid.sum()) for ts in (batch.context, batch) if ts is not None)}
+        return loss, {"tokens": sum(int(ts.valid.sum()) for ts in (batch.context, batch) if ts is not None),
+                      "targets": int(counts.sum())}
 
     # -- decoding ----------------------------------------------------------------------------
     def transcribe(self, model, segments: list[Segment], cfg: SampleConfig | None = None,
