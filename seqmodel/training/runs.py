@@ -102,7 +102,8 @@ def recipe_columns(run: Path) -> dict:
     if not isinstance(recipe, dict):
         raise Unreadable("recipe.json: not a recipe (a JSON object)")
     steps = recipe.get("train", {}).get("steps") if isinstance(recipe.get("train"), dict) else None
-    return {"task": cut(text(recipe, "task", "kind") or "?", 20), "arch": cut(text(recipe, "model", "arch") or "?", 20),
+    task = text(recipe, "task", "kind") or ("mixture" if isinstance(recipe.get("mixture"), dict) else "?")
+    return {"task": cut(task, 20), "arch": cut(text(recipe, "model", "arch") or "?", 20),
             "steps": steps if isinstance(steps, int) and not isinstance(steps, bool) else None}
 
 
@@ -206,7 +207,7 @@ def format_rows(rows: list[dict]) -> str:
         name = printable(Path(r["run"]).name)[:28]
         steps = "-" if r["step"] is None else f"{r['step']}/{r['steps']}" if r["steps"] else str(r["step"])
         best = f"{r['best_val_loss']:.4f}" if r["best_val_loss"] is not None else "-"
-        minutes = "-" if not r["elapsed_s"] else f"{r['elapsed_s']:.0f} s" if r["elapsed_s"] < 60 else f"{r['elapsed_s'] / 60:.1f} min"
+        minutes = "-" if not r["elapsed_s"] else f"{r['elapsed_s']:.1f} s" if r["elapsed_s"] < 60 else f"{r['elapsed_s'] / 60:.1f} min"
         tail = printable(f"unreadable: {r['problem']}" if r["problem"] else format_metrics(r["metrics"]) or "-")
         lines.append(f"{name:28} {printable(r['task']):9} {printable(r['arch']):15} {steps:>11} {best:>9} {minutes:>8}  "
                      f"{r['modified']:16}  {tail}")

@@ -55,8 +55,9 @@ def check_keep_best(pipeline) -> None:
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        raise UserError(f"{pipeline.recipe.path}: [train] keep_best: the {pipeline.recipe.task.name!r} task reports no "
-                        f"metric {shown(name)} ({hint}it reports: {', '.join(names)})")
+        who = f"the {pipeline.recipe.task.name!r} task reports" if pipeline.recipe.task else "the mixture's members report"
+        raise UserError(f"{pipeline.recipe.path}: [train] keep_best: {who} no metric {shown(name)} "
+                        f"({hint}it reports: {', '.join(names)})")
 
 
 def log_line(record: dict) -> str:
