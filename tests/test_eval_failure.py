@@ -66,3 +66,18 @@ def test_a_failing_end_of_run_report_is_one_line_and_keeps_the_last_checkpoint(t
     assert "end-of-run report failed" in line and "no samples today" in line and "checkpoints are kept" in line
     assert checkpoint.step_of(checkpoint.latest(tmp_path / "run")) == 4
     assert [r["step"] for r in records(tmp_path / "run") if "val_loss" in r] == [2, 4]
+
+
+def test_a_failing_member_evaluation_of_a_mixture_keeps_its_step(tmp_path, corpus, monkeypatch):
+    from test_mixture import mixture_recipe
+
+    def broken(self, model, split):
+        raise RuntimeError("the metric broke")
+
+    monkeypatch.setattr(LMTask, "metrics", broken)
+    recipe = mixture_recipe(tmp_path, corpus, steps=4, eval_every=2, log_every=2)
+    done = seqmodel("run", recipe, "--out", tmp_path / "run", "--no-progress", check=False)
+    [line] = errors(done)
+    assert done.returncode == 2 and line.startswith("error: step 2: the evaluation stopped the run: a member's task "
+                                                    "plugin failed: RuntimeError: the metric broke; the trained steps")
+    assert checkpoint.step_of(checkpoint.latest(tmp_path / "run")) == 2

@@ -43,10 +43,17 @@ def finish_run(pipeline: Pipeline, run_dir: Path, history: list[dict]) -> None:
     try:
         write_report(pipeline, run_dir, history)
     except Exception as err:  # a plugin's report must not read as a lost run
-        what = str(err) if isinstance(err, UserError) else (
-            f"the {pipeline.recipe.task.name!r} task plugin failed: {type(err).__name__}: {cut(err, 300)}")
         raise UserError(f"{run_dir}: the run finished and its checkpoints are kept, but the end-of-run report "
-                        f"failed: {what}") from err
+                        f"failed: {failure_words(pipeline, err)}") from err
+
+
+def failure_words(pipeline: Pipeline, err: Exception) -> str:
+    """What failed in an evaluation or the report, in one line: a user error as it is, anything
+    else named after the task plugin (of a mixture: one of its members')."""
+    if isinstance(err, UserError):
+        return str(err)
+    who = f"the {pipeline.recipe.task.name!r} task plugin" if pipeline.recipe.task else "a member's task plugin"
+    return f"{who} failed: {type(err).__name__}: {cut(err, 300)}"
 
 
 def write_report(pipeline: Pipeline, run_dir: Path, history: list[dict]) -> None:

@@ -26,13 +26,14 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm.auto import tqdm
 
 from seqmodel.data.pipeline import Pipeline
-from seqmodel.errors import UserError, cut
+from seqmodel.errors import UserError
 from seqmodel.files import write_atomic
 from seqmodel.model import lora
 from seqmodel.recipe.schema import TrainConfig
 from seqmodel.task import Slice, random_generator
 from seqmodel.training import budget, checkpoint, warm_start
 from seqmodel.training.cpu_memory import keep_freed_memory
+from seqmodel.training.report import failure_words
 from seqmodel.training.tracking import Tracker, check_keep_best
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FQN-keyed, gathered (FSDP) or plain
@@ -418,9 +419,8 @@ class Trainer:
 
     def evaluation_error(self, step: int, failure: Exception) -> UserError:
         """One line: what failed, and that checkpoint `step` keeps the trained steps."""
-        what = str(failure) if isinstance(failure, UserError) else (
-            f"the {self.pipeline.recipe.task.name!r} task plugin failed: {type(failure).__name__}: {cut(failure, 300)}")
-        return UserError(f"step {step}: the evaluation stopped the run: {what}; the trained steps are kept "
+        return UserError(f"step {step}: the evaluation stopped the run: {failure_words(self.pipeline, failure)}; "
+                         f"the trained steps are kept "
                          f"(checkpoint step {step} in {self.run_dir}; --resume evaluates it again and continues)")
 
     def record(self, rec: dict, loss: float | None) -> None:
