@@ -1,14 +1,17 @@
 """Fuzz the whole command line and print how each case ended (tests/fuzzing.py).
 
     python benchmarks/fuzz_report.py [--recipes N] [--run-dirs N] [--predict N] [--flags N]
-                                     [--hf-dirs N] [--export-targets N] [--seed S] [--json OUT]
+                                     [--hf-dirs N] [--export-targets N] [--data N] [--runs-folders N]
+                                     [--seed S] [--json OUT]
 
 Trains a tiny character LM and a tiny digit classifier in a temporary folder, then runs the cases
 in this process, each with a time limit: mutated recipes (`check`, and `run` for the first ones),
 copies of the trained run with one file damaged (`run --resume`, `eval`, `sample`, `score`,
 `tokenize`), files handed to `predict`, random command lines, damaged GPT-2 directories for
-`init_from = "hf:DIR"` (`check`, `run`) and `export --out` targets (a count of 0 leaves a family
-out). Prints a table of outcomes per
+`init_from = "hf:DIR"` (`check`, `run`), `export --out` targets, user data files (CSV / JSON
+tables, image folders, audio folders, gymnasium episode files, each with one thing wrong, through
+`check` or a two-step `run`) and run folders handed to `seqmodel runs` (a count of 0 leaves a
+family out). Prints a table of outcomes per
 family (exit 0 / exit 2 with one line / other exit / traceback / hang) and every case that ended
 otherwise than the first two.
 """
@@ -48,6 +51,8 @@ def main() -> None:
     ap.add_argument("--flags", type=int, default=600)
     ap.add_argument("--hf-dirs", type=int, default=150, help="damaged GPT-2 directories (check, run)")
     ap.add_argument("--export-targets", type=int, default=120, help="export --out targets")
+    ap.add_argument("--data", type=int, default=60, help="cases of each family of user data files")
+    ap.add_argument("--runs-folders", type=int, default=150, help="run folders handed to `seqmodel runs`")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=60, help="seconds before a case counts as a hang")
     ap.add_argument("--json", help="also write the results here")
@@ -70,6 +75,11 @@ def main() -> None:
             fuzzing.rundir_cases(rng, tmp / "run", recipe, tmp, args.run_dirs),
             fuzzing.predict_cases(rng, tmp / "digits_run", tmp / "inputs", args.predict),
             fuzzing.flag_cases(rng, tmp / "run", recipe, bad, tmp, args.flags),
+            fuzzing.table_cases(rng, tmp, args.data),
+            fuzzing.image_cases(rng, tmp, args.data),
+            fuzzing.audio_cases(rng, tmp, args.data),
+            fuzzing.episode_cases(rng, tmp, args.data),
+            fuzzing.runs_cases(rng, tmp / "run", tmp, args.runs_folders),
         ]
         families += interop_families(args, rng, tmp, corpus)
         t0 = time.perf_counter()

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,19 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def not_regular(path: Path) -> str | None:
+    """What `path` is when it is neither a regular file nor a folder ("a FIFO", "a link to
+    nothing" ...), for sources to refuse in one line: reading a FIFO waits for a writer forever.
+    None for a file or a folder."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "a link to nothing, or a link loop" if path.is_symlink() else "missing or unreadable"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
 
 
 def is_main_process() -> bool:
@@ -122,20 +136,36 @@ def write_error(folder: Path, err: OSError, written: int = 0) -> UserError:
                      "(nothing half-written was kept; $SEQMODEL_STORES chooses the folder)")
 
 
+def lock_file(folder: Path) -> int | None:
+    """An open descriptor of ``<folder>.lock``, created if need be; read-only where the cache is
+    (a lock needs no write access); None where a finished `folder` is there to read without one."""
+    path = folder.with_name(folder.name + ".lock")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise write_error(folder, err) from None
+        with contextlib.suppress(OSError):
+            return os.open(path, os.O_RDONLY)
+        if is_complete(folder):  # nothing can change it: a read-only cache's folders are only read
+            return None
+        raise write_error(folder, err) from None
+
+
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``<folder>.lock`` (waits, saying so, while another process holds it).
-    Without `fcntl` (Windows) there is no lock."""
+    Without `fcntl` (Windows), or reading a finished folder of a read-only cache, there is no lock."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder.with_name(folder.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise write_error(folder, err) from None
+    fd = lock_file(folder)
+    if fd is None:
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -98,6 +98,10 @@ class Reports(Protocol):
 
 
 class Measures(Protocol):
+    """Optional besides: ``metric_names``, a tuple of the keys `metrics` returns, so that a
+    `[train] keep_best` naming none of them is refused before training (without it, the names
+    come from one call of `metrics` at `check` and at the start of a run)."""
+
     loss_label: str
     """What the loss is, for plots and logs: "cross-entropy (nats/token)"."""
 

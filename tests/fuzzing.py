@@ -709,3 +709,432 @@ def export_cases(rng: random.Random, trained: Path, folder: Path, n: int, onnx: 
             argv[-1] = str(out_of(case_dir, run))
 
         yield Case("export targets", f"export --format {fmt} to {name}", argv, prepare, during=full_disk if full else None)
+
+
+# -- user data files: tables, image folders, audio folders, episode files -------------------------
+# Each case writes a small data set with one thing wrong (or odd but valid) beside a tiny recipe
+# that reads it, then runs `check` (and for some `run` with two steps): the data must train or be
+# refused in one line naming what is wrong.
+
+DATA_MODEL = '[model]\narch = "encoder"\nlayers = 1\nd_model = 16\nheads = 2\nmask = "full"\ncontext = 32\n'
+DATA_TRAIN = '[train]\nsteps = 2\nbatch_size = 4\neval_every = 2\neval_batches = 1\nthreads = 1\n'
+
+
+def _table_rows(rng: random.Random, n: int = 24) -> list[list]:
+    return [[rng.choice(["a fine film", "a dull film", "good", "bad plot"]), i % 2] for i in range(n)]
+
+
+def _csv_text(rows: list[list], header=("text", "label")) -> str:
+    import csv
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _jsonl_text(rows: list[list]) -> str:
+    return "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows)
+
+
+def _table_damages(rng: random.Random) -> dict[str, Callable[[list[list]], tuple[str, bytes | None]]]:
+    """name -> rows -> (file suffix, content; None: a folder instead of the file)."""
+    def cell(value):
+        def damage(rows):
+            i = rng.randrange(len(rows))
+            rows[i][1] = value
+            return ".csv", _csv_text(rows).encode()
+        return damage
+
+    def every_label(value):
+        return lambda rows: (".csv", _csv_text([[t, value] for t, _ in rows]).encode())
+
+    return {
+        "good csv": lambda rows: (".csv", _csv_text(rows).encode()),
+        "good jsonl": lambda rows: (".jsonl", _jsonl_text(rows).encode()),
+        "class names": lambda rows: (".csv", _csv_text([[t, ["neg", "pos"][y]] for t, y in rows]).encode()),
+        "byte-order mark": lambda rows: (".csv", b"\xef\xbb\xbf" + _csv_text(rows).encode()),
+        "empty file": lambda rows: (".csv", b""),
+        "header only": lambda rows: (".csv", b"text,label\n"),
+        "no label column": lambda rows: (".csv", _csv_text([[t] for t, _ in rows], ("text",)).encode()),
+        "no text column": lambda rows: (".csv", _csv_text([[y] for _, y in rows], ("label",)).encode()),
+        "an empty label": cell(""),
+        "every label empty": every_label(""),
+        "label 10**12": cell(10**12),
+        "label 10**30": cell(10**30),
+        "label -1": cell(-1),
+        "label 0.5": cell(0.5),
+        "label nan": cell("nan"),
+        "one class": every_label(1),
+        "an empty text": lambda rows: (".csv", _csv_text([["" if i == 0 else t, y] for i, (t, y) in enumerate(rows)]).encode()),
+        "a 1 MB text": lambda rows: (".csv", _csv_text([["x" * 2**20 if i == 0 else t, y] for i, (t, y) in enumerate(rows)]).encode()),
+        "not UTF-8": lambda rows: (".csv", _csv_text(rows).encode().replace(b"film", b"f\xffilm")),
+        "NUL bytes": lambda rows: (".csv", _csv_text(rows).encode().replace(b"good", b"go\x00od")),
+        "unbalanced quote": lambda rows: (".csv", _csv_text(rows).encode() + b'"unclosed,1\n'),
+        "semicolons": lambda rows: (".csv", _csv_text(rows).replace(",", ";").encode()),
+        "ragged rows": lambda rows: (".csv", _csv_text(rows).encode() + b"a,1,extra,cells\n"),
+        "duplicate header": lambda rows: (".csv", _csv_text(rows, ("text", "text")).encode()),
+        "random bytes": lambda rows: (".csv", os.urandom(3000)),
+        "jsonl of lists": lambda rows: (".jsonl", b"[1, 2]\n" * len(rows)),
+        "jsonl with a bad line": lambda rows: (".jsonl", _jsonl_text(rows).encode() + b"{not json\n"),
+        "jsonl nested labels": lambda rows: (".jsonl", "".join(json.dumps({"text": t, "label": {"y": y}}) + "\n"
+                                                               for t, y in rows).encode()),
+        "jsonl deep": lambda rows: (".jsonl", b'{"text": "a", "label": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"),
+        "a folder": lambda rows: (".csv", None),
+    }
+
+
+def _write_table(folder: Path, suffix: str, content: bytes | None) -> str:
+    path = folder / f"table{suffix}"
+    if content is None:
+        path.mkdir(parents=True)
+    else:
+        path.write_bytes(content)
+    return path.name
+
+
+def table_cases(rng: random.Random, folder: Path, n: int, runs: float = 0.25) -> Iterator[Case]:
+    """`n` tables through the hf source into a classifier: `check`, and `run` for about `runs` of them."""
+    damages = _table_damages(rng)
+    for i in range(n):
+        name = rng.choice(sorted(damages))
+        rows = _table_rows(rng)
+        where = folder / f"table_{i}"
+        command = "run" if rng.random() < runs else "check"
+
+        def prepare(where=where, name=name, rows=rows):
+            shutil.rmtree(where, ignore_errors=True)
+            where.mkdir(parents=True)
+            suffix, content = damages[name](rows)
+            file = _write_table(where, suffix, content)
+            builder = "json" if suffix == ".jsonl" else "csv"
+            (where / "r.toml").write_text(
+                DATA_MODEL + DATA_TRAIN + f'[data]\nsource = "hf"\nname = "{builder}"\ndata_files = "{file}"\n'
+                'text_field = "text"\nlabel_field = "label"\nval_fraction = 0.25\ncache_dir = "hf-cache"\n'
+                '[tokenizer]\nkind = "char"\n[task]\nkind = "classify"\n')
+
+        yield Case("data: tables", f"{command} {name}", _data_argv(command, where), prepare)
+
+
+def _data_argv(command: str, where: Path) -> list[str]:
+    if command == "check":
+        return ["check", str(where / "r.toml")]
+    return ["run", str(where / "r.toml"), "--out", str(where / "run"), "--no-progress", "--set", "sample.num_samples=0"]
+
+
+def _png(mode: str, size: tuple[int, int], value=128) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new(mode, size, value).save(out, "PNG")
+    return out.getvalue()
+
+
+def _image_damages(rng: random.Random) -> dict[str, Callable[[Path], None]]:
+    """name -> damage to a good tree shapes/{a,b}/{0..3}.png."""
+    def put(rel: str, content: bytes):
+        def damage(root: Path):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(content)
+        return damage
+
+    def deep_png(top: int):
+        def damage(root: Path):
+            import numpy as np
+            from PIL import Image
+
+            Image.fromarray(np.full((6, 6), top, dtype=np.uint16)).save(root / "a" / "deep.png")
+        return damage
+
+    good = _png("L", (8, 8))
+    bomb = bytearray(good)
+    bomb[16:24] = (60000).to_bytes(4, "big") * 2
+    return {
+        "nothing wrong": lambda root: None,
+        "an empty png": put("a/empty.png", b""),
+        "a truncated png": put("b/cut.png", good[: len(good) // 2]),
+        "text named .png": put("a/text.png", b"hello\n" * 20),
+        "random bytes .jpg": put("b/noise.jpg", os.urandom(2000)),
+        "a 60000x60000 header": put("a/bomb.png", bytes(bomb)),
+        "a FIFO .png": lambda root: os.mkfifo(root / "b" / "pipe.png"),
+        "a broken symlink": lambda root: os.symlink(root / "nowhere.png", root / "a" / "link.png"),
+        "a symlink loop": lambda root: os.symlink(root / "a" / "loop.png", root / "a" / "loop.png"),
+        "a folder named .png": lambda root: (root / "a" / "dir.png").mkdir(),
+        "a text file in a class": put("b/notes.txt", b"notes"),
+        "a file at the top": put("stray.png", good),
+        "an empty class folder": lambda root: (root / "c").mkdir(),
+        "one class only": lambda root: shutil.rmtree(root / "b"),
+        "no class folders": lambda root: [shutil.rmtree(root / c) for c in ("a", "b")],
+        "16-bit dark": deep_png(200),
+        "16-bit bright": deep_png(60000),
+        "1x1 RGBA": put("a/tiny.png", _png("RGBA", (1, 1), (1, 2, 3, 0))),
+        "4000x1": put("b/wide.png", _png("L", (4000, 1))),
+        "1-bit": put("b/bits.png", _png("1", (8, 8), 1)),
+        "palette": put("a/pal.png", _png("P", (8, 8), 3)),
+        "hidden junk": put("a/.DS_Store", os.urandom(100)),
+        "an odd file name": lambda root: (root / "a" / os.fsdecode(b"odd\xff.png")).write_bytes(good),
+    }
+
+
+def image_cases(rng: random.Random, folder: Path, n: int, runs: float = 0.25) -> Iterator[Case]:
+    """`n` class-per-folder image trees (imagefolder source, patches tokenizer, classifier)."""
+    damages = _image_damages(rng)
+    for i in range(n):
+        name = rng.choice(sorted(damages))
+        where = folder / f"images_{i}"
+        command = "run" if rng.random() < runs else "check"
+
+        def prepare(where=where, name=name):
+            shutil.rmtree(where, ignore_errors=True)
+            for c in ("a", "b"):
+                (where / "shapes" / c).mkdir(parents=True)
+                for k in range(4):
+                    (where / "shapes" / c / f"{k}.png").write_bytes(_png("L", (8, 8), 40 * k + (100 if c == "b" else 0)))
+            damages[name](where / "shapes")
+            (where / "r.toml").write_text(
+                DATA_MODEL + DATA_TRAIN + '[data]\nsource = "imagefolder"\npath = "shapes"\nval_fraction = 0.25\n'
+                'test_fraction = 0.25\n[tokenizer]\nkind = "patches"\nfield = "image"\nmodality = "image"\nsize = 8\n'
+                'patch = 4\n[task]\nkind = "classify"\n')
+
+        yield Case("data: image folders", f"{command} {name}", _data_argv(command, where), prepare)
+
+
+def _wav(seconds: float = 0.1, rate: int = 8000, channels: int = 1) -> bytes:
+    import wave
+
+    import numpy as np
+
+    t = np.arange(int(rate * seconds)) / rate
+    pcm = np.repeat((0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)[:, None], channels, axis=1)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return out.getvalue()
+
+
+def _audio_damages(rng: random.Random) -> dict[str, Callable[[Path], None]]:
+    """name -> damage to a good folder audio/clips/{0..5}.wav with metadata.csv (file_name,text)."""
+    def metadata(text: str | bytes):
+        def damage(root: Path):
+            (root / "metadata.csv").write_bytes(text if isinstance(text, bytes) else text.encode())
+        return damage
+
+    def good_rows(extra: str = "") -> str:
+        return "file_name,text\n" + "".join(f"clips/{i}.wav,{i % 2}{(i + 1) % 2}\n" for i in range(6)) + extra
+
+    def put(rel: str, content: bytes):
+        return lambda root: (root / rel).write_bytes(content)
+
+    return {
+        "nothing wrong": lambda root: None,
+        "byte-order mark": metadata(b"\xef\xbb\xbf" + good_rows().encode()),
+        "no file_name column": metadata("name,text\n" + good_rows().split("\n", 1)[1]),
+        "no text column": metadata("file_name,words\n" + good_rows().split("\n", 1)[1]),
+        "a missing file": metadata(good_rows("clips/99.wav,99\n")),
+        "an empty transcript": metadata(good_rows("clips/0.wav,\n")),
+        "an empty file name": metadata(good_rows(",77\n")),
+        "a path out of the folder": metadata(good_rows("../../etc/passwd,x\n")),
+        "an absolute path": metadata(good_rows("/etc/hostname,x\n")),
+        "metadata not UTF-8": metadata(good_rows().encode().replace(b",10\n", b",1\xff\n")),
+        "metadata random bytes": metadata(os.urandom(500)),
+        "metadata empty": metadata(b""),
+        "metadata a folder": lambda root: ((root / "metadata.csv").unlink(), (root / "metadata.csv").mkdir()),
+        "metadata.jsonl garbage": lambda root: ((root / "metadata.csv").unlink(),
+                                                (root / "metadata.jsonl").write_bytes(b'{"file_name": "clips/0.wav"\n[1]\n')),
+        "a wav of random bytes": put("clips/1.wav", b"RIFF" + os.urandom(300)),
+        "an empty wav": put("clips/2.wav", b""),
+        "a wav with no samples": put("clips/3.wav", _wav(0.0)),
+        "a stereo wav": put("clips/4.wav", _wav(0.1, 8000, 2)),
+        "a 44.1 kHz wav": put("clips/5.wav", _wav(0.05, 44100)),
+        "a FIFO wav": lambda root: ((root / "clips" / "1.wav").unlink(), os.mkfifo(root / "clips" / "1.wav")),
+        "a 100 kB transcript": metadata(good_rows("clips/0.wav," + "7" * 100_000 + "\n")),
+        "transcripts beside the files": lambda root: ((root / "metadata.csv").unlink(),
+                                                     [(root / "clips" / f"{i}.txt").write_text(f"{i % 2}") for i in range(6)]),
+        "a transcript missing": lambda root: ((root / "metadata.csv").unlink(),
+                                              [(root / "clips" / f"{i}.txt").write_text(f"{i % 2}") for i in range(5)]),
+    }
+
+
+def audio_cases(rng: random.Random, folder: Path, n: int, runs: float = 0.2) -> Iterator[Case]:
+    """`n` audio folders with transcripts (audiofolder source, mel + char tokenizers, seq2seq)."""
+    damages = _audio_damages(rng)
+    for i in range(n):
+        name = rng.choice(sorted(damages))
+        where = folder / f"audio_{i}"
+        command = "run" if rng.random() < runs else "check"
+
+        def prepare(where=where, name=name):
+            shutil.rmtree(where, ignore_errors=True)
+            (where / "audio" / "clips").mkdir(parents=True)
+            for k in range(6):
+                (where / "audio" / "clips" / f"{k}.wav").write_bytes(_wav(0.1 + 0.02 * k))
+            (where / "audio" / "metadata.csv").write_text(
+                "file_name,text\n" + "".join(f"clips/{k}.wav,{k % 2}{(k + 1) % 2}\n" for k in range(6)))
+            damages[name](where / "audio")
+            (where / "r.toml").write_text(
+                '[model]\narch = "encoder_decoder"\nencoder_layers = 1\nlayers = 1\nd_model = 16\nheads = 2\n'
+                'context = 32\nencoder_mask = "full"\nmask = "causal"\n' + DATA_TRAIN +
+                '[data]\nsource = "audiofolder"\npath = "audio"\nval_fraction = 0.2\ntest_fraction = 0.2\n'
+                '[tokenizers.audio]\nkind = "mel"\nfield = "audio"\nframes = 4\n[tokenizers.text]\nkind = "char"\n'
+                'field = "text"\n[task]\nkind = "seq2seq"\ninputs = ["audio"]\ntarget = "text"\n')
+
+        yield Case("data: audio folders", f"{command} {name}", _data_argv(command, where), prepare)
+
+
+def _episode_arrays(rng: random.Random, env: str) -> dict:
+    import numpy as np
+
+    n, width = 40, {"CartPole-v1": 4, "MountainCar-v0": 2, "Pendulum-v1": 3}[env]
+    actions = (np.array([rng.randrange(3 if env == "MountainCar-v0" else 2) for _ in range(n)]) if env != "Pendulum-v1"
+               else np.array([[rng.uniform(-2, 2)] for _ in range(n)], dtype=np.float32))
+    return {"states": np.array([[rng.gauss(0, 1) for _ in range(width)] for _ in range(n)], dtype=np.float32),
+            "actions": actions, "rewards": np.ones(n, dtype=np.float32), "episode_lengths": np.full(4, 10)}
+
+
+def _npz_damages(rng: random.Random) -> dict[str, Callable[[dict], dict | bytes]]:
+    """name -> the arrays of a good file -> the arrays (or bytes) written instead."""
+    import numpy as np
+
+    def change(**arrays):
+        return lambda good: {**good, **{k: (v(good) if callable(v) else v) for k, v in arrays.items()}}
+
+    def without(key):
+        return lambda good: {k: v for k, v in good.items() if k != key}
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**13,)})
+    crafted = header.getvalue() + b"\0" * 160  # an array header claiming 40 TB, then 40 values
+
+    def crafted_npz(good):
+        out = io.BytesIO()
+        import zipfile
+
+        with zipfile.ZipFile(out, "w") as z:
+            for k, v in good.items():
+                buf = io.BytesIO()
+                np.save(buf, v)
+                z.writestr(f"{k}.npy", crafted if k == "rewards" else buf.getvalue())
+        return out.getvalue()
+
+    return {
+        "nothing wrong": lambda good: good,
+        "float actions of width 1": change(actions=lambda g: g["actions"].reshape(-1, 1).astype(np.float32)),
+        "action ids too large": change(actions=lambda g: g["actions"] + 5 if g["actions"].ndim == 1 else g["actions"]),
+        "negative action ids": change(actions=lambda g: g["actions"] - 3 if g["actions"].ndim == 1 else g["actions"]),
+        "states of another width": change(states=lambda g: np.zeros((40, 7), dtype=np.float32)),
+        "3-D states": change(states=lambda g: g["states"][:, :, None]),
+        "a NaN state": change(states=lambda g: np.where(np.arange(g["states"].size).reshape(g["states"].shape) == 5,
+                                                        np.nan, g["states"])),
+        "boolean actions": change(actions=lambda g: (g["actions"] > 0) if g["actions"].ndim == 1 else g["actions"]),
+        "string actions": change(actions=lambda g: np.array(["left"] * 40)),
+        "lengths that do not sum": change(episode_lengths=np.array([10, 10, 10])),
+        "a zero length": change(episode_lengths=np.array([20, 0, 20])),
+        "both boundary arrays": change(episode_starts=np.array([0, 10, 20, 30])),
+        "no rewards": without("rewards"),
+        "no boundaries": without("episode_lengths"),
+        "one episode": change(episode_lengths=np.array([40])),
+        "int8 states": change(states=lambda g: g["states"].astype(np.int8)),
+        "object array": lambda good: {**good, "rewards": np.array([None] * 40, dtype=object)},
+        "a shape of 10**13 in a header": crafted_npz,
+        "not a zip": lambda good: b"not an npz at all",
+        "an empty file": lambda good: b"",
+        "zero steps": lambda good: {"states": np.zeros((0, 4), dtype=np.float32), "actions": np.zeros(0, dtype=np.int64),
+                                    "rewards": np.zeros(0, dtype=np.float32), "episode_lengths": np.zeros(0, dtype=np.int64)},
+    }
+
+
+def episode_cases(rng: random.Random, folder: Path, n: int, runs: float = 0.25) -> Iterator[Case]:
+    """`n` .npz episode files for a gymnasium environment (gym_episodes source, sar, decision)."""
+    import numpy as np
+
+    damages = _npz_damages(rng)
+    for i in range(n):
+        name, env = rng.choice(sorted(damages)), rng.choice(["CartPole-v1", "MountainCar-v0", "Pendulum-v1"])
+        where = folder / f"episodes_{i}"
+        command = "run" if rng.random() < runs else "check"
+        arrays = _episode_arrays(rng, env)
+
+        def prepare(where=where, name=name, env=env, arrays=arrays):
+            shutil.rmtree(where, ignore_errors=True)
+            where.mkdir(parents=True)
+            content = damages[name](arrays)
+            if isinstance(content, bytes):
+                (where / "mine.npz").write_bytes(content)
+            else:
+                np.savez(where / "mine.npz", **content)
+            (where / "r.toml").write_text(
+                '[model]\nlayers = 1\nd_model = 16\nheads = 2\ncontext = 15\n' + DATA_TRAIN +
+                f'[data]\nsource = "gym_episodes"\nenv_id = "{env}"\npath = "mine.npz"\nval_fraction = 0.25\n'
+                '[tokenizer]\nkind = "sar"\nfield = "episode"\n[task]\nkind = "decision"\ncontext_steps = 5\n'
+                'metric_episodes = 1\nmax_episode_steps = 20\nreport_targets = []\n')
+
+        yield Case("data: episode files", f"{command} {name} ({env})", _data_argv(command, where), prepare)
+
+
+# -- run folders handed to `seqmodel runs` -------------------------------------------------------
+
+def _runs_damages(rng: random.Random) -> list[tuple[str, Callable[[Path], None]]]:
+    """(name, damage to a copy of a trained run folder)."""
+    def fifo(path: Path) -> None:
+        _write(path, None)
+        os.mkfifo(path)
+
+    def sparse(size: int):
+        def damage(path: Path) -> None:
+            if not path.is_file():
+                _write(path, b"")
+            with open(path, "r+b") as f:
+                f.truncate(size)
+        return damage
+
+    def link(target: str | None):
+        def damage(path: Path) -> None:
+            _write(path, None)
+            os.symlink(path if target is None else target, path)
+        return damage
+
+    out = []
+    for rel in ("recipe.json", "run.json", "metrics.jsonl", "checkpoints", "checkpoints/latest", "STEP/state.json",
+                "STEP/model.safetensors", "STEP"):
+        ways = [(name, lambda path, content=content: _write(path, content))
+                for name, content in _damages(rng, b'{"step": 4, "val_loss": 1.0}\n')]
+        ways += [("a FIFO", fifo), ("of 300 MB", sparse(300 * 2**20)), ("a symlink loop", link(None)),
+                 ("a link to /dev/zero", link("/dev/zero"))]
+        out += [(f"{rel} {name}", lambda run, rel=rel, way=way: way(_runs_path(run, rel))) for name, way in ways]
+    out += [("metrics.jsonl records of the wrong kind",
+             lambda run: (run / "metrics.jsonl").write_text('{"step": "x"}\n{"step": 1, "val_loss": NaN}\n[1]\n'
+                                                            '{"step": 2, "val_loss": "low", "elapsed_s": []}\n{"step": 3')),
+            ("recipe.json values of the wrong kind",
+             lambda run: (run / "recipe.json").write_text('{"task": [], "model": {"arch": 7}, "train": {"steps": "many"}}')),
+            ("an undecodable folder name", lambda run: os.rename(run, Path(os.fsdecode(bytes(run) + b"\xff")))),
+            ("the whole run a FIFO", lambda run: (shutil.rmtree(run), os.mkfifo(run)))]
+    return out
+
+
+def _runs_path(run: Path, rel: str) -> Path:
+    step = max((run / "checkpoints").glob("step_*"), default=run / "checkpoints" / "step_0000004")
+    return run / rel.replace("STEP", f"checkpoints/{step.name}")
+
+
+def runs_cases(rng: random.Random, trained: Path, folder: Path, n: int) -> Iterator[Case]:
+    """`n` folders of two copies of `trained`, one damaged, through `runs` (table, --json, --plot)."""
+    damages = _runs_damages(rng)
+    for i in range(n):
+        name, damage = rng.choice(damages)
+        where = folder / f"runs_{i}"
+        flags = rng.choice([[], ["--json"], ["--plot", str(where / "curves.png")],
+                            ["--plot", str(where / "curves.png"), "--metric", rng.choice(["train_loss", "nope", "lr"])]])
+
+        def prepare(where=where, damage=damage):
+            shutil.rmtree(where, ignore_errors=True)
+            where.mkdir(parents=True)
+            shutil.copytree(trained, where / "good")
+            shutil.copytree(trained, where / "bad")
+            damage(where / "bad")
+
+        yield Case("run folders for runs", f"runs {name} {' '.join(flags[:1] + flags[2:])}".strip(),
+                   ["runs", str(where), *flags], prepare)

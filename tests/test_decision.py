@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,3 +252,55 @@ def test_decision_transformer_reaches_its_target(tmp_path):
     assert out["mean_return"] >= 450, out
     low = json.loads(cli("eval", run, "--set", "episodes=20", "--set", "target_return=100", "--json").stdout)
     assert out["mean_return"] - low["mean_return"] >= 150, (low, out)
+
+
+def _episode_recipe(tmp_path, data_env: str, states, actions, **task) -> Path:
+    """A tiny decision recipe over a user's .npz of 4 episodes of 10 steps (arrays as given)."""
+    n = len(states)
+    np.savez(tmp_path / "mine.npz", states=states, actions=actions, rewards=-np.ones(n, dtype=np.float32),
+             episode_lengths=np.full(n // 10, 10))
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in task.items())
+    path = tmp_path / "mine.toml"
+    path.write_text(f'[model]\nlayers = 1\nd_model = 16\nheads = 2\ncontext = 15\n[train]\nsteps = 2\nbatch_size = 4\n'
+                    f'threads = 1\n[data]\nsource = "gym_episodes"\nenv_id = "{data_env}"\npath = "mine.npz"\n'
+                    f'val_fraction = 0.25\n[tokenizer]\nkind = "sar"\nfield = "episode"\n[task]\nkind = "decision"\n'
+                    f'context_steps = 5\nreport_targets = []\n{extra}')
+    return path
+
+
+RNG = np.random.default_rng(0)
+STATES2, STATES3 = RNG.normal(size=(40, 2)).astype(np.float32), RNG.normal(size=(40, 3)).astype(np.float32)
+IDS3 = RNG.integers(0, 3, size=40)
+
+
+@pytest.mark.parametrize("env_id, states, actions, expected", [
+    ("MountainCar-v0", STATES2, IDS3[:, None].astype(np.float32), "vectors of 1 number(s) per step, but env_id "
+     "'MountainCar-v0' has 3 discrete actions (ids 0 to 2): discrete actions are stored as integer ids, shape (N,)"),
+    ("MountainCar-v0", STATES2, np.where(IDS3 == 2, 4, IDS3), "integer ids from 0 to 4, but env_id 'MountainCar-v0' "
+     "has 3 discrete actions (ids 0 to 2)"),
+    ("MountainCar-v0", STATES3, IDS3, "states have 3 number(s) per step, but the observations of env_id 'MountainCar-v0' "
+     "flatten to 2"),
+    ("Pendulum-v1", STATES3, IDS3, "actions are integer ids from 0 to 2, but env_id 'Pendulum-v1' has continuous "
+     "actions of 1 number(s) per step: its actions are stored as floats, shape (N, 1)"),
+    ("Pendulum-v1", STATES3, RNG.normal(size=(40, 2)).astype(np.float32), "vectors of 2 number(s) per step"),
+], ids=["floats for Discrete(3)", "id 4 for Discrete(3)", "3 state numbers for 2", "ids for a Box", "width 2 for 1"])
+def test_check_refuses_episodes_that_do_not_fit_the_environment(tmp_path, env_id, states, actions, expected):
+    done = cli("check", _episode_recipe(tmp_path, env_id, states, actions), check=False)
+    line = _one_line_error(done)
+    assert f"[data] path: {tmp_path / 'mine.npz'}: the episodes' " in line and expected in line
+    assert "ModalitySpec" not in line
+
+
+def test_check_refuses_a_task_environment_that_does_not_fit_the_run(tmp_path):
+    done = cli("check", _episode_recipe(tmp_path, "MountainCar-v0", STATES2, IDS3, env_id="Acrobot-v1"), check=False)
+    assert _one_line_error(done).endswith("[task] env_id 'Acrobot-v1' (where evaluation plays): this run's states "
+                                          "have 2 number(s) per step, but the observations of the environment flatten to 6")
+    done = cli("check", _episode_recipe(tmp_path, "MountainCar-v0", STATES2, IDS3), "--set", "tokenizer.num_actions=5",
+               check=False)
+    assert "this run's actions are integer ids from 0 to 4, but the environment has 3 discrete actions" in _one_line_error(done)
+
+
+@pytest.mark.parametrize("env_id, states, actions", [("MountainCar-v0", STATES2, IDS3),
+                                                     ("Pendulum-v1", STATES3, RNG.normal(size=(40, 1)).astype(np.float32))])
+def test_episodes_that_fit_their_environment_pass_check(tmp_path, env_id, states, actions):
+    assert "ok (decoder" in cli("check", _episode_recipe(tmp_path, env_id, states, actions)).stdout

@@ -192,3 +192,22 @@ def test_export_targets(tmp_path, trained, monkeypatch, n):
     pytest.importorskip("transformers")
     monkeypatch.chdir(tmp_path)
     assert_clean([fuzzing.run_case(c) for c in fuzzing.export_cases(random.Random(6), trained[1], tmp_path, n)])
+
+
+# -- user data files and run folders (tests/fuzzing.py, "user data files" and "run folders") ----
+
+DATA_FAMILIES = {"tables": fuzzing.table_cases, "image folders": fuzzing.image_cases,
+                 "audio folders": fuzzing.audio_cases, "episode files": fuzzing.episode_cases}
+
+
+@pytest.mark.parametrize("family", sorted(DATA_FAMILIES))
+@pytest.mark.parametrize("n", [pytest.param(4, id="fast"), pytest.param(60, id="more", marks=pytest.mark.slow)])
+def test_user_data_files(tmp_path, monkeypatch, family, n):
+    monkeypatch.chdir(tmp_path)
+    assert_clean([fuzzing.run_case(c) for c in DATA_FAMILIES[family](random.Random(5), tmp_path, n)])
+
+
+@pytest.mark.parametrize("n", [pytest.param(12, id="fast"), pytest.param(150, id="more", marks=pytest.mark.slow)])
+def test_run_folders_for_runs(tmp_path, trained, n):
+    _, run = trained
+    assert_clean([fuzzing.run_case(c) for c in fuzzing.runs_cases(random.Random(6), run, tmp_path, n)])

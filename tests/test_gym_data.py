@@ -196,3 +196,21 @@ def test_return_histogram_png(tmp_path: Path):
     episodes = [Episode(np.zeros((t, 1)), np.zeros(t, dtype=np.int64), np.ones(t)) for t in (5, 9, 20)]
     path = gym_data.return_histogram_png(episodes, tmp_path / "plots" / "returns.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_array_header_claiming_40_terabytes_is_one_line(tmp_path):
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**13,)})
+    with zipfile.ZipFile(tmp_path / "big.npz", "w") as z:
+        for name, array in {"states": np.zeros((4, 2)), "actions": np.zeros(4, dtype=np.int64),
+                            "episode_lengths": np.array([4])}.items():
+            buf = io.BytesIO()
+            np.save(buf, array)
+            z.writestr(f"{name}.npy", buf.getvalue())
+        z.writestr("rewards.npy", header.getvalue() + b"\0" * 16)
+    with pytest.raises(UserError, match=r"big.npz: not a readable .npz episode file \(") as err:
+        gym_data.load_episodes(tmp_path / "big.npz")
+    assert "\n" not in str(err.value)

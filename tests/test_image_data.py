@@ -177,3 +177,34 @@ def test_load_image_errors(tmp_path):
     data = (tmp_path / "whole.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     _one_line_error(lambda: load_image(tmp_path / "cut.png"), names=tmp_path / "cut.png")
+
+
+def _exposures(tmp_path, fmt: str) -> list[np.ndarray]:
+    """One 16-bit picture (a ramp) at two exposures, the second 4x the first, saved as `fmt`."""
+    ramp = np.tile(np.linspace(0.25, 1.0, 8), (8, 1))
+    shots = [np.rint(ramp * top).astype(np.uint16) for top in (250, 1000)]
+    for i, pixels in enumerate(shots):
+        Image.fromarray(pixels).save(tmp_path / f"shot{i}.{fmt}")
+    return shots
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_16_bit_images_scale_by_their_bit_depth_not_by_their_pixels(tmp_path, fmt):
+    shots = _exposures(tmp_path, fmt)
+    loaded = [np.asarray(load_image(tmp_path / f"shot{i}.{fmt}")) for i in range(2)]
+    for pixels, got in zip(shots, loaded):
+        assert got.dtype == np.uint8 and np.array_equal(got, np.rint(pixels.astype(np.float64) * 255 / 65535).astype(np.uint8))
+    assert loaded[1].mean() > loaded[0].mean()  # the longer exposure stays the brighter one
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_the_patches_arrays_of_16_bit_images_keep_their_brightness_order(mode):
+    ramp = np.tile(np.linspace(0.25, 1.0, 8), (8, 1))
+    arrays = []
+    for top in (250, 1000):
+        pixels = np.rint(ramp * top).astype(np.uint16 if mode == "I;16" else np.int32)
+        image = Image.fromarray(pixels)
+        assert image.mode == mode
+        arrays.append(to_array(image, 8, 1))
+        np.testing.assert_allclose(arrays[-1][0], pixels / 65535, rtol=1e-6)
+    assert arrays[1].mean() > arrays[0].mean()

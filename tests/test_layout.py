@@ -16,7 +16,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-
 PACKAGE = Path(__file__).resolve().parent.parent / "seqmodel"
 LEAVES = {"errors", "config", "capabilities", "files", "_version", "segments", "masks", "plugin", "registry",
           "progress", "plots"}

@@ -135,6 +135,8 @@ def test_a_mixture_trains_one_model_and_logs_every_member(tmp_path, corpus):
     assert done.returncode == 2 and len(errors(done)) == 1 and "--member" in errors(done)[0]
     assert [ln for ln in seqmodel("mask", "show", mixture_recipe(tmp_path, corpus), "--length", "8").stdout.splitlines()
             if ":" in ln] == ["lm: causal", "digits: full", "add: prefix"]
+    [row] = json.loads(seqmodel("runs", out, "--json").stdout)
+    assert row["task"] == "mixture" and row["metrics"] == {k: v for k, v in last.items() if "/" in k}
 
 
 BAD = {
@@ -202,3 +204,12 @@ def test_a_mixture_run_is_not_exported_silently_wrong(tmp_path, corpus):
     for fmt in ("hf", "onnx"):
         done = seqmodel("export", out, "--format", fmt, check=False)
         assert done.returncode == 2 and len(errors(done)) == 1 and "mixture" in errors(done)[0]
+
+
+def test_keep_best_of_a_mixture_names_a_members_metric(tmp_path, corpus):
+    recipe = mixture_recipe(tmp_path, corpus, keep_best="lm/accuracy")
+    line = errors(seqmodel("check", recipe, check=False))[0]
+    assert line.endswith("[train] keep_best: the mixture's members report no metric 'lm/accuracy' (did you mean digits/accuracy? it reports: "
+                         "val_loss, train_loss, lm/val_loss, lm/bits_per_char, digits/val_loss, digits/accuracy, "
+                         "add/val_loss, add/exact_match, add/cer)")
+    assert ": ok (" in seqmodel("check", recipe, "--set", "train.keep_best='digits/accuracy'").stdout

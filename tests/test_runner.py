@@ -94,6 +94,10 @@ BAD = {  # (text to replace in a good recipe, replacement, expected message)
     "missing data file": ("tiny.txt", "nonexistent.txt", "matches no file"),
     "not toml": ("[train]", "[train", "not valid TOML"),
     "unknown table": ("[sample]", "[sampel]", "[sampel]: unknown table (did you mean [sample]?)"),
+    "several sources": ('source = "text"', 'source = ["text", "hf"]', "[data] source: expected the name of one source "
+                        "plugin (a string), got ['text', 'hf']; a recipe has one source"),
+    "a number for a plugin": ('kind = "lm"', "kind = 3", "[task] kind: expected the name of one task plugin (a string), got 3"),
+    "no source": ('source = "text"', "", "[data] source: required, the name of a source plugin"),
 }
 
 

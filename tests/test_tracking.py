@@ -79,3 +79,70 @@ def test_a_tracker_that_is_not_installed_is_an_error_not_an_untracked_run(tmp_pa
         pytest.skip("wandb is installed here")
     done = cli("run", tiny_char_recipe(tmp_path, corpus, steps=2, log_with="wandb"), "--out", tmp_path / "run", check=False)
     assert "[train] log_with: tracker 'wandb' is not available" in one_line_error(done)
+
+
+@pytest.mark.parametrize("name, hint", [("val_los", "did you mean val_loss? "), ("accuracy", "")])
+def test_keep_best_of_a_metric_the_task_never_reports_is_refused_by_check_and_run(tmp_path, corpus, name, hint):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=4, eval_every=2, keep_best=name)
+    expected = (f"{recipe}: [train] keep_best: the 'lm' task reports no metric '{name}' "
+                f"({hint}it reports: val_loss, train_loss, bits_per_char)")
+    assert one_line_error(cli("check", recipe, check=False)) == f"error: {expected}"
+    assert one_line_error(cli("run", recipe, "--out", tmp_path / "run", check=False)) == f"error: {expected}"
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_keep_best_changed_on_resume_is_checked_too(tmp_path, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=2, eval_every=2)
+    cli("run", recipe, "--out", tmp_path / "run", "--no-progress")
+    done = cli("run", recipe, "--out", tmp_path / "run", "--resume", "--set", "train.steps=4",
+               "--set", "train.keep_best='accuracy'", check=False)
+    assert "[train] keep_best: the 'lm' task reports no metric 'accuracy'" in one_line_error(done)
+    assert [r["step"] for r in rows(tmp_path / "run")][-1] == 2
+
+
+def test_a_task_that_does_not_name_its_metrics_is_asked_once(tmp_path, corpus, monkeypatch):
+    from seqmodel_plugins.tasks.lm import LMTask
+
+    monkeypatch.delattr(LMTask, "metric_names")
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=2, eval_every=2, keep_best="accuracy")
+    assert "(it reports: val_loss, train_loss, bits_per_char)" in one_line_error(cli("check", recipe, check=False))
+    assert "ok (decoder" in cli("check", recipe, "--set", "train.keep_best='bits_per_char'").stdout
+
+
+def test_the_builtin_tasks_name_the_metrics_they_report(tracked):
+    from seqmodel_plugins.tasks.lm import LMTask
+
+    from seqmodel import registry
+
+    run, _ = tracked
+    evaluation = next(r for r in rows(run) if "val_loss" in r)
+    assert set(evaluation) - {"step", "lr", "tokens_per_s", "elapsed_s", "val_loss", "train_loss"} == set(LMTask.metric_names)
+    for row in registry.available("task", check=False):
+        cls = registry.load("task", row.name)
+        if "metrics" in getattr(cls, "capabilities", ()):
+            assert isinstance(cls.metric_names, tuple) and cls.metric_names, row.name
+
+
+def test_init_from_the_best_checkpoint_starts_from_its_weights(tracked, tmp_path, corpus):
+    from safetensors.torch import load_file
+
+    run, _ = tracked
+    best = run / "checkpoints" / "best"
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1, eval_every=1, init_from=str(best), lr=0.0, min_lr=0.0, warmup=0)
+    assert "ok (decoder" in cli("check", recipe).stdout
+    cli("run", recipe, "--out", tmp_path / "run", "--no-progress", "--set", "sample.num_samples=0")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["init_from"]
+    assert record["checkpoint"] == "best" and record["step"] == json.loads((best / "state.json").read_text())["step"]
+    started, kept = load_file(tmp_path / "run" / "checkpoints" / "step_0000001" / "model.safetensors"), load_file(best / "model.safetensors")
+    assert started.keys() == kept.keys() and all(started[k].equal(kept[k]) for k in kept)  # lr 0: one step changes nothing
+
+
+def test_init_from_a_folder_of_checkpoints_that_a_run_does_not_keep_is_one_line(tracked, tmp_path, corpus):
+    import shutil
+
+    run, _ = tracked
+    shutil.copytree(run, tmp_path / "copy")
+    shutil.copytree(run / "checkpoints" / "step_0000012", tmp_path / "copy" / "checkpoints" / "step_12.diverged")
+    recipe = tiny_char_recipe(tmp_path, corpus, init_from=str(tmp_path / "copy" / "checkpoints" / "step_12.diverged"))
+    assert one_line_error(cli("check", recipe, check=False)).endswith(
+        "step_12.diverged: not a checkpoint a run keeps (checkpoints/step_N or checkpoints/best)")

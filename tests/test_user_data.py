@@ -260,3 +260,83 @@ def test_the_example_recipes_open_with_their_command():
     for recipe in EXAMPLES.glob("*.toml"):
         first = recipe.read_text().splitlines()[0]
         assert first == f"# seqmodel run recipes/examples/{recipe.name}", recipe
+
+
+def table_recipe(folder: Path, labels: list) -> Path:
+    """A tiny classifier over a CSV of 40 reviews with the given labels (written by the csv module)."""
+    import csv
+
+    with open(folder / "reviews.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["text", "label"])
+        out.writerows([("a good film" if i % 2 else "a dull film", y) for i, y in enumerate(labels)])
+    recipe = folder / "table.toml"
+    recipe.write_text('[model]\narch = "encoder"\nlayers = 1\nd_model = 16\nheads = 2\nmask = "full"\ncontext = 16\n'
+                      '[train]\nsteps = 2\nbatch_size = 4\nthreads = 1\n[data]\nsource = "hf"\nname = "csv"\n'
+                      'data_files = "reviews.csv"\nlabel_field = "label"\nval_fraction = 0.2\n[tokenizer]\nkind = "char"\n[task]\nkind = "classify"\n')
+    return recipe
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["" if i % 5 == 0 else i % 2 for i in range(40)], r"\[task\] label_field: \d+ of the \d+ training examples have an "
+     r"empty 'label' \(the first is example \d+\); give every example a class$"),
+    ([""] * 40, r"\[task\] label_field: (\d+) of the \1 training examples have an empty 'label'"),
+    ([10**12 if i == 3 else i % 2 for i in range(40)], r"\[task\] label_field: label 1000000000000 in 'label' would "
+     r"make 1,000,000,000,001 classes \(labels are class indices 0, 1, 2 \.\.\., at most 999,999\); renumber the "
+     r"classes, or give the labels as text \(class names\)$"),
+], ids=["some empty", "all empty", "10**12"])
+def test_csv_labels_that_are_not_classes_are_one_line_errors(tmp_path, labels, message):
+    import re
+    import time
+
+    start = time.perf_counter()
+    (line,) = errors(seqmodel("check", table_recipe(tmp_path, labels), check=False))
+    assert re.search(message, line), line
+    assert time.perf_counter() - start < 60
+
+
+def test_csv_labels_as_class_indices_or_names_pass_check(tmp_path):
+    assert ": ok (" in seqmodel("check", table_recipe(tmp_path, [i % 3 for i in range(40)])).stdout
+    assert ": ok (" in seqmodel("check", table_recipe(tmp_path, ["pos" if i % 2 else "neg" for i in range(40)])).stdout
+
+
+def test_a_metadata_csv_and_transcripts_with_a_byte_order_mark_read_as_without(tmp_path):
+    audio_folder(tmp_path / "plain", n=3)
+    audio_folder(tmp_path / "bom", n=3)
+    text = (tmp_path / "bom" / "metadata.csv").read_text()
+    (tmp_path / "bom" / "metadata.csv").write_text(text, encoding="utf-8-sig")  # what spreadsheet programs export
+    assert (tmp_path / "bom" / "metadata.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    split = {name: AudioFolderSource(AudioFolderConfig(**dict.fromkeys(("train", "val", "test"), str(tmp_path / name)))).split("train")
+             for name in ("plain", "bom")}
+    assert [ex["text"] for ex in split["bom"]] == [ex["text"] for ex in split["plain"]] == ["00", "11", "22"]
+    write_wav(tmp_path / "beside" / "a.wav", 16000, 0.1, 440)
+    (tmp_path / "beside" / "a.txt").write_text("hello\n", encoding="utf-8-sig")
+    assert AudioFolderSource(AudioFolderConfig(**dict.fromkeys(("train", "val", "test"), str(tmp_path / "beside")))).split("train")[0]["text"] == "hello"
+
+
+def test_a_fifo_in_an_image_folder_is_one_line_not_a_hang(tmp_path):
+    import os
+    import signal
+
+    from PIL import Image
+    from seqmodel_plugins.image_data import imagefolder_files, load_image
+
+    for name in ("a", "b"):
+        (tmp_path / "shapes" / name).mkdir(parents=True)
+        Image.new("L", (4, 4), 9).save(tmp_path / "shapes" / name / "0.png")
+    os.mkfifo(tmp_path / "shapes" / "b" / "1.png")
+
+    def stop(signum, frame):
+        raise TimeoutError("still running after 30 s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(30)
+    try:
+        with pytest.raises(UserError, match=r"b/1.png is not a regular file \(a FIFO\); class folder "):
+            imagefolder_files(tmp_path / "shapes")
+        with pytest.raises(UserError, match=r"1.png is not a regular file \(a FIFO\), expected an "
+                                            r"image file$"):
+            load_image(tmp_path / "shapes" / "b" / "1.png")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -122,6 +122,75 @@ def _close_ids(env_id: str) -> str:
     return ", ".join(picks) + ", ..."
 
 
+def action_space_words(space: spaces.Space) -> str:
+    """An action space as a user reads it: "3 discrete actions (ids 0 to 2)"."""
+    if isinstance(space, spaces.Discrete):
+        first = int(space.start)
+        return f"{int(space.n)} discrete actions (ids {first} to {first + int(space.n) - 1})"
+    if isinstance(space, spaces.Box):
+        return f"continuous actions of {int(np.prod(space.shape))} number(s) per step"
+    return f"a {type(space).__name__} action space (episodes support Discrete and Box actions)"
+
+
+def actions_words(discrete: bool, width: int, ids: tuple[int, int] | None = None) -> str:
+    """Actions of the data or of a run as a user reads them."""
+    if not discrete:
+        return f"vectors of {width} number(s) per step"
+    return "integer ids" + (f" from {ids[0]} to {ids[1]}" if ids is not None else "")
+
+
+def action_problem(space: spaces.Space, discrete: bool, width: int, ids: tuple[int, int] | None = None,
+                   subject: str = "the actions", env: str = "the environment") -> str | None:
+    """Why actions of this kind cannot be played in `space`, or None.
+
+    Args:
+        space: the environment's action space.
+        discrete: the actions are integer ids (else float vectors of `width` numbers).
+        width: numbers per continuous action (ignored for ids).
+        ids: the smallest and largest id, when known.
+        subject, env: how the message names the actions and the environment.
+    """
+    have = f"{subject} are {actions_words(discrete, width, ids)}, but {env} has {action_space_words(space)}"
+    if isinstance(space, spaces.Discrete):
+        if not discrete:
+            return f"{have}: discrete actions are stored as integer ids, shape (N,)"
+        first = int(space.start)
+        if ids is not None and (ids[0] < first or ids[1] > first + int(space.n) - 1):
+            return have
+        return None
+    if isinstance(space, spaces.Box):
+        need = int(np.prod(space.shape))
+        if discrete or width != need:
+            return f"{have}: its actions are stored as floats, shape (N, {need})"
+        return None
+    return have
+
+
+def env_problem(env: gymnasium.Env, state_width: int, discrete: bool, width: int, ids: tuple[int, int] | None = None,
+                subject: str = "the", name: str = "the environment") -> str | None:
+    """Why steps with `state_width` numbers per state and these actions (see `action_problem`)
+    cannot come from `env`, or None; `subject` and `name` word the message ("'states'" ...)."""
+    expected = spaces.flatdim(env.observation_space)
+    if state_width != expected:
+        return (f"{subject} states have {state_width} number(s) per step, but the observations of {name} "
+                f"flatten to {expected}")
+    return action_problem(env.action_space, discrete, width, ids, f"{subject} actions", name)
+
+
+def episodes_env_problem(episodes: Sequence[Episode], env_id: str) -> str | None:
+    """Why `episodes` cannot have been played in environment `env_id`, or None: the width of the
+    states against its observations, the kind, width and ids of the actions against its actions."""
+    actions = np.concatenate([e.actions for e in episodes])
+    discrete = actions.ndim == 1
+    ids = (int(actions.min()), int(actions.max())) if discrete and actions.size else None
+    env = make_env(env_id)
+    try:
+        return env_problem(env, episodes[0].states.shape[1], discrete, 0 if discrete else actions.shape[1], ids,
+                           "the episodes'", f"env_id {env_id!r}")
+    finally:
+        env.close()
+
+
 def cartpole_controller(obs: np.ndarray) -> int:
     """A linear CartPole controller: push towards where the pole is falling, keep the cart centred.
 
@@ -348,6 +417,9 @@ def load_episodes(path: str | Path) -> list[Episode]:
             data = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise UserError(f"{path}: not a readable .npz episode file ({e})") from None
+    except MemoryError:
+        raise UserError(f"{path}: not a readable .npz episode file (an array's header claims more memory than "
+                        "there is)") from None
     states, actions, rewards, starts = _validate(path, data)
     bounds = np.append(starts, len(states))
     return [Episode(states[a:b], actions[a:b], rewards[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]

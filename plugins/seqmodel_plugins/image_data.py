@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from seqmodel.errors import UserError
+from seqmodel.files import not_regular
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -144,7 +145,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """Read one image file with Pillow as mode "L" (greyscale sources) or "RGB" (everything else).
 
     Transparency is composited over white, palettes are expanded, 16-bit greyscale is scaled to
-    8 bits, and EXIF orientation is applied. Animated files give their first frame.
+    8 bits by its bit depth (`full_scale`), and EXIF orientation is applied. Animated files give their first frame.
 
     Args:
         path: the image file.
@@ -160,10 +161,13 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise UserError(f"image file {path} does not exist")
     if path.is_dir():
         raise UserError(f"{path} is a folder, expected an image file ({_EXTENSIONS})")
+    odd = not_regular(path)
+    if odd:
+        raise UserError(f"{path} is not a regular file ({odd}), expected an image file")
     try:
         with Image.open(path) as image:
             image.load()
-            return _normalise_mode(ImageOps.exif_transpose(image))
+            return _normalise_mode(ImageOps.exif_transpose(image), full_scale(image))
     except Image.UnidentifiedImageError:
         raise UserError(
             f"{path} is not an image Pillow can read (expected {_EXTENSIONS})"
@@ -172,12 +176,28 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise UserError(f"image file {path} is corrupt or unreadable: {error}") from None
 
 
-def _normalise_mode(image: Image.Image) -> Image.Image:
+def full_scale(image: Image.Image) -> float:
+    """The value of white in an integer ("I", "I;16" ...) or float ("F") image, from the bit depth
+    of its mode and file format, never from its pixels (a per-image guess turns a dark exposure
+    brighter than a light one): 16-bit modes and PNG's "I" 65535, a TIFF's "I" that of its
+    BitsPerSample, other "I" images 16 bits; "F" is on the 8-bit scale."""
+    if image.mode == "F":
+        return 255.0
+    if image.mode.startswith("I;16"):
+        return 65535.0
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(258) if tags is not None and image.format == "TIFF" else None  # BitsPerSample
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    return float(2 ** (bits if isinstance(bits, int) and 8 <= bits <= 32 else 16) - 1)
+
+
+def _normalise_mode(image: Image.Image, white: float | None = None) -> Image.Image:
+    """`image` as mode "L" or "RGB"; integer and float images scaled by `white` (their `full_scale`)."""
     if image.mode in ("L", "RGB"):
         return image.copy()
     if image.mode.startswith("I") or image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
-        scale = 255.0 / 65535.0 if values.max(initial=0) > 255 else 1.0
+        scale = 255.0 / (white or full_scale(image))
         return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8))
     if image.mode == "1":
         return image.convert("L")
@@ -230,6 +250,10 @@ def imagefolder_files(root: str | os.PathLike) -> tuple[list[tuple[Path, int]], 
         if not files:
             raise UserError(f"class folder {class_dir} holds no images ({_EXTENSIONS})")
         for file in files:
+            odd = not_regular(file) if file.suffix.lower() in IMAGE_EXTENSIONS else None
+            if odd:
+                raise UserError(f"{file} is not a regular file ({odd}); class folder {class_dir} may hold only "
+                                f"{_EXTENSIONS} files")
             if file.is_dir() or file.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise UserError(
                     f"{file} is not an image file; class folder {class_dir} may hold only "

@@ -24,9 +24,15 @@ def add_parsers(sub) -> dict:
     p.add_argument("--out", help="also write a PNG here")
     add_overrides(p)
     sub.add_parser("recipes", help="list the recipes shipped with seqmodel (run them by name: seqmodel run char_lm)")
-    p = sub.add_parser("runs", help="a table of the run directories under a folder")
-    p.add_argument("folder", nargs="?", default="runs", help="where to look (default: runs)")
+    p = sub.add_parser("runs", help="a table of the run directories under folders; --plot overlays their curves",
+                       description="One row per run directory (task, step, best validation loss, the task's metrics "
+                                   "at the last evaluation); --plot draws every run's curve of one metric in one picture.")
+    p.add_argument("folders", nargs="*", default=["runs"], metavar="DIR",
+                   help="a folder of run directories, or a run directory (repeatable; default: runs)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", metavar="OUT.png", help="draw the runs' curves of --metric against step into this picture")
+    p.add_argument("--metric", default="val_loss",
+                   help="what --plot draws: val_loss (default), train_loss, or a metric the task logs (accuracy ...)")
     p = sub.add_parser("plugins", help="list installed plugins; `plugins show NAME` lists a plugin's keys, "
                                        "`plugins check NAME` runs the tokenizer conformance kit")
     p.add_argument("action", nargs="?", choices=["list", "show", "check"], default="list")
@@ -41,18 +47,23 @@ def cmd_mask(args) -> int:
     if args.length is not None and not 1 <= args.length <= LONGEST_MASK:
         raise UserError(f"--length: expected a number from 1 to {LONGEST_MASK}, got {args.length}")
     if args.out:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        kinds = FigureCanvasAgg.get_supported_filetypes()
-        if not Path(args.out).parent.is_dir():
-            raise UserError(f"--out {cut(args.out)}: no such folder {cut(str(Path(args.out).parent))}")
-        if Path(args.out).suffix and Path(args.out).suffix[1:].lower() not in kinds:
-            raise UserError(f"--out {cut(args.out)}: unknown picture type (use .png, or one of {', '.join(kinds)})")
+        check_picture("--out", args.out)
     length = args.length if args.length is not None or args.target.endswith(".toml") else 32
     print(show(args.target, length, args.out, args.overrides))
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def check_picture(flag: str, path: str) -> None:
+    """A picture can be written to `path`: its folder exists, and matplotlib knows its type."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    kinds = FigureCanvasAgg.get_supported_filetypes()
+    if not Path(path).parent.is_dir():
+        raise UserError(f"{flag} {cut(path)}: no such folder {cut(str(Path(path).parent))}")
+    if Path(path).suffix and Path(path).suffix[1:].lower() not in kinds:
+        raise UserError(f"{flag} {cut(path)}: unknown picture type (use .png, or one of {', '.join(kinds)})")
 
 
 def cmd_plugins(args) -> int:
@@ -100,15 +111,18 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from pathlib import Path
+    from seqmodel.training.runs import format_rows, plot, table
 
-    from seqmodel.training.runs import format_rows, table
-
-    rows = table(Path(args.folder))
+    if args.plot:
+        check_picture("--plot", args.plot)
+    rows = table(*map(Path, args.folders))
     if args.json:
         print(json.dumps(rows))
     elif rows:
         print(format_rows(rows))
     else:
-        print(f"no run directories in {args.folder}", file=sys.stderr)
+        print(f"no run directories in {', '.join(map(cut, args.folders))}", file=sys.stderr)
+    if args.plot:
+        drawn = plot(rows, args.metric, Path(args.plot))
+        print(f"wrote {args.plot}: {args.metric} of {len(drawn)} of the {len(rows)} run(s)", file=sys.stderr)
     return 0

@@ -66,6 +66,7 @@ def cmd_check(args) -> int:
     from seqmodel.recipe.schema import load_recipe
     from seqmodel.training import budget, warm_start
     from seqmodel.training.lifecycle import assemble
+    from seqmodel.training.tracking import check_keep_best
 
     recipe = warm_start.resolve(load_recipe(resolve(args.recipe), args.overrides))
     budget.preflight(recipe)  # what `run` checks before and after fitting, before the model is allocated
@@ -75,6 +76,7 @@ def cmd_check(args) -> int:
         print(recipe_doc(recipe))
     pipe = assemble(recipe)
     budget.check_fits(recipe, *pipe.model_specs())
+    check_keep_best(pipe)
     if recipe.train.init_from:
         warm_start.load_weights(pipe.module, recipe)
     losses = pipe.dry_run()

@@ -172,6 +172,17 @@ class MixtureTask:
             total += float(loss)
         return total / batches
 
+    @property
+    def metric_names(self) -> tuple[str, ...] | None:
+        """The keys `metrics` returns (None when a member's task does not name its own)."""
+        names = []
+        for name, member in self.members.items():
+            own = getattr(member.task, "metric_names", None) if can(member.task, "metrics") else ()
+            if own is None:
+                return None
+            names += [f"{name}/val_loss", *(f"{name}/{k}" for k in own)]
+        return tuple(names)
+
     def metrics(self, module: TrainModule, split: str) -> dict[str, float]:
         """Every member's validation loss and own metrics, under its name."""
         out = {}

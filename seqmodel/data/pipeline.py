@@ -129,7 +129,7 @@ class Pipeline:
                 raise
             except Exception as err:  # e.g. a tokenizer fed a field of the wrong kind
                 raise UserError(f"{self.recipe.path}: [tokenizers.{m}] {registry.describe('tokenizer', self.recipe.tokenizers[m].name)}"
-                                f" could not fit on field {self.fields[m]!r}: {type(err).__name__}: {err}") from err
+                                f" could not fit on field {self.fields[m]!r}: {type(err).__name__}: {cut(err, 300)}") from err
         self.setup_task()
 
     def load(self, tokenizers: Mapping[str, Path], task: Path | None = None) -> None:

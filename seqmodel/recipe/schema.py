@@ -91,7 +91,8 @@ class TrainConfig:
     """Experiment trackers through accelerate ("tensorboard", "wandb", ...); metrics.jsonl is always written."""
     keep_best: str = ""
     """Also keep the checkpoint with the best value of this metric ("val_loss", or one the task reports
-    at each evaluation: "accuracy", "exact_match", "mean_return" ...) as checkpoints/best; "" keeps none."""
+    at each evaluation: "accuracy", "exact_match", "mean_return" ...) as checkpoints/best; "" keeps none.
+    A name the task does not report is refused by `check` and `run`."""
     best_mode: str = "auto"
     """Whether `keep_best` minimises ("min") or maximises ("max") its metric; "auto": min for names with
     loss, cer, error, bits, perplexity or mse in them, max otherwise."""
@@ -188,9 +189,13 @@ def _plugin(kind: str, table: Any, key: str, where: str) -> tuple[str, Any, dict
     if not isinstance(table, dict):
         raise UserError(f"{where}: expected a table")
     rest = dict(table)
-    name = rest.pop(key, None)
-    if not isinstance(name, str):
+    if key not in rest:
         raise UserError(f"{where} {key}: required, the name of a {kind} plugin")
+    name = rest.pop(key)
+    if not isinstance(name, str):
+        several = (f"; a recipe has one {kind}, and several files go in its own keys (seqmodel plugins show NAME)"
+                   if isinstance(name, list) and kind == "source" else "")
+        raise UserError(f"{where} {key}: expected the name of one {kind} plugin (a string), got {shown(name)}{several}")
     return name, registry.load(kind, name, f"{where} {key}"), rest
 
 

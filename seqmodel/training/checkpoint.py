@@ -26,6 +26,7 @@ from seqmodel.files import fsync_dir, write_atomic
 
 KEEP = 2
 NAME = re.compile(r"step_(\d{7,})")
+BEST = "best"  # the checkpoint `[train] keep_best` keeps
 MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # AdamW's per-parameter tensors
 
 
@@ -87,7 +88,7 @@ def save_best(run_dir: Path, step: int, model: nn.Module, info: dict) -> Path:
     step and the metric; no optimizer state: it is for eval, sample and export, not resume),
     replacing the previous best only once the new one is complete."""
     root = run_dir / "checkpoints"
-    final, tmp, old = root / "best", root / f".best.tmp{os.getpid()}", root / f".best.old{os.getpid()}"
+    final, tmp, old = root / BEST, root / f".best.tmp{os.getpid()}", root / f".best.old{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -109,7 +110,7 @@ def named(run_dir: Path, which: str) -> Path | None:
     """A run's checkpoint by name: "latest", "best" or "step_N" (None when it does not exist)."""
     if which == "latest":
         return latest(run_dir)
-    path = run_dir / "checkpoints" / (which if which == "best" or NAME.fullmatch(which) else f"step_{int(which):07d}"
+    path = run_dir / "checkpoints" / (which if which == BEST or NAME.fullmatch(which) else f"step_{int(which):07d}"
                                       if which.isdigit() else which)
     return path if (path / "state.json").is_file() and (path / "model.safetensors").is_file() else None
 
@@ -155,6 +156,8 @@ def step_of(ckpt: Path) -> int:
 
 def _pointed(root: Path) -> Path | None:
     """The checkpoint ``latest`` names, if it is a well-formed name of a complete checkpoint."""
+    if not (root / "latest").is_file():  # a FIFO there would block the read
+        return None
     try:
         with open(root / "latest", "rb") as f:
             name = f.read(64).decode("ascii").strip()
@@ -205,11 +208,20 @@ def _check_state(state, path: Path, step: int) -> dict:
 
 
 def read_state(ckpt: Path) -> dict:
+    """A checkpoint's state.json, checked: a step checkpoint's (what resume needs) or the best
+    one's (its step and metric; `save_best`)."""
     path = ckpt / "state.json"
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise UserError(f"{path}: unreadable checkpoint state: {cut(err, 160)}") from None
+    if ckpt.name == BEST:
+        step = state.get("step") if isinstance(state, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise UserError(f"{path}: damaged checkpoint state: 'step' must be the step the best weights are of")
+        return state
+    if NAME.fullmatch(ckpt.name) is None:
+        raise UserError(f"{ckpt}: not a checkpoint a run keeps (checkpoints/step_N or checkpoints/{BEST})")
     return _check_state(state, path, step_of(ckpt))
 
 

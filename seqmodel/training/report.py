@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from seqmodel.data.pipeline import Pipeline
+from seqmodel.errors import UserError, cut
 from seqmodel.plots import figure
 from seqmodel.task import can
 
@@ -37,7 +38,26 @@ def member_curves(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
 
 
 def finish_run(pipeline: Pipeline, run_dir: Path, history: list[dict]) -> None:
-    """Write the loss curve, end-of-run samples and whatever pictures the task draws."""
+    """Write the loss curve, end-of-run samples and whatever pictures the task draws; a failure
+    is one line that says the trained run is kept (its last checkpoint was written before)."""
+    try:
+        write_report(pipeline, run_dir, history)
+    except Exception as err:  # a plugin's report must not read as a lost run
+        raise UserError(f"{run_dir}: the run finished and its checkpoints are kept, but the end-of-run report "
+                        f"failed: {failure_words(pipeline, err)}") from err
+
+
+def failure_words(pipeline: Pipeline, err: Exception) -> str:
+    """What failed in an evaluation or the report, in one line: a user error as it is, anything
+    else named after the task plugin (of a mixture: one of its members')."""
+    if isinstance(err, UserError):
+        return str(err)
+    who = f"the {pipeline.recipe.task.name!r} task plugin" if pipeline.recipe.task else "a member's task plugin"
+    return f"{who} failed: {type(err).__name__}: {cut(err, 300)}"
+
+
+def write_report(pipeline: Pipeline, run_dir: Path, history: list[dict]) -> None:
+    """The loss curve, end-of-run samples and the task's pictures."""
     task, model = pipeline.task, pipeline.module.eval()
     loss_curve(history, run_dir / "loss.png", title=f"{pipeline.recipe.path}",
                unit=task.loss_label if can(task, "metrics") else "nats/token")

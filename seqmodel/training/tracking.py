@@ -6,10 +6,12 @@ file, ``--no-progress``)."""
 
 from __future__ import annotations
 
+import difflib
 import math
 import sys
 from pathlib import Path
 
+from seqmodel.errors import UserError, shown
 from seqmodel.task import can
 from seqmodel.training.report import loss_curve
 
@@ -23,6 +25,39 @@ def better(name: str, mode: str, new: float, old: float | None) -> bool:
         return False
     lower = mode == "min" or mode == "auto" and any(word in name for word in LOWER_IS_BETTER)
     return old is None or (new < old if lower else new > old)
+
+
+EVALUATED = ("val_loss", "train_loss")
+"""What every evaluation record holds besides the task's metrics."""
+
+
+def reported_metrics(task, module) -> tuple[str, ...]:
+    """The metrics an evaluation record holds: `EVALUATED` and the task's metric names (its
+    declared ``metric_names``, else the keys of one call of its `metrics` on the validation split)."""
+    if not can(task, "metrics"):
+        return EVALUATED
+    names = getattr(task, "metric_names", None)
+    if names is None:
+        try:
+            names = tuple(task.metrics(module.eval(), "val"))
+        finally:
+            module.train()
+    return EVALUATED + tuple(n for n in names if n not in EVALUATED)
+
+
+def check_keep_best(pipeline) -> None:
+    """Refuse a `[train] keep_best` metric the run never reports: it would keep nothing while the
+    older checkpoints rotate away."""
+    name = pipeline.recipe.train.keep_best
+    if not name:
+        return
+    names = reported_metrics(pipeline.task, pipeline.module)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        who = f"the {pipeline.recipe.task.name!r} task reports" if pipeline.recipe.task else "the mixture's members report"
+        raise UserError(f"{pipeline.recipe.path}: [train] keep_best: {who} no metric {shown(name)} "
+                        f"({hint}it reports: {', '.join(names)})")
 
 
 def log_line(record: dict) -> str:

@@ -33,7 +33,8 @@ from seqmodel.recipe.schema import TrainConfig
 from seqmodel.task import Slice, random_generator
 from seqmodel.training import budget, checkpoint, warm_start
 from seqmodel.training.cpu_memory import keep_freed_memory
-from seqmodel.training.tracking import Tracker
+from seqmodel.training.report import failure_words
+from seqmodel.training.tracking import Tracker, check_keep_best
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FQN-keyed, gathered (FSDP) or plain
 RESUMED_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True, strict=False)
@@ -288,6 +289,7 @@ class Trainer:
         self.tracker = Tracker(self.pipeline, self.run_dir, self.acc.is_main_process, plain=not self.show_bar)
         if cfg.keep_best and cfg.distributed == "fsdp":
             raise UserError("[train] keep_best: not available with distributed = \"fsdp\" yet; use ddp or keep_best = \"\"")
+        check_keep_best(self.pipeline)
         if cfg.fingerprint_batches:
             self.fingerprints = open(self.run_dir / f"batches.rank{self.acc.process_index}.log", "a", buffering=1)
         if cfg.compile:
@@ -390,12 +392,36 @@ class Trainer:
         return self.train(self.setup())
 
     def evaluate_pending(self, val, interrupt: Interrupt) -> None:
-        """Finish the log record whose evaluation a signal cut short before the checkpoint."""
+        """Finish the log record whose evaluation a signal (or a failure) cut short before the checkpoint."""
         record, self.pending = self.pending, None
         loss = self.val_loss(self.model, val, interrupt)
         if loss is None:
             raise Interrupted(record["step"], checkpoint.latest(self.run_dir), self.run_dir)
-        self.record(record, loss)
+        failure = self.record_evaluation(record, loss)
+        if failure is not None:
+            raise self.evaluation_error(record["step"], failure) from failure
+
+    def record_evaluation(self, rec: dict, loss: float) -> Exception | None:
+        """`record` an evaluation; what it raised on any process (the task's metrics, the loss
+        curve, the best checkpoint), with the record taken back out of the history, or None."""
+        failure = None
+        try:
+            self.record(rec, loss)
+        except Exception as err:  # noqa: BLE001 -- a plugin's failure must not lose the trained steps
+            failure = err
+            if self.history and self.history[-1]["step"] == rec["step"]:
+                self.history.pop()
+        if self.acc.num_processes > 1:
+            failed = self.acc.reduce(torch.tensor(float(failure is not None), device=self.acc.device), reduction="sum")
+            if failed > 0 and failure is None:
+                failure = UserError("the evaluation failed on another process")
+        return failure
+
+    def evaluation_error(self, step: int, failure: Exception) -> UserError:
+        """One line: what failed, and that checkpoint `step` keeps the trained steps."""
+        return UserError(f"step {step}: the evaluation stopped the run: {failure_words(self.pipeline, failure)}; "
+                         f"the trained steps are kept "
+                         f"(checkpoint step {step} in {self.run_dir}; --resume evaluates it again and continues)")
 
     def record(self, rec: dict, loss: float | None) -> None:
         """Log a record: with an evaluation, its validation loss and the task's metrics; then the
@@ -427,21 +453,27 @@ class Trainer:
                 done = self.done = step + 1
                 bar.update(1)
                 evaluate = done % cfg.eval_every == 0 or done == cfg.steps
-                pending = None
+                pending = failure = None
                 if evaluate or done % cfg.log_every == 0:
                     now = time.perf_counter()
                     tps = win_tokens / max(now - win_t, 1e-9)
                     rec = {"step": done, "train_loss": sum(window) / len(window), "lr": lr_at(step, cfg),
                            "tokens_per_s": round(tps, 1), "elapsed_s": round(elapsed0 + now - t0, 2)}
                     loss = self.val_loss(self.model, val, interrupt) if evaluate else None
-                    if evaluate and loss is None:
+                    if not evaluate:
+                        self.record(rec, None)
+                    elif loss is not None:
+                        failure = self.record_evaluation(rec, loss)
+                    if evaluate and (loss is None or failure is not None):
                         pending, stopping = rec, True  # evaluated on resume, before the next step
                     else:
-                        self.record(rec, loss)
                         bar.set_postfix(loss=f"{rec['train_loss']:.4f}", tok_s=f"{tps:,.0f}")
                     window, win_tokens, win_t = [], 0, time.perf_counter()
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
                     saved = self.save(done, window, pending)
+                if failure is not None:
+                    bar.close()
+                    raise self.evaluation_error(done, failure) from failure
                 if stopping:
                     bar.close()
                     raise Interrupted(done, saved, self.run_dir)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
+from seqmodel_plugins.image_data import full_scale
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's "L"
 
@@ -66,11 +67,8 @@ def to_array(
 
 def _as_float_hwc(image: Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            return np.asarray(image, dtype=np.float32)[:, :, None] / 65535.0
-        if image.mode in ("I", "F"):
-            x = np.asarray(image, dtype=np.float32)
-            return x[:, :, None] / (65535.0 if x.max(initial=0) > 255 else 255.0)
+        if image.mode.startswith("I") or image.mode == "F":
+            return np.asarray(image, dtype=np.float32)[:, :, None] / full_scale(image)
         if image.mode == "1":
             image = image.convert("L")
         elif image.mode not in ("L", "LA", "RGB", "RGBA"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,7 @@ import soundfile as sf
 
 from seqmodel.config import path_field
 from seqmodel.errors import UserError, cut, shown
+from seqmodel.files import not_regular
 
 SPLITS = ("train", "val", "test")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga")
@@ -72,7 +74,7 @@ class AudioFolderConfig:
 def _metadata_rows(file: Path, column: str) -> list[tuple[int, dict]]:
     """(line number, row) of a metadata.csv or metadata.jsonl; a missing column is an error naming it."""
     try:
-        with file.open(encoding="utf-8", newline="") as f:
+        with file.open(encoding="utf-8-sig", newline="") as f:  # a BOM (spreadsheet exports) is no part of a name
             if file.suffix == ".csv":
                 reader = csv.DictReader(f)
                 rows = [(n + 2, row) for n, row in enumerate(reader)]
@@ -87,6 +89,14 @@ def _metadata_rows(file: Path, column: str) -> list[tuple[int, dict]]:
             raise UserError(f"{file}: no {name!r} column (it has: {', '.join(header) or 'none'}); expected "
                             f"file_name,{column}" + (" (set text_column)" if name == column else ""))
     return rows
+
+
+def _transcript(file: Path) -> str:
+    """A transcript file's text (UTF-8, a BOM dropped, stripped)."""
+    try:
+        return file.read_text(encoding="utf-8-sig").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{file}: cannot read the transcript: {cut(err, 160)}") from None
 
 
 def _check_audio(file: Path) -> None:
@@ -111,7 +121,9 @@ def folder_examples(folder: str, column: str = "text") -> list[dict]:
         for line, row in _metadata_rows(meta, column):
             audio = (root / str(row["file_name"] or "")).resolve()
             if not audio.is_file():
-                raise UserError(f"{meta}: line {line}: file_name {shown(row['file_name'])} names no file in {root}")
+                odd = not_regular(audio) if os.path.lexists(audio) else None
+                raise UserError(f"{meta}: line {line}: file_name {shown(row['file_name'])} names "
+                                + (f"{odd}, not an audio file" if odd else f"no file in {root}"))
             pairs.append((audio, str(row[column] or "")))
     else:
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
@@ -120,7 +132,7 @@ def folder_examples(folder: str, column: str = "text") -> list[dict]:
             if not text.is_file():
                 raise UserError(f"{audio}: no transcript (expected {text.name} beside it, or a metadata.csv "
                                 f"with file_name,{column} in {root})")
-            pairs.append((audio.resolve(), text.read_text(encoding="utf-8").strip()))
+            pairs.append((audio.resolve(), _transcript(text)))
     if not pairs:
         raise UserError(f"audio folder {root} holds no audio files ({', '.join(AUDIO_SUFFIXES)}) with transcripts")
     for audio, _ in pairs:

@@ -112,7 +112,11 @@ class GymEpisodesSource:
                 raise UserError(f"path: {shown(c.path)} is a folder; expected a .npz episode file")
             if path.is_file() and path.stat().st_size == 0:
                 raise UserError(f"path: {shown(c.path)} is an empty file; expected a .npz episode file")
-            return gym_data.load_episodes(path)
+            episodes = gym_data.load_episodes(path)
+            problem = gym_data.episodes_env_problem(episodes, c.env_id)
+            if problem:
+                raise UserError(f"path: {path}: {problem}")
+            return episodes
         gym_data.make_env(c.env_id).close()  # an unknown id is named as such, before the policy is checked
         return gym_data.cached_collect(cache_root(c.cache_dir) / "episodes", c.env_id, c.n_episodes, c.epsilons,
                                        c.seed, c.policy, progress=True, max_steps=c.max_steps or None)

@@ -37,12 +37,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from seqmodel.config import path_field
-from seqmodel.errors import UserError, shown
+from seqmodel.errors import UserError, cut, shown
+from seqmodel.progress import terminal
 
 SPLITS = ("train", "val", "test")
 RESERVED = ("path", "name", "split", "data_files", "data_dir", "revision", "cache_dir", "streaming")
@@ -240,6 +242,35 @@ def check_local_files(data_files) -> None:
                 raise UserError(f"data_files: {shown(pattern)} names only empty files")
 
 
+def root_cause(err: BaseException) -> str:
+    """What went wrong, from the innermost exception ``datasets`` wrapped ("An error occurred while
+    generating the dataset" says nothing of the file)."""
+    seen = [err]
+    while seen[-1].__cause__ is not None or seen[-1].__context__ is not None:
+        nxt = seen[-1].__cause__ or seen[-1].__context__
+        if nxt in seen or len(seen) > 20:
+            break
+        seen.append(nxt)
+    inner = seen[-1]
+    return f"{type(inner).__name__}: {cut(str(inner), 300)}"
+
+
+@contextmanager
+def datasets_bars(on: bool) -> Iterator[None]:
+    """`datasets`' own progress bars on a terminal only: in a log, their lines would surround
+    seqmodel's (seqmodel.progress)."""
+    import datasets
+
+    was_off = datasets.are_progress_bars_disabled()
+    if not on and not was_off:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not on and not was_off:
+            datasets.enable_progress_bars()
+
+
 class HFSource:
     """A HuggingFace `datasets` dataset; see the module docstring."""
 
@@ -259,9 +290,10 @@ class HFSource:
         kwargs = {"data_files": c.data_files, "data_dir": c.data_dir or None, "revision": c.revision or None,
                   "cache_dir": c.cache_dir or None, "streaming": c.streaming, **c.options}
         try:
-            loaded = datasets.load_dataset(c.name, c.config or None, **kwargs)
+            with datasets_bars(terminal()):
+                loaded = datasets.load_dataset(c.name, c.config or None, **kwargs)
         except Exception as err:  # datasets raises many unrelated types for a bad name, file or option
-            raise UserError(f"hf source: cannot load dataset {c.name!r}: {type(err).__name__}: {err}") from None
+            raise UserError(f"hf source: cannot load dataset {c.name!r}: {root_cause(err)}") from None
         if c.train_split not in loaded:
             raise UserError(f"train_split: dataset {c.name!r} has no split {c.train_split!r} (it has: {', '.join(loaded)})")
         self._check_columns(loaded[c.train_split])

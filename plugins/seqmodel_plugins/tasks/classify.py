@@ -28,6 +28,8 @@ from seqmodel.task import EpochBatches, TaskContext, chunks, per_split
 
 POOLS = ("mean", "cls")
 CLS = "cls"
+MOST_CLASSES = 1_000_000
+"""Integer labels are class indices: a larger one is an id (a product number ...), not a class."""
 
 
 @dataclass
@@ -54,8 +56,8 @@ class ClassifyConfig:
         bad = []
         if self.pool not in POOLS:
             bad.append(("pool", f"expected one of {', '.join(POOLS)}, got {self.pool!r}"))
-        if self.num_classes < 0 or self.num_classes == 1:
-            bad.append(("num_classes", f"must be 0 (automatic) or at least 2, got {self.num_classes}"))
+        if self.num_classes < 0 or self.num_classes == 1 or self.num_classes > MOST_CLASSES:
+            bad.append(("num_classes", f"must be 0 (automatic) or from 2 to {MOST_CLASSES:,}, got {self.num_classes}"))
         if not 0 <= self.label_smoothing < 1:
             bad.append(("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}"))
         if self.eval_batch_size < 1:
@@ -81,11 +83,29 @@ class Labelled(Sequence):
         return self.examples[i][self.field], self.labels[i]
 
 
+def largest_index(labels: list, key: str) -> int:
+    """The largest of integer class labels (class indices), refusing labels that cannot be indices
+    (a later check names a negative one or a fraction)."""
+    top = 0
+    for y in labels:
+        try:
+            top = max(top, int(y))
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(f"[task] label_field: label {y!r} in {key!r} is neither a class index nor a class name "
+                            "(give all labels as integers 0, 1, 2 ... or all as names)") from None
+    if top >= MOST_CLASSES:
+        raise UserError(f"[task] label_field: label {top} in {key!r} would make {top + 1:,} classes (labels are class "
+                        f"indices 0, 1, 2 ..., at most {MOST_CLASSES - 1:,}); renumber the classes, or give the labels "
+                        "as text (class names)")
+    return top
+
+
 class ClassifyTask:
     """See the module docstring."""
 
     Config = ClassifyConfig
     capabilities = ("predict", "report", "state", "modalities", "metrics", "export", "export_info")
+    metric_names = ("accuracy",)  # what metrics() reports (`[train] keep_best` is checked against them)
     loss_label = "cross-entropy (nats/example)"
     FILE = "labels.json"
 
@@ -118,9 +138,13 @@ class ClassifyTask:
         if self.config.num_classes:
             return [str(i) for i in range(self.config.num_classes)]
         labels = [ex.get(key, 0) for ex in self.ctx.examples("train")]
+        empty = [i for i, y in enumerate(labels) if y is None or y == ""]
+        if empty:
+            raise UserError(f"[task] label_field: {len(empty)} of the {len(labels)} training examples have an empty "
+                            f"{key!r} (the first is example {empty[0]}); give every example a class")
         if labels and all(isinstance(y, str) for y in labels):
             return sorted(set(labels))
-        return [str(i) for i in range(max((int(y) for y in labels), default=0) + 1)]
+        return [str(i) for i in range(largest_index(labels, key) + 1)]
 
     def model_specs(self, specs: dict[str, ModalitySpec]) -> list[ModalitySpec]:
         """The tokenizers' modalities, and the class-token modality when pooling by class token."""
@@ -138,6 +162,9 @@ class ClassifyTask:
         """A label value (int or class name) as a class index, checked against the label names."""
         if isinstance(value, str) and value in self.label_names:
             return self.label_names.index(value)
+        if value is None or value == "":
+            raise UserError(f"[task] label_field: an example has an empty {self.config.label_field!r}; give every "
+                            "example a class")
         try:
             index = int(value)
         except (TypeError, ValueError):

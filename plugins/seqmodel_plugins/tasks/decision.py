@@ -196,6 +196,7 @@ class DecisionTask:
     Config = DecisionConfig
     EvalOptions = DecisionEvalOptions
     capabilities = ("report", "modalities", "eval_options", "metrics")
+    metric_names = ("mean_return",)  # what metrics() reports (`[train] keep_best` is checked against them)
 
     def __init__(self, config: DecisionConfig) -> None:
         self.config = config
@@ -227,6 +228,11 @@ class DecisionTask:
         self.env_id = self.config.env_id or ctx.source_info.get("env_id", "")
         if not self.env_id:
             raise UserError("[task] env_id: the source names no environment; give the one to evaluate in")
+        env = gym_data.make_env(self.env_id)
+        try:
+            self._check_env(env)
+        finally:
+            env.close()
 
     def model_specs(self, specs: dict[str, ModalitySpec]) -> list[ModalitySpec]:
         """The tokenizers' modalities (the state one is the sar tokenizer's spec()), then the action
@@ -317,16 +323,18 @@ class DecisionTask:
         returns, _ = self.rollout(model, self.config.target_return, self.config.metric_episodes, self.config.greedy)
         return {"mean_return": float(np.mean(returns))}
 
+    def _check_env(self, env) -> None:
+        """Refuse an environment whose observations or actions are not this run's (evaluation plays it)."""
+        spec, discrete = self.tok.specs()["action"], self.tok.discrete_actions
+        problem = gym_data.env_problem(env, self.tok.spec().width, discrete, spec.width or 0,
+                                       (0, spec.vocab_size - 1) if discrete else None, "this run's")
+        if problem:
+            raise UserError(f"{'[task]' if self.config.env_id else '[data]'} env_id {self.env_id!r} (where evaluation "
+                            f"plays): {problem}")
+
     def _envs(self, n: int) -> list:
         envs = [gym_data.make_env(self.env_id) for _ in range(n)]
-        space, tok = envs[0].action_space, self.tok
-        if isinstance(space, spaces.Discrete):
-            ok = tok.discrete_actions and tok.specs()["action"].vocab_size <= space.n
-        else:
-            ok = isinstance(space, spaces.Box) and not tok.discrete_actions and int(np.prod(space.shape)) == tok.specs()["action"].width
-        if not ok:
-            raise UserError(f"[task] env_id: {self.env_id!r} has action space {space}, which does not match the "
-                            f"run's actions ({tok.specs()['action']})")
+        self._check_env(envs[0])
         return envs
 
     @torch.no_grad()

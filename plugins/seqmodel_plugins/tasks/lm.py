@@ -49,6 +49,7 @@ class LMTask:
     Config = LMConfig
     EvalOptions = LMEvalOptions
     capabilities = ("generate", "score", "sample", "eval_options", "metrics")
+    metric_names = ("bits_per_char",)  # what metrics() reports (`[train] keep_best` is checked against them)
     loss_label = "cross-entropy (nats/token)"
 
     def __init__(self, config: LMConfig) -> None:

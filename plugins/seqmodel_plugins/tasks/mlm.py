@@ -58,6 +58,7 @@ class MLMTask:
 
     Config = MLMConfig
     capabilities = ("generate", "predict", "modalities", "metrics")
+    metric_names = ("accuracy",)  # what metrics() reports (`[train] keep_best` is checked against them)
     loss_label = "cross-entropy (nats/hidden token)"
 
     def __init__(self, config: MLMConfig) -> None:

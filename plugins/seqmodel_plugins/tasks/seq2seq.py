@@ -139,6 +139,7 @@ class Seq2SeqTask:
     Config = Seq2SeqConfig
     EvalOptions = Seq2SeqEvalOptions
     capabilities = ("generate", "predict", "sample", "report", "modalities", "eval_options", "metrics")
+    metric_names = ("exact_match", "cer")  # what metrics() reports (`[train] keep_best` is checked against them)
     loss_label = "cross-entropy (nats/target token)"
 
     def __init__(self, config: Seq2SeqConfig) -> None:
