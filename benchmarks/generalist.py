@@ -66,6 +66,7 @@ def evaluate(run: Path, member: str | None, task: str) -> dict[str, float]:
         got = seqmodel.load(run, member=member).evaluate(split, **options)
         suffix = f"@{options['target_return']:g}" if "target_return" in options else ""
         out |= {f"{k}{suffix}": float(got[k]) for k in keys}
+        out |= {k: float(v) for k, v in got.items() if k.startswith(tuple(f"{k}[" for k in keys))}  # per length
     return out
 
 
