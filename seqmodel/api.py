@@ -25,6 +25,7 @@ from seqmodel.training.lifecycle import (
     prepare_run,
     recipe_of,
     record_resumed,
+    shaped,
 )
 from seqmodel.training.lock import HELD_BY, run_lock
 from seqmodel.training.report import finish_run
@@ -114,11 +115,12 @@ def run(recipe: str | Path | Recipe | dict, overrides: list[str] = (), out: str 
         Interrupted: Ctrl-C or SIGTERM; says which checkpoint holds the run.
     """
     rec, path, recorded_in = recipe_of(recipe, overrides, resume)
-    launched = HELD_BY in os.environ  # by `--num-processes`, which has checked and warned already
-    budget.preflight(rec, int(os.environ.get("WORLD_SIZE", "1")), warn=is_main_process() and not launched)
     run_dir = Path(out) if out else recorded_in or default_run_dir(path, resume)
     if resume:
         check_resume_target(run_dir)
+    rec = shaped(rec, run_dir, resume)
+    launched = HELD_BY in os.environ  # by `--num-processes`, which has checked and warned already
+    budget.preflight(rec, int(os.environ.get("WORLD_SIZE", "1")), warn=is_main_process() and not launched)
     with run_lock(run_dir):
         trainer = None
         try:

@@ -64,16 +64,16 @@ def launch(args) -> int:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from seqmodel.training import budget
-    from seqmodel.training.lifecycle import check_resume_target, default_run_dir, recipe_of
+    from seqmodel.training.lifecycle import check_resume_target, default_run_dir, recipe_of, shaped
     from seqmodel.training.lock import HELD_BY, run_lock
 
     if args.num_processes < 1:
         raise UserError(f"--num-processes: expected at least 1, got {args.num_processes}")
     recipe, path, recorded = recipe_of(args.recipe, args.overrides, args.resume)
-    budget.preflight(recipe, world=args.num_processes)  # before any worker starts
     out = Path(args.out) if args.out else recorded or default_run_dir(path, args.resume)
     if args.resume:
         check_resume_target(out)
+    budget.preflight(shaped(recipe, out, args.resume), world=args.num_processes)  # before any worker starts
     worker = ["-u", "-m", "seqmodel", "run", args.recipe, "--out", str(out)] + [f"--set={o}" for o in args.overrides]
     worker += ["--resume"] * args.resume + ["--force"] * args.force + ["--no-progress"] * args.no_progress
     for name in list(logging.root.manager.loggerDict):  # the agent's log lines would repeat what we print

@@ -75,15 +75,26 @@ def cmd_check(args) -> int:
         print(recipe_doc(recipe))
     pipe = assemble(recipe)
     budget.check_fits(recipe, *budget.pipeline_specs(pipe))
-    if recipe.train.init_from:
+    if warm_start.takes_weights(recipe):
         warm_start.load_weights(pipe.module, recipe)
     losses = pipe.dry_run()
     n = pipe.module.core.num_parameters()
     print(f"{recipe.path}: ok ({recipe.model.arch}, {recipe.model.layers} layers, d_model {recipe.model.d_model}, "
-          f"{n / 1e6:.2f} M parameters; tokenizers: "
+          f"context {recipe.model.context}, {n / 1e6:.2f} M parameters, {shape_origin(recipe)}; tokenizers: "
           + ", ".join(f"{m}={b.name}" for m, b in recipe.tokenizers.items()) + f"; task {recipe.task.name}; "
           + ", ".join(f"first {split} batch loss {loss:.3f}" for split, loss in losses.items()) + ")")
     return 0
+
+
+def shape_origin(recipe) -> str:
+    """Where `check` says the model's shape comes from (a from-scratch run without `init_from`
+    falls back to the defaults: context 256 ...)."""
+    spec = recipe.train.init_from
+    if not spec:
+        return "shape from this recipe's [model] and the defaults"
+    if recipe.train.init_weights:
+        return f"shape and weights from init_from {spec}"
+    return f"shape from init_from {spec}, fresh weights (init_weights = false)"
 
 
 def cmd_prepare(args) -> int:

@@ -261,7 +261,7 @@ class Trainer:
         ckpt = checkpoint.latest(self.run_dir) if self.resume else None
         if self.resume and ckpt is None:
             raise UserError(f"{self.run_dir}: nothing to resume (no complete checkpoint)")
-        if ckpt is None and cfg.init_from:
+        if ckpt is None and warm_start.takes_weights(self.pipeline.recipe):
             warm_start.load_weights(module, self.pipeline.recipe)
         if ckpt is not None:
             state = checkpoint.read_state(ckpt)
