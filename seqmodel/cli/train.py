@@ -46,12 +46,15 @@ def launch(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from seqmodel.cli.launch import WORKER_ERRORS, die_with_parent, stopped_message
+
+    if "LOCAL_RANK" in os.environ:  # a worker started by a launcher
+        die_with_parent()
+    elif args.num_processes != 1:
+        return launch(args)
     from seqmodel.api import run
-    from seqmodel.cli.launch import WORKER_ERRORS, stopped_message
     from seqmodel.training.train import Interrupted
 
-    if args.num_processes != 1 and "LOCAL_RANK" not in os.environ:
-        return launch(args)
     try:
         run(args.recipe, args.overrides, out=args.out, resume=args.resume, progress=not args.no_progress, force=args.force)
     except Interrupted as stop:

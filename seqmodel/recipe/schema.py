@@ -84,6 +84,12 @@ class TrainConfig:
     activations skip page faults. Freed memory stays reserved by the process."""
     distributed: str = "ddp"
     """How several processes share the model: "ddp" (replicas) or "fsdp" (sharded; CUDA GPUs only)."""
+    peer_timeout: float = 600.0
+    """Seconds a process of a multi-process run waits for the others at a step, an evaluation or a
+    checkpoint before the run stops with a one-line error (a machine that froze, crashed or lost
+    its network). It must exceed the longest time rank 0 works alone: the task's metrics at an
+    evaluation, writing a checkpoint. Before the first step (fitting, preparing data) the wait is
+    at least 30 minutes."""
     log_with: str | list[str] = ""
     """Experiment trackers through accelerate ("tensorboard", "wandb", ...); metrics.jsonl is always written."""
     keep_best: str = ""
@@ -115,6 +121,8 @@ class TrainConfig:
         for key in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup", "threads"):
             if getattr(self, key) < 0:
                 bad.append((key, f"must not be negative, got {getattr(self, key)}"))
+        if self.peer_timeout <= 0:
+            bad.append(("peer_timeout", f"must be positive, got {self.peer_timeout}"))
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 bad.append((key, f"must be in [0, 1), got {getattr(self, key)}"))

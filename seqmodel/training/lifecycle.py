@@ -81,11 +81,11 @@ def environment(pipe: Pipeline) -> dict:
 
 RESUMABLE = ("train.steps", "train.lr", "train.min_lr", "train.warmup", "train.weight_decay", "train.grad_clip",
              "train.eval_every", "train.eval_batches", "train.log_every", "train.checkpoint_every", "train.threads",
-             "train.log_with", "train.compile", "train.cpu_memory_cache", "train.fingerprint_batches", "train.keep_best",
-             "train.best_mode", "sample.*")
+             "train.peer_timeout", "train.log_with", "train.compile", "train.cpu_memory_cache",
+             "train.fingerprint_batches", "train.keep_best", "train.best_mode", "sample.*")
 """Recipe keys `--resume` applies when they changed: the schedule, the learning rate (to continue
-after divergence), logging, evaluation, checkpoints, CPU threads and sampling. Any other change
-would make the resumed run a different run; only `--force` applies it."""
+after divergence), logging, evaluation, checkpoints, CPU threads, the wait for other processes and
+sampling. Any other change would make the resumed run a different run; only `--force` applies it."""
 
 
 def resumable(key: str) -> bool:

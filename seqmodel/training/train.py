@@ -31,7 +31,7 @@ from seqmodel.files import write_atomic
 from seqmodel.model import lora
 from seqmodel.recipe.schema import TrainConfig
 from seqmodel.task import Slice, random_generator
-from seqmodel.training import budget, checkpoint, warm_start
+from seqmodel.training import budget, checkpoint, peers, warm_start
 from seqmodel.training.cpu_memory import keep_freed_memory
 from seqmodel.training.tracking import Tracker
 
@@ -130,7 +130,8 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     AcceleratorState._reset_state()  # another run earlier in this process (Python API, tests) may differ in precision
     try:
         acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum,
-                          log_with=trackers or None, project_dir=str(run_dir), **kwargs)
+                          log_with=trackers or None, project_dir=str(run_dir), kwargs_handlers=[peers.init_kwargs(cfg)],
+                          **kwargs)
         if trackers:
             acc.init_trackers(run_dir.name, config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))})
     except (ValueError, ImportError, ModuleNotFoundError) as err:
@@ -279,6 +280,7 @@ class Trainer:
             raise UserError("[train] keep_best: not available with distributed = \"fsdp\" yet; use ddp or keep_best = \"\"")
         if cfg.fingerprint_batches:
             self.fingerprints = open(self.run_dir / f"batches.rank{self.acc.process_index}.log", "a", buffering=1)
+        peers.check_same_run(self.acc, peers.identity(self.pipeline, self.run_dir, start))
         if cfg.compile:
             module = torch.compile(module)
         self.model, self.optimizer = self.acc.prepare(module, optimizer)
@@ -388,6 +390,7 @@ class Trainer:
         the current step (or evaluation batch) with a checkpoint, raising `Interrupted`."""
         cfg, task = self.cfg, self.pipeline.task
         train, val = task.batches("train", True), task.batches("val", False)
+        peers.started(self.acc, cfg)
         bar = tqdm(total=cfg.steps, initial=start, disable=not self.show_bar, file=sys.stderr, dynamic_ncols=True,
                    desc="train")
         t0, window, win_tokens, win_t = time.perf_counter(), list(self.window), 0, time.perf_counter()
