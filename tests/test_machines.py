@@ -132,3 +132,14 @@ def test_killing_the_launcher_leaves_no_worker(tmp_path, corpus):
     finally:
         kill_all(workers)
     assert (out / "checkpoints" / "latest").is_file()  # they stopped as on Ctrl-C: with a checkpoint
+
+
+def test_only_the_errors_of_a_lost_peer_become_one_line(tmp_path):
+    from seqmodel.training import peers
+
+    gone = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4242")
+    waited = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv operation to complete")
+    assert "its connection closed" in str(peers.lost(gone, 3, tmp_path))
+    assert "no answer within [train] peer_timeout = 3 s (1800 s before the first step)" in str(peers.lost(waited, 3, tmp_path))
+    assert "no checkpoint was written" in str(peers.lost(waited, 3, tmp_path))
+    assert peers.lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), 3, tmp_path) is None

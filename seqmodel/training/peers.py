@@ -74,12 +74,12 @@ def identity(pipe: Pipeline, run_dir: Path, start: int) -> dict:
                                                      "run directory": str(Path(run_dir).resolve()), "first step": start}
 
 
-def check_same_run(acc: Accelerator, run: dict) -> None:
-    """One collective: every process's `run` (a flat dict) against rank 0's; a one-line error on
-    every process naming the first key that differs."""
+def check_same_run(acc: Accelerator, pipe: Pipeline, run_dir: Path, start: int) -> None:
+    """One collective: every process's `identity` against rank 0's; a one-line error on every
+    process naming the first key that differs."""
     if acc.num_processes == 1:
         return
-    run = {k: v for k, v in run.items() if k not in PER_PROCESS}
+    run = {k: v for k, v in identity(pipe, run_dir, start).items() if k not in PER_PROCESS}
     everyone: list = [None] * acc.num_processes
     dist.all_gather_object(everyone, run)
     first = everyone[0]

@@ -280,7 +280,7 @@ class Trainer:
             raise UserError("[train] keep_best: not available with distributed = \"fsdp\" yet; use ddp or keep_best = \"\"")
         if cfg.fingerprint_batches:
             self.fingerprints = open(self.run_dir / f"batches.rank{self.acc.process_index}.log", "a", buffering=1)
-        peers.check_same_run(self.acc, peers.identity(self.pipeline, self.run_dir, start))
+        peers.check_same_run(self.acc, self.pipeline, self.run_dir, start)
         if cfg.compile:
             module = torch.compile(module)
         self.model, self.optimizer = self.acc.prepare(module, optimizer)
