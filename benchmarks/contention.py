@@ -46,9 +46,11 @@ def cpu_name() -> str:
 
 
 def environment(mode: str) -> dict:
-    """This process's environment without OpenMP wait settings, then the mode's."""
+    """This process's environment without OpenMP wait settings, then the mode's: "spin",
+    "passive", or an OpenMP setting of one's own such as ``GOMP_SPINCOUNT=10000``."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "SEQMODEL_THREAD_WAIT")}
-    return env | MODES[mode] | {"PYTHONUNBUFFERED": "1"}
+    own = dict([mode.split("=", 1)]) if "=" in mode else MODES[mode]
+    return env | own | {"PYTHONUNBUFFERED": "1"}
 
 
 def command(args, out: Path) -> list[str]:
@@ -79,7 +81,7 @@ def runs(args, mode: str, together: int, root: Path) -> list[float]:
 def table(result: dict) -> str:
     rows = [f"{'':<52} {'alone s':>9} {'beside another s':>17} {'ratio':>6}"]
     for mode, r in result["modes"].items():
-        rows.append(f"{LABELS[mode]:<52} {r['alone_median_s']:>9.1f} {r['beside_median_s']:>17.1f} {r['ratio']:>6.2f}")
+        rows.append(f"{LABELS.get(mode, mode):<52} {r['alone_median_s']:>9.1f} {r['beside_median_s']:>17.1f} {r['ratio']:>6.2f}")
     return "\n".join(rows)
 
 
@@ -89,7 +91,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="[train] threads (0: torch's default, all cores)")
-    ap.add_argument("--modes", default="spin,passive", help="comma-separated: spin, passive")
+    ap.add_argument("--modes", default="spin,passive",
+                    help="comma-separated: spin, passive, or OpenMP settings such as GOMP_SPINCOUNT=10000")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more recipe overrides")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -101,8 +104,11 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="seqmodel-contention-") as tmp:
         for _ in range(args.repeats):
             for mode in modes:
-                times[mode]["alone"] += runs(args, mode, 1, Path(tmp))
-                times[mode]["beside"] += runs(args, mode, 2, Path(tmp))
+                for together, kind in ((1, "alone"), (2, "beside")):
+                    load = os.getloadavg()[0]
+                    times[mode][kind] += runs(args, mode, together, Path(tmp))
+                    print(f"{mode} {kind}: {times[mode][kind][-together:]} s (load average at its start {load:.2f})",
+                          file=sys.stderr, flush=True)
     result = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
               "recipe": args.recipe, "steps": args.steps, "threads": args.threads or "default",
               "repeats": args.repeats, "load_before": [round(x, 2) for x in load_before],
