@@ -1,9 +1,10 @@
 """Pretrain-then-fine-tune against training from scratch, on Shakespeare (issue 22's exercise).
 
 Runs recipes/bible_char_pretrain.toml (unless --pretrained names a finished run), then
-recipes/shakespeare_finetune.toml twice: from the pretrained run, and from scratch (init_from
-unset, the pretrained run's shape, the baby recipe's lr 1e-3), then from scratch for as many steps as pretraining and
-fine-tuning together (equal total compute: the same shape and batch). Prints the validation
+recipes/shakespeare_finetune.toml twice: from the pretrained run, and from scratch (the pretrained
+run's shape with fresh weights, `train.init_weights=false`, and the baby recipe's lr 1e-3), then
+from scratch for as many steps as pretraining and fine-tuning together (equal total compute: the
+same shape and batch). Prints the validation
 loss (nats/char, Shakespeare's validation split, 20 batches) at every evaluation with the wall
 time, and writes them as JSON.
 
@@ -55,11 +56,11 @@ def main(argv=None) -> dict:
             train("bible_char_pretrain.toml", pretrained, args.pretrain_set + common[1:])
         pre = evals(pretrained)
         total = pre[-1]["step"] + args.steps
-        shape = json.loads((pretrained / "recipe.json").read_text())["model"]
-        scratch = ['train.init_from=""', "train.lr=1e-3", "train.min_lr=1e-4"] + [f"model.{k}={json.dumps(v)}" for k, v in shape.items()]
+        source = [f'train.init_from="{pretrained.resolve()}"']
+        scratch = source + ["train.init_weights=false", "train.lr=1e-3", "train.min_lr=1e-4"]
         results = {
             "pretraining": pre,
-            "fine-tuned": train("shakespeare_finetune.toml", root / "finetuned", common + [f'train.init_from="{pretrained}"']),
+            "fine-tuned": train("shakespeare_finetune.toml", root / "finetuned", common + source),
             "from scratch": train("shakespeare_finetune.toml", root / "scratch", common + scratch),
             f"from scratch, {total} steps": train("shakespeare_finetune.toml", root / "scratch_long",
                                                    common + scratch + [f"train.steps={total}", f"train.eval_every={args.steps // 5}"]),

@@ -5,7 +5,10 @@
     print(seqmodel.load(run.dir).generate("ROMEO:", max_new_tokens=200))
 """
 
+from seqmodel._threads import wait_passively
 from seqmodel._version import __version__
+
+wait_passively()  # before anything imports torch (see seqmodel/_threads.py)
 
 __all__ = ["__version__", "load", "run"]
 

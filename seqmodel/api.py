@@ -17,7 +17,7 @@ from seqmodel.model.config import SampleConfig
 from seqmodel.plugin import declared
 from seqmodel.recipe.schema import Recipe
 from seqmodel.task import can
-from seqmodel.training import budget, checkpoint
+from seqmodel.training import budget, checkpoint, peers
 from seqmodel.training.lifecycle import (
     assemble,
     check_resume_target,
@@ -25,6 +25,7 @@ from seqmodel.training.lifecycle import (
     prepare_run,
     recipe_of,
     record_resumed,
+    shaped,
 )
 from seqmodel.training.lock import HELD_BY, run_lock
 from seqmodel.training.report import finish_run
@@ -120,12 +121,13 @@ def run(recipe: str | Path | Recipe | dict, overrides: list[str] = (), out: str 
         Interrupted: Ctrl-C or SIGTERM; says which checkpoint holds the run.
     """
     rec, path, recorded_in = recipe_of(recipe, overrides, resume)
-    launched = HELD_BY in os.environ  # by `--num-processes`, which has checked and warned already
-    budget.preflight(rec, int(os.environ.get("WORLD_SIZE", "1")), warn=is_main_process() and not launched)
     run_dir = Path(out) if out else recorded_in or default_run_dir(path, resume)
     if resume:
         check_resume_target(run_dir)
-    with run_lock(run_dir):
+    rec = shaped(rec, run_dir, resume)
+    launched = HELD_BY in os.environ  # by `--num-processes`, which has checked and warned already
+    budget.preflight(rec, int(os.environ.get("WORLD_SIZE", "1")), warn=is_main_process() and not launched)
+    with run_lock(run_dir), peers.lost_peers(rec.train.peer_timeout, run_dir):
         trainer = None
         try:
             pipe, resume = prepare_run(rec, run_dir, path, resume, force)

@@ -1,11 +1,15 @@
 """`[train] init_from = RUN_DIR`: a new run starts from another run's weights and tokenizer state."""
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli, make_text, tiny_char_recipe
+from conftest import REPO, SEQMODEL, cli, make_text, tiny_char_recipe
+from processes import ENV, kill, start, wait_stopped
 from safetensors.torch import load_file
 
 import seqmodel
@@ -210,3 +214,114 @@ def test_a_source_checkpoint_with_non_finite_weights_is_a_one_line_error(tmp_pat
     for argv in (["check", recipe], ["run", recipe, "--out", tmp_path / "r", "--no-progress"]):
         done = cli(*argv, "--set", f'train.init_from="{copy}"', check=False)
         one_line_error(done, "'core.decoder.blocks.1.mlp.fc.weight' has non-finite values")
+
+
+def finetune_recipe(folder: Path, init_from: str, corpus: Path, **train) -> Path:
+    """A fine-tuning recipe that names no [model] key: its shape is its source's."""
+    settings = {"init_from": init_from, "steps": 4, "batch_size": 4, "eval_every": 2, "eval_batches": 1, "log_every": 1,
+                "checkpoint_every": 2, "warmup": 1, "threads": 1, **train}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "ft.toml"
+    path.write_text("[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()) + f"""
+[data]
+source = "text"
+paths = ["{corpus}"]
+[tokenizer]
+kind = "char"
+[task]
+kind = "lm"
+[sample]
+num_samples = 0
+""")
+    return path
+
+
+def test_init_from_is_read_against_the_recipe_folder_from_any_directory(tmp_path, source, corpus):
+    shutil.copytree(source, tmp_path / "runs" / "pretrained")
+    recipe = finetune_recipe(tmp_path / "recipes", "../runs/pretrained", corpus, steps=1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for cwd, out in ((tmp_path, "a"), (elsewhere, "b")):
+        cli("run", recipe, "--out", tmp_path / out, "--no-progress", cwd=cwd)
+        expected = str(tmp_path / "runs" / "pretrained")
+        assert json.loads((tmp_path / out / "recipe.json").read_text())["train"]["init_from"] == expected
+        assert json.loads((tmp_path / out / "run.json").read_text())["init_from"]["run"] == expected
+
+
+def test_the_shipped_fine_tune_names_the_run_the_pretraining_writes_from_the_repository_root(tmp_path):
+    from seqmodel.recipe.schema import load_recipe
+
+    shipped = REPO / "recipes" / "shakespeare_finetune.toml"
+    here = os.getcwd()
+    try:
+        sources = []
+        for cwd in (REPO, tmp_path):
+            os.chdir(cwd)
+            sources.append(load_recipe(shipped).train.init_from)
+            sources.append(load_recipe(os.path.relpath(shipped)).train.init_from)
+    finally:
+        os.chdir(here)
+    assert sources == [str(REPO / "runs" / "bible_char_pretrain")] * 4  # `run recipes/bible_char_pretrain.toml` writes it
+
+
+def test_a_warm_started_run_resumes_exactly_without_its_source(tmp_path, source, corpus):
+    shutil.copytree(source, tmp_path / "runs" / "pretrained")
+    recipe = finetune_recipe(tmp_path / "recipes", "../runs/pretrained", corpus)
+    cli("run", recipe, "--out", tmp_path / "whole", "--no-progress")
+    proc = start(["step:2"], "run", recipe, "--out", tmp_path / "cut", "--no-progress")
+    wait_stopped(proc)  # after the checkpoint of step 2
+    kill(proc)
+    (tmp_path / "runs" / "pretrained").rename(tmp_path / "moved")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = subprocess.run([*SEQMODEL, "run", tmp_path / "cut", "--resume", "--no-progress"], cwd=elsewhere, env=ENV,
+                             capture_output=True, text=True)  # a new process: nothing of the source is cached
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text().count("\n") == 4
+    lines = [{k: v for k, v in json.loads(x).items() if k not in ("elapsed_s", "tokens_per_s")}
+             for run in ("whole", "cut") for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[:4] == lines[4:]
+    whole, cut = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    shutil.rmtree(tmp_path / "moved")  # deleted: the recipe file resumes too, from another folder
+    resumed = subprocess.run([*SEQMODEL, "run", recipe, "--out", tmp_path / "cut", "--resume", "--no-progress",
+                              "--set", "train.steps=6"], cwd=elsewhere, env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert checkpoint.read_state(checkpoint.latest(tmp_path / "cut"))["step"] == 6
+
+
+def test_the_from_scratch_baseline_takes_the_source_shape_with_fresh_weights(tmp_path, source, corpus):
+    other = tmp_path / "other.txt"
+    other.write_text(make_text(400, seed=5).replace("e", "é"))  # its own fit has a character the source lacks
+    recipe = finetune_recipe(tmp_path, str(source), other, steps=1, lr=0.0, min_lr=0.0, warmup=0)
+    cli("run", recipe, "--out", tmp_path / "scratch", "--no-progress", "--set", "train.init_weights=false")
+    shape = json.loads((source / "recipe.json").read_text())["model"]
+    spelled = [f"model.{k}={json.dumps(v)}" for k, v in shape.items()]
+    cli("run", recipe, "--out", tmp_path / "spelled", "--no-progress", "--set", 'train.init_from=""',
+        *[a for s in spelled for a in ("--set", s)])
+    scratch, explicit = (json.loads((tmp_path / r / "recipe.json").read_text()) for r in ("scratch", "spelled"))
+    assert scratch["model"] == explicit["model"] == shape
+    assert weights(tmp_path / "scratch").keys() == weights(tmp_path / "spelled").keys()
+    for k, w in weights(tmp_path / "scratch").items():  # lr 0: the seed's initialisation, not the source's weights
+        assert torch.equal(w, weights(tmp_path / "spelled")[k]), k
+    assert "é" in (tmp_path / "scratch" / "tokenizers/text/chars.json").read_text()
+    assert json.loads((tmp_path / "scratch" / "run.json").read_text())["init_from"]["init_weights"] is False
+    said = cli("check", recipe, "--set", "train.init_weights=false").stdout
+    assert f"context {shape['context']}" in said and "shape from init_from" in said and "fresh weights" in said
+    said = cli("check", recipe, "--set", 'train.init_from=""').stdout
+    assert "context 256" in said and "shape from this recipe's [model] and the defaults" in said
+    done = cli("run", recipe, "--set", 'train.init_from=""', "--set", "train.init_weights=false", check=False)
+    one_line_error(done, "[train] init_weights", "needs init_from")
+
+
+def test_an_hf_directory_follows_the_recipe_folder_and_a_hub_name_stays(tmp_path, corpus):
+    from seqmodel.recipe.schema import load_recipe
+
+    (tmp_path / "recipes" / "models" / "mine").mkdir(parents=True)
+    recipe = finetune_recipe(tmp_path / "recipes", "", corpus)
+    named = {spec: load_recipe(recipe, [f'train.init_from="{spec}"']).train.init_from for spec in ("hf:gpt2", "hf:x/y")}
+    assert named == {"hf:gpt2": "hf:gpt2", "hf:x/y": "hf:x/y"}  # hub names, given on the command line
+    for spec, expected in (("hf:models/mine", tmp_path / "recipes/models/mine"), ("hf:../other", tmp_path / "other"),
+                           ("hf:gpt2", "gpt2"), ("hf:openai-community/gpt2", "openai-community/gpt2")):
+        recipe.write_text(recipe.read_text().replace(recipe.read_text().splitlines()[1], f"init_from = {json.dumps(spec)}"))
+        assert load_recipe(recipe).train.init_from == f"hf:{expected}", spec

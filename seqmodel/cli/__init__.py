@@ -56,9 +56,10 @@ def not_utf8(argv: list[str]) -> str | None:
 
 
 def report(err: UserError) -> None:
-    """Print a user error; a launched worker leaves it for the launcher, which prints it once."""
+    """Print a user error; a launched worker leaves it for the launcher, which prints it once
+    (unless it is the consequence of another worker's failure, which the launcher names)."""
     folder = os.environ.get(WORKER_ERRORS)
-    if folder and os.path.isdir(folder):
+    if folder and os.path.isdir(folder) and getattr(err, "report_to_launcher", True):
         try:
             Path(folder, f"rank{os.environ.get('RANK', '0')}").write_text(str(err), encoding="utf-8")
             return

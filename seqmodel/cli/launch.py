@@ -8,8 +8,9 @@ them; whatever is still alive when the launcher leaves is killed, so no worker k
 run directory as an orphan. The launcher holds the run directory's lock for its workers; a
 worker's user error is left in a folder and printed once, without the agent's traceback.
 
-The training modules are imported inside the functions: the CLI imports this module for every
-command, and `seqmodel --help` must not wait for torch.
+A launched worker, however it was started, asks the kernel to stop it when its agent dies
+(`die_with_parent`). The training modules are imported inside the functions: the CLI imports
+this module for every command, and `seqmodel --help` must not wait for torch.
 """
 
 from __future__ import annotations
@@ -64,16 +65,16 @@ def launch(args) -> int:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from seqmodel.training import budget
-    from seqmodel.training.lifecycle import check_resume_target, default_run_dir, recipe_of
+    from seqmodel.training.lifecycle import check_resume_target, default_run_dir, recipe_of, shaped
     from seqmodel.training.lock import HELD_BY, run_lock
 
     if args.num_processes < 1:
         raise UserError(f"--num-processes: expected at least 1, got {args.num_processes}")
     recipe, path, recorded = recipe_of(args.recipe, args.overrides, args.resume)
-    budget.preflight(recipe, world=args.num_processes)  # before any worker starts
     out = Path(args.out) if args.out else recorded or default_run_dir(path, args.resume)
     if args.resume:
         check_resume_target(out)
+    budget.preflight(shaped(recipe, out, args.resume), world=args.num_processes)  # before any worker starts
     worker = ["-u", "-m", "seqmodel", "run", args.recipe, "--out", str(out)] + [f"--set={o}" for o in args.overrides]
     worker += ["--resume"] * args.resume + ["--force"] * args.force + ["--no-progress"] * args.no_progress
     for name in list(logging.root.manager.loggerDict):  # the agent's log lines would repeat what we print
@@ -114,6 +115,28 @@ def worker_failed(args, out: Path, failed, errors: Path) -> int:
             f"No checkpoint was written; start again with: {continue_command(args, out, resume=False)}")
     print(f"error: a worker process failed (rank {rank}, {how}); the whole run stopped. {hint}", file=sys.stderr)
     return 1
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def die_with_parent() -> None:
+    """On Linux, have the kernel send this launched worker SIGTERM when the process that started it
+    (torch's elastic agent: torchrun, accelerate launch, `--num-processes`) dies, however it dies:
+    the worker then stops as on Ctrl-C (the run's processes agree to stop and checkpoint) instead of
+    training on as an orphan. A worker whose agent is already gone stops at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the agent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class _environment:

@@ -46,12 +46,15 @@ def launch(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from seqmodel.cli.launch import WORKER_ERRORS, die_with_parent, stopped_message
+
+    if "LOCAL_RANK" in os.environ:  # a worker started by a launcher
+        die_with_parent()
+    elif args.num_processes != 1:
+        return launch(args)
     from seqmodel.api import run
-    from seqmodel.cli.launch import WORKER_ERRORS, stopped_message
     from seqmodel.training.train import Interrupted
 
-    if args.num_processes != 1 and "LOCAL_RANK" not in os.environ:
-        return launch(args)
     try:
         run(args.recipe, args.overrides, out=args.out, resume=args.resume, progress=not args.no_progress, force=args.force)
     except Interrupted as stop:
@@ -77,17 +80,28 @@ def cmd_check(args) -> int:
     pipe = assemble(recipe)
     budget.check_fits(recipe, *pipe.model_specs())
     check_keep_best(pipe)
-    if recipe.train.init_from:
+    if warm_start.takes_weights(recipe):
         warm_start.load_weights(pipe.module, recipe)
     losses = pipe.dry_run()
     n = pipe.module.core.num_parameters()
     print(f"{recipe.path}: ok ({recipe.model.arch}, {recipe.model.layers} layers, d_model {recipe.model.d_model}, "
-          f"{n / 1e6:.2f} M parameters; tokenizers: "
+          f"context {recipe.model.context}, {n / 1e6:.2f} M parameters, {shape_origin(recipe)}; tokenizers: "
           + ", ".join(f"{m}={b.name}" for m, b in recipe.tokenizers.items())
           + (f"; members {', '.join(f'{n} ({m.recipe.task.name})' for n, m in recipe.members.items())}; " if recipe.members
              else f"; task {recipe.task.name}; ")
           + ", ".join(f"first {split} batch loss {loss:.3f}" for split, loss in losses.items()) + ")")
     return 0
+
+
+def shape_origin(recipe) -> str:
+    """Where `check` says the model's shape comes from (a from-scratch run without `init_from`
+    falls back to the defaults: context 256 ...)."""
+    spec = recipe.train.init_from
+    if not spec:
+        return "shape from this recipe's [model] and the defaults"
+    if recipe.train.init_weights:
+        return f"shape and weights from init_from {spec}"
+    return f"shape from init_from {spec}, fresh weights (init_weights = false)"
 
 
 def cmd_prepare(args) -> int:

@@ -233,6 +233,7 @@ class Prepared:
         with files.locked(folder):
             try:
                 stream = store.open_store(folder)
+                store.verify(folder, self.modalities[modality].tokenizer.spec().vocab_size)
             except store.Damaged as why:
                 if folder.exists():
                     say(f"prepared store {folder} is damaged: {why}; rebuilding it")

@@ -5,13 +5,15 @@ A store is a folder ``<stores>/<key>/`` (nanoGPT's ``train.bin``, plus what is n
     ids.bin       every id of the split, one flat array in the smallest unsigned dtype that holds
                   the vocabulary (uint8 / uint16 / uint32)
     offsets.npy   int64 start of each document in ids.bin, then the end (documents + 1 entries)
-    meta.json     dtype, token and document counts, byte size, and what was stored (for people)
+    meta.json     dtype, token and document counts, byte size, the CRC-32 of ids.bin, and what
+                  was stored (for people)
     COMPLETE      written last
 
 It is written under a temporary name and renamed into place, so a killed preparation never leaves
 a folder that looks complete (its leftovers are removed by the next preparation of the key). A
 store whose files disagree with meta.json (truncated, damaged) is reported in one line and
-rebuilt. One process prepares a key at a time (`locked`): the others wait for it and map what it
+rebuilt; so is one whose ids no longer match the checksum written when it was committed, or fall
+outside the vocabulary (`verify`, a streaming CRC-32 of ids.bin when a run opens the store). One process prepares a key at a time (`locked`): the others wait for it and map what it
 wrote, so every process of a multi-process run, and runs started side by side, share one store.
 """
 
@@ -23,6 +25,7 @@ import json
 import mmap
 import os
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +34,9 @@ import torch
 
 from seqmodel.files import COMPLETE, finish_folder, write_error, write_synced
 
-FORMAT = 1
+FORMAT = 2  # 2: meta.json holds the CRC-32 of ids.bin
 _FLUSH_BYTES = 1 << 24
+_VERIFY_BLOCK = 1 << 24  # bytes read at a time by `verify`
 RELEASE_BLOCK = 1 << 21  # bytes: reads hand back the aligned blocks they touched (a huge page's worth)
 
 
@@ -140,6 +144,41 @@ def open_store(folder: Path) -> TokenStream:
     return TokenStream(np.frombuffer(mapping, dtype=dtype), np.asarray(offsets), mapping)
 
 
+def scan(path: Path, dtype: np.dtype, nbytes: int | None = None) -> tuple[int, int]:
+    """(CRC-32, largest id) of the first `nbytes` bytes of an id file (all of it: None), read in
+    blocks: constant memory, and the pages stay in the page cache for the mapping that follows."""
+    crc, largest, buffer = 0, -1, bytearray(_VERIFY_BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb") as f:
+        left = os.fstat(f.fileno()).st_size if nbytes is None else nbytes
+        while left > 0:
+            n = f.readinto(view[: min(left, _VERIFY_BLOCK)])
+            if not n:
+                break
+            crc = zlib.crc32(view[:n], crc)
+            whole = n - n % dtype.itemsize
+            if whole:
+                largest = max(largest, int(np.frombuffer(buffer, dtype, whole // dtype.itemsize).max()))
+            left -= n
+    return crc, largest
+
+
+def verify(folder: Path, vocab_size: int) -> None:
+    """Check a complete store's ids against the CRC-32 its writer recorded and against the
+    vocabulary; `Damaged` names what differs. It reads ids.bin once (about 0.5 s per GB from the
+    page cache; see benchmarks/README.md, "Store checksums")."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        dtype, expected = np.dtype(meta["dtype"]), int(meta["crc32"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise Damaged(f"meta.json has no readable checksum ({err})") from None
+    crc, largest = scan(folder / "ids.bin", dtype)
+    if crc != expected:
+        raise Damaged(f"ids.bin does not match its checksum (CRC-32 {crc:08x}, meta.json says {expected:08x})")
+    if largest >= vocab_size:
+        raise Damaged(f"ids.bin holds id {largest}, outside the vocabulary of {vocab_size}")
+
+
 # -- writing -----------------------------------------------------------------------------------
 def _writes(method):
     """A method of `StoreWriter` whose OSError (a full disk ...) removes the temporary folder and
@@ -168,7 +207,7 @@ class StoreWriter:
         self.folder, self.dtype, self.what, self.partial = folder, np.dtype(dtype), what, partial
         self.tmp = folder.with_name(f".{folder.name}.partial" if partial else f".{folder.name}.tmp-{os.getpid()}")
         self.tokens, self.offsets, self._pending, self._buffered = 0, [], [], 0
-        self._file, self.progress = None, None
+        self._file, self.progress, self._crc = None, None, 0
         self._open()
 
     @_writes
@@ -181,6 +220,7 @@ class StoreWriter:
             return
         self.tokens, documents, self.progress = int(saved["tokens"]), int(saved["documents"]), saved["state"]
         self.offsets = np.load(self.tmp / "offsets.partial.npy")[:documents].tolist()
+        self._crc, _ = scan(self.tmp / "ids.bin", self.dtype, self.tokens * self.dtype.itemsize)
         self._file = open(self.tmp / "ids.bin", "r+b")
         self._file.truncate(self.tokens * self.dtype.itemsize)  # what was written after the last record
         self._file.seek(0, os.SEEK_END)
@@ -222,6 +262,7 @@ class StoreWriter:
     def _flush(self) -> None:
         for chunk in self._pending:
             self._file.write(memoryview(chunk))
+            self._crc = zlib.crc32(memoryview(chunk).cast("B"), self._crc)
         self._pending, self._buffered = [], 0
 
     @_writes
@@ -233,7 +274,7 @@ class StoreWriter:
         self._file.close()
         np.save(self.tmp / "offsets.npy", np.asarray(self.offsets + [self.tokens], dtype=np.int64))
         meta = {"format": FORMAT, "dtype": self.dtype.name, "tokens": self.tokens, "documents": len(self.offsets),
-                "ids_bytes": self.tokens * self.dtype.itemsize, **self.what, **(extra or {})}
+                "ids_bytes": self.tokens * self.dtype.itemsize, "crc32": self._crc, **self.what, **(extra or {})}
         write_synced(self.tmp / "meta.json", json.dumps(meta, indent=1))
         for name in ("progress.json", "offsets.partial.npy"):
             (self.tmp / name).unlink(missing_ok=True)

@@ -9,9 +9,9 @@
     [sample]       seqmodel.generate.SampleConfig
 
 Every problem is a one-line `UserError` that names the file, the table and the key. Relative
-paths (the plugins' `path_field`s) are read against the recipe file's folder; those given with
-``--set``, in a recipe dict or in a run's recipe.json against the current directory. A run records
-them absolute.
+paths (the plugins' `path_field`s and `[train] init_from`) are read against the recipe file's
+folder; those given with ``--set``, in a recipe dict or in a run's recipe.json against the current
+directory. A run records them absolute.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import tomllib
 
 from seqmodel import registry
-from seqmodel.config import absolute_paths, build, check_plain, parse_override
+from seqmodel.config import absolute, absolute_paths, build, check_plain, parse_override
 from seqmodel.errors import UserError, cut, shown
 from seqmodel.model.config import LoRAConfig, ModelConfig, SampleConfig
 from seqmodel.recipe.presets import resolve
@@ -87,6 +87,12 @@ class TrainConfig:
     activations skip page faults. Freed memory stays reserved by the process."""
     distributed: str = "ddp"
     """How several processes share the model: "ddp" (replicas) or "fsdp" (sharded; CUDA GPUs only)."""
+    peer_timeout: float = 600.0
+    """Seconds a process of a multi-process run waits for the others at a step, an evaluation or a
+    checkpoint before the run stops with a one-line error (a machine that froze, crashed or lost
+    its network). It must exceed the longest time rank 0 works alone: the task's metrics at an
+    evaluation, writing a checkpoint. Before the first step (fitting, preparing data) the wait is
+    at least 30 minutes."""
     log_with: str | list[str] = ""
     """Experiment trackers through accelerate ("tensorboard", "wandb", ...); metrics.jsonl is always written."""
     keep_best: str = ""
@@ -102,7 +108,12 @@ class TrainConfig:
     """Start from the weights of another run (its directory, or one of its checkpoint directories)
     or of a GPT-2-family HuggingFace model ("hf:DIR" offline, "hf:NAME" from the hub), with its
     tokenizer state (not refitted) and a fresh optimizer and schedule. The model's shape is the
-    source's; `[model]` keys the recipe sets override it."""
+    source's; `[model]` keys the recipe sets override it. A relative directory is read against the
+    recipe file's folder, like every path in a recipe."""
+    init_weights: bool = True
+    """With `init_from`: false takes only the source's `[model]` shape (the recipe's keys on top),
+    with fresh random weights and tokenizers fitted on this recipe's data, as without `init_from`:
+    the from-scratch baseline of a fine-tuning recipe, at the same shape."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """Low-rank adapters through `peft` (rank 0: off): only the adapters (and a task's head) train."""
 
@@ -114,6 +125,8 @@ class TrainConfig:
         for key in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup", "threads"):
             if getattr(self, key) < 0:
                 bad.append((key, f"must not be negative, got {getattr(self, key)}"))
+        if self.peer_timeout <= 0:
+            bad.append(("peer_timeout", f"must be positive, got {self.peer_timeout}"))
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 bad.append((key, f"must be in [0, 1), got {getattr(self, key)}"))
@@ -129,6 +142,8 @@ class TrainConfig:
             bad.append(("best_mode", f"expected auto, min or max, got {self.best_mode!r}"))
         if self.device not in ("auto", "cpu", "cuda"):
             bad.append(("device", f"expected auto, cpu or cuda, got {self.device!r}"))
+        if not self.init_weights and not self.init_from:
+            bad.append(("init_weights", "false needs init_from (the run whose [model] shape to take)"))
         return bad
 
 
@@ -210,12 +225,26 @@ def _tokenizer(table: Any, where: str, modality: str | None, default_field: str)
 
 
 PLUGIN_TABLES = (("data", "source", "source"), ("task", "kind", "task"))
+HF_SOURCE = "hf:"  # `[train] init_from = "hf:DIR_OR_NAME"` (seqmodel.training.warm_start)
+
+
+def absolute_source(spec: str, base: str | Path) -> str:
+    """A warm-start source (`[train] init_from`) made absolute against `base`: a run or checkpoint
+    directory, or the directory of ``hf:DIR``. ``hf:NAME`` stays a hub name unless it looks like a
+    path (``./``, ``../``, ``/``, ``~``) or names a folder in `base`."""
+    if not spec.startswith(HF_SOURCE):
+        return absolute(spec, base)
+    name = spec.removeprefix(HF_SOURCE)
+    if name.startswith((".", "/", "~")) or (name and (Path(base) / name).is_dir()):
+        return HF_SOURCE + absolute(name, base)
+    return spec
 
 
 def with_absolute_paths(raw: dict, base: str | Path) -> dict:
-    """A copy of a raw recipe whose plugin tables have their path fields made absolute against
-    `base` (`seqmodel.config.absolute_paths`). A table naming an unknown plugin is left as it
-    is, for `parse_recipe` to report."""
+    """A copy of a raw recipe whose plugin tables have their path fields, and whose `[train]
+    init_from` its directory, made absolute against `base` (`seqmodel.config.absolute_paths`,
+    `absolute_source`). A table naming an unknown plugin is left as it is, for `parse_recipe`
+    to report."""
     if not isinstance(raw, dict):
         return raw
     out = dict(raw)
@@ -232,6 +261,9 @@ def with_absolute_paths(raw: dict, base: str | Path) -> dict:
     for name, key, kind in PLUGIN_TABLES:
         if name in out:
             out[name] = resolved(out[name], kind, key)
+    train = out.get("train")
+    if isinstance(train, dict) and isinstance(train.get("init_from"), str):
+        out["train"] = train | {"init_from": absolute_source(train["init_from"], base)}
     if "tokenizer" in out:
         out["tokenizer"] = resolved(out["tokenizer"], "tokenizer", "kind")
     if isinstance(out.get("tokenizers"), dict):

@@ -84,11 +84,11 @@ def environment(pipe: Pipeline) -> dict:
 
 RESUMABLE = ("train.steps", "train.lr", "train.min_lr", "train.warmup", "train.weight_decay", "train.grad_clip",
              "train.eval_every", "train.eval_batches", "train.log_every", "train.checkpoint_every", "train.threads",
-             "train.log_with", "train.compile", "train.cpu_memory_cache", "train.fingerprint_batches", "train.keep_best",
-             "train.best_mode", "sample.*")
+             "train.peer_timeout", "train.log_with", "train.compile", "train.cpu_memory_cache",
+             "train.fingerprint_batches", "train.keep_best", "train.best_mode", "sample.*")
 """Recipe keys `--resume` applies when they changed: the schedule, the learning rate (to continue
-after divergence), logging, evaluation, checkpoints, CPU threads and sampling. Any other change
-would make the resumed run a different run; only `--force` applies it."""
+after divergence), logging, evaluation, checkpoints, CPU threads, the wait for other processes and
+sampling. Any other change would make the resumed run a different run; only `--force` applies it."""
 
 
 def resumable(key: str) -> bool:
@@ -201,7 +201,8 @@ def prepare_run(rec: Recipe, run_dir: Path, path: str, resume: bool, force: bool
 def recipe_of(recipe, overrides: list[str] = (), resume: bool = False) -> tuple[Recipe, str, Path | None]:
     """(recipe, its path, the run directory it was recorded in) for what `run` is given: a recipe
     file or a shipped recipe's name, a parsed `Recipe`, the tables as a dict, or -- to resume -- a
-    run directory, whose recorded recipe (overrides included) continues with `overrides` on top."""
+    run directory, whose recorded recipe (overrides included) continues with `overrides` on top.
+    The recipe's model shape is still to be resolved (`shaped`)."""
     if isinstance(recipe, Recipe):
         rec, path, recorded = recipe, recipe.path, None
     elif isinstance(recipe, dict):
@@ -212,4 +213,14 @@ def recipe_of(recipe, overrides: list[str] = (), resume: bool = False) -> tuple[
     else:
         path, recorded = str(resolve(recipe)), None
         rec = load_recipe(path, overrides)
-    return warm_start.resolve(rec), path, recorded
+    return rec, path, recorded
+
+
+def shaped(recipe: Recipe, run_dir: Path, resume: bool) -> Recipe:
+    """`recipe` with its model shape: for a run that resumes from a checkpoint, the `[model]` its
+    run directory recorded (a resume never reads the warm-start source again: the run holds its
+    shape, tokenizer state and weights, so a moved or deleted source does not matter); otherwise
+    the warm-start source's (`warm_start.resolve`)."""
+    if resume and checkpoint.latest(run_dir) is not None:
+        return warm_start.resolve(recipe, shape=rundir.saved_recipe(run_dir).get("model", {}))
+    return warm_start.resolve(recipe)

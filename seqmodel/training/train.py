@@ -31,7 +31,7 @@ from seqmodel.files import write_atomic
 from seqmodel.model import lora
 from seqmodel.recipe.schema import TrainConfig
 from seqmodel.task import Slice, random_generator
-from seqmodel.training import budget, checkpoint, warm_start
+from seqmodel.training import budget, checkpoint, peers, warm_start
 from seqmodel.training.cpu_memory import keep_freed_memory
 from seqmodel.training.report import failure_words
 from seqmodel.training.tracking import Tracker, check_keep_best
@@ -125,9 +125,10 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path, sparse: bool = False) -> A
     a step may leave some parameters unused (a mixture member's batch uses only its modalities
     and head), which DDP must be told."""
     cpu = budget.check_machine(cfg)
-    kwargs = {}
+    handlers = [peers.init_kwargs(cfg)]
     if sparse and cfg.distributed != "fsdp":
-        kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+    kwargs = {}
     if cfg.distributed == "fsdp":
         from accelerate import FullyShardedDataParallelPlugin
 
@@ -139,7 +140,8 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path, sparse: bool = False) -> A
     AcceleratorState._reset_state()  # another run earlier in this process (Python API, tests) may differ in precision
     try:
         acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum,
-                          log_with=trackers or None, project_dir=str(run_dir), **kwargs)
+                          log_with=trackers or None, project_dir=str(run_dir), kwargs_handlers=handlers,
+                          **kwargs)
         if trackers:
             acc.init_trackers(run_dir.name, config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))})
     except (ValueError, ImportError, ModuleNotFoundError) as err:
@@ -270,7 +272,7 @@ class Trainer:
         ckpt = checkpoint.latest(self.run_dir) if self.resume else None
         if self.resume and ckpt is None:
             raise UserError(f"{self.run_dir}: nothing to resume (no complete checkpoint)")
-        if ckpt is None and cfg.init_from:
+        if ckpt is None and warm_start.takes_weights(self.pipeline.recipe):
             warm_start.load_weights(module, self.pipeline.recipe)
         if ckpt is not None:
             state = checkpoint.read_state(ckpt)
@@ -292,6 +294,7 @@ class Trainer:
         check_keep_best(self.pipeline)
         if cfg.fingerprint_batches:
             self.fingerprints = open(self.run_dir / f"batches.rank{self.acc.process_index}.log", "a", buffering=1)
+        peers.check_same_run(self.acc, self.pipeline, self.run_dir, start)
         if cfg.compile:
             module = torch.compile(module)
         self.model, self.optimizer = self.acc.prepare(module, optimizer)
@@ -438,6 +441,7 @@ class Trainer:
         the current step (or evaluation batch) with a checkpoint, raising `Interrupted`."""
         cfg, task = self.cfg, self.pipeline.task
         train, val = task.batches("train", True), task.batches("val", False)
+        peers.started(self.acc, cfg)
         bar = tqdm(total=cfg.steps, initial=start, disable=not self.show_bar, file=sys.stderr, dynamic_ncols=True,
                    desc="train")
         t0, window, win_tokens, win_t = time.perf_counter(), list(self.window), 0, time.perf_counter()

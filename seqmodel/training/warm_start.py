@@ -102,24 +102,27 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
 
 
 # -- the recipe --------------------------------------------------------------------------------
-def resolve(recipe: Recipe) -> Recipe:
+def resolve(recipe: Recipe, shape: dict | None = None) -> Recipe:
     """The recipe with the source's model shape (when it has `init_from`); checks that the
-    architecture and every tokenizer plugin are the source's."""
+    architecture and every tokenizer plugin are the source's. `shape`: the `[model]` table a
+    resumed run recorded, taken instead of the source's (which is then not opened)."""
     spec = recipe.train.init_from
     if not spec:
         return recipe
+    explicit = recipe.raw.get("model", {}) if isinstance(recipe.raw.get("model"), dict) else {}
+    if shape is not None:
+        return replace(recipe, model=build(ModelConfig, shape | explicit, f"{recipe.path}: [model]"))
     where = f"{recipe.path}: [train] init_from"
     origin = _open(recipe)
     source_arch = origin.model.get("arch", ModelConfig.arch)
     if source_arch != recipe.model.arch:
         raise UserError(f"{where}: {spec} is a run of another architecture ({source_arch!r}); "
                         f"this recipe's [model] arch is {recipe.model.arch!r}")
-    for m, binding in recipe.tokenizers.items():
+    for m, binding in recipe.tokenizers.items() if recipe.train.init_weights else ():
         if m not in origin.tokenizers:
             raise UserError(f"{where}: {spec} has no tokenizer for modality {m!r} "
                             f"(it has: {', '.join(origin.tokenizers) or 'none'})")
         _check_reader(recipe, m, binding.name, origin.tokenizers[m])
-    explicit = recipe.raw.get("model", {}) if isinstance(recipe.raw.get("model"), dict) else {}
     model = build(ModelConfig, origin.model | explicit, f"{recipe.path}: [model]")
     return replace(recipe, model=model)
 
@@ -144,14 +147,22 @@ def _open(recipe: Recipe) -> Origin:
 
 def tokenizer_states(recipe: Recipe) -> dict[str, Path] | None:
     """Modality -> the directory its tokenizer loads its state from (None: fit them)."""
-    if not recipe.train.init_from:
+    if not takes_weights(recipe):
         return None
     return {m: state.directory for m, state in _open(recipe).tokenizers.items() if m in recipe.tokenizers}
 
 
+def takes_weights(recipe: Recipe) -> bool:
+    """Whether the run starts from its source's weights and tokenizer state (not only its shape)."""
+    return bool(recipe.train.init_from) and recipe.train.init_weights
+
+
 def record(recipe: Recipe) -> dict:
-    """What ``run.json`` says about the source of the weights (empty without `init_from`)."""
-    return {"init_from": _open(recipe).record} if recipe.train.init_from else {}
+    """What ``run.json`` says about the source of the weights, or of the shape alone (empty
+    without `init_from`)."""
+    if not recipe.train.init_from:
+        return {}
+    return {"init_from": _open(recipe).record | ({} if recipe.train.init_weights else {"init_weights": False})}
 
 
 # -- the weights -------------------------------------------------------------------------------
