@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import tiny_char_recipe
 from processes import ENV, finish
 
@@ -131,7 +132,7 @@ def test_killing_the_launcher_leaves_no_worker(tmp_path, corpus):
         assert alive == [], [p.cmdline() for p in alive]
     finally:
         kill_all(workers)
-    assert (out / "checkpoints" / "latest").is_file()  # they stopped as on Ctrl-C: with a checkpoint
+    assert (out / "checkpoints" / "latest").is_file(), proc.stderr.read()[-3000:]  # they stopped as on Ctrl-C: with a checkpoint
 
 
 def test_only_the_errors_of_a_lost_peer_become_one_line(tmp_path):
@@ -143,3 +144,22 @@ def test_only_the_errors_of_a_lost_peer_become_one_line(tmp_path):
     assert "no answer within [train] peer_timeout = 3 s (1800 s before the first step)" in str(peers.lost(waited, 3, tmp_path))
     assert "no checkpoint was written" in str(peers.lost(waited, 3, tmp_path))
     assert peers.lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), 3, tmp_path) is None
+
+
+def test_a_repeated_hangup_asks_for_the_checkpoint_but_a_second_ctrl_c_stops_at_once():
+    """The kernel sends the parent-death signal once per exiting thread of the dead agent: were it
+    SIGTERM, the repeat would read as a second Ctrl-C and skip the checkpoint (what made workers
+    of a SIGKILLed launcher exit without one, about half the time)."""
+    import os
+
+    from seqmodel.training.train import Interrupt
+
+    with Interrupt() as interrupt:
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert interrupt.hit
+    with Interrupt() as interrupt:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupt.hit
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)

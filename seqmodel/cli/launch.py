@@ -121,10 +121,12 @@ PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def die_with_parent() -> None:
-    """On Linux, have the kernel send this launched worker SIGTERM when the process that started it
+    """On Linux, have the kernel send this launched worker SIGHUP when the process that started it
     (torch's elastic agent: torchrun, accelerate launch, `--num-processes`) dies, however it dies:
     the worker then stops as on Ctrl-C (the run's processes agree to stop and checkpoint) instead of
-    training on as an orphan. A worker whose agent is already gone stops at once."""
+    training on as an orphan. SIGHUP, not SIGTERM: the kernel sends it again as each thread of the
+    dying agent exits, and a repeated SIGTERM means "stop at once, without a checkpoint". A worker
+    whose agent is already gone stops at once."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -132,11 +134,11 @@ def die_with_parent() -> None:
 
     parent = os.getppid()
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGHUP), 0, 0, 0)
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # the agent died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGHUP)
 
 
 class _environment:

@@ -178,9 +178,11 @@ def last_good(run_dir: Path) -> str:
 
 class Interrupt:
     """Turns SIGINT/SIGTERM into a flag checked between steps and evaluation batches (then a
-    checkpoint, then exit); a second signal stops at once."""
+    checkpoint, then exit); a second one stops at once. SIGHUP (a closed terminal, or the death of
+    the agent that launched this worker: `seqmodel.cli.launch.die_with_parent`, which the kernel
+    may repeat once per thread of the dying agent) only ever asks for the stop with a checkpoint."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)  # SIGTERM: what torch.distributed.run sends workers
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGTERM: what torch.distributed.run sends workers
 
     def __init__(self) -> None:
         self.hit = False
@@ -188,7 +190,7 @@ class Interrupt:
 
     def __enter__(self):
         def handler(signum, frame):
-            if self.hit:  # a second Ctrl-C stops at once
+            if self.hit and signum != signal.SIGHUP:  # a second Ctrl-C stops at once
                 raise KeyboardInterrupt
             self.hit = True
 
