@@ -1,4 +1,5 @@
-"""Which optional abilities a plugin declares, and the members each one needs.
+"""Which optional abilities a plugin declares, and the members each one needs; the split names
+every source gives.
 
 Plugins list their capabilities in a ``capabilities`` tuple; the registry checks at load that
 the members of each are there (`seqmodel.registry`), and the core reads only the declaration
@@ -10,6 +11,18 @@ imports nothing heavy. The Protocols that document each member are in `seqmodel.
 from __future__ import annotations
 
 from typing import Any
+
+from seqmodel.errors import UserError
+
+SPLITS = ("train", "val", "test")
+"""The splits of every source, in this order (a split's index here seeds its own randomness)."""
+
+
+def check_split(name: str) -> str:
+    """`name`, when it is one of `SPLITS`; else a one-line error (what a source's `split` raises)."""
+    if name not in SPLITS:
+        raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+    return name
 
 TOKENIZER_CAPABILITIES: dict[str, tuple[str, ...]] = {
     "augment": ("encode",),  # encode(value, *, train, generator): random augmentation driven by the step's generator

@@ -23,7 +23,13 @@ from typing import Any, Protocol
 
 import torch
 
-from seqmodel.capabilities import SOURCE_CAPABILITIES, TOKENIZER_CAPABILITIES, declared  # noqa: F401 (plugins import them from here)
+from seqmodel.capabilities import (  # noqa: F401 (plugins import them from here)
+    SOURCE_CAPABILITIES,
+    SPLITS,
+    TOKENIZER_CAPABILITIES,
+    check_split,
+    declared,
+)
 from seqmodel.segments import Segment
 
 POSITION_KINDS = ("learned", "2d", "timestep", "rotary", "none")

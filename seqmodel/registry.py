@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import os
 import re
 import signal
 import sys
@@ -62,9 +63,36 @@ def _dist(ep: EntryPoint) -> tuple[str, str]:
     return d.metadata["Name"] or "unknown distribution", d.version or "?"
 
 
+def _path_state() -> tuple:
+    """sys.path with each folder's modification time: installing or removing a distribution
+    adds or removes a folder (its dist-info) in one of them."""
+    def mtime(p: str) -> int | None:
+        try:
+            return os.stat(p or ".").st_mtime_ns
+        except OSError:
+            return None
+
+    return tuple((p, mtime(p)) for p in sys.path)
+
+
+_SCANNED: dict[tuple, tuple[EntryPoint, ...]] = {}
+
+
+def _installed(group: str) -> tuple[EntryPoint, ...]:
+    """The group's entry points, read again only when sys.path or one of its folders changed:
+    reading every distribution's metadata takes milliseconds, and one recipe's parse looks
+    plugins up a dozen times."""
+    key = (entry_points, group, _path_state())
+    if key not in _SCANNED:
+        if len(_SCANNED) > 64:
+            _SCANNED.clear()
+        _SCANNED[key] = tuple(entry_points(group=group))
+    return _SCANNED[key]
+
+
 def _entry_points(kind: str) -> dict[str, EntryPoint]:
     found: dict[str, EntryPoint] = {}
-    for ep in entry_points(group=GROUPS[kind]):
+    for ep in _installed(GROUPS[kind]):
         if ep.name in found and _dist(found[ep.name]) != _dist(ep):
             _CLASHES[(kind, ep.name)] = (f"registered twice in {GROUPS[kind]}: by {' '.join(_dist(found[ep.name]))} "
                                          f"and by {' '.join(_dist(ep))}; uninstall one")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from seqmodel.capabilities import TASK_CAPABILITIES, can
+from seqmodel.capabilities import SPLITS, TASK_CAPABILITIES, can  # noqa: F401 (plugins import SPLITS from here)
 from seqmodel.errors import UserError
 from seqmodel.plugin import ModalitySpec, segment_problem, separator_id
 from seqmodel.progress import progress
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from seqmodel.model.config import ModelConfig, SampleConfig
     from seqmodel.model.transformer import Transformer
 
-SPLITS = ("train", "val", "test")
 
 
 class IdStream(Protocol):

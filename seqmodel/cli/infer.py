@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from seqmodel.capabilities import SPLITS
 from seqmodel.cli.args import add_run_options
 from seqmodel.errors import UserError
 
@@ -31,7 +32,7 @@ def add_parsers(sub) -> dict:
                        description="Task metrics of a trained run on a split.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--split", default="val", choices=SPLITS)
     p.add_argument("--limit", type=int, metavar="N", help="evaluate on at most N batches")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="an evaluation option the run's task declares (repeatable); listed below")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+from seqmodel.capabilities import SPLITS
 from seqmodel.cli.args import add_overrides
 
 
@@ -29,7 +30,7 @@ def add_parsers(sub) -> dict:
                                    "first when they are missing); see docs/data.md.")
     p.add_argument("recipe", help="a recipe .toml, or the name of a shipped recipe (seqmodel recipes)")
     add_overrides(p)
-    p.add_argument("--split", dest="splits", action="append", choices=["train", "val", "test"],
+    p.add_argument("--split", dest="splits", action="append", choices=SPLITS,
                    help="a split to prepare (repeatable; default: train and val)")
     p = sub.add_parser("check", help="validate a recipe and build its model without training")
     p.add_argument("recipe")

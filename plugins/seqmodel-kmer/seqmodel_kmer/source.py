@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from seqmodel.errors import UserError
+from seqmodel.plugin import check_split
 
 from .tokenizer import ALPHABETS
 
-SPLITS = ("train", "val", "test")
 MOTIFS = {"dna": ["TATAAT", "TTGACA", "GAATTC", "CACGTG"], "protein": ["KWKLFKKI", "GLFDIIKK", "RRWQWR"]}
 LENGTHS = {"dna": (80, 160), "protein": (12, 48)}
 AMP_WEIGHTS = {"K": 4, "R": 3, "L": 4, "A": 3, "G": 3, "I": 3, "W": 2, "F": 2, "V": 2}
@@ -185,8 +185,7 @@ class FastaSource:
         return self._records
 
     def split(self, name: str) -> list[dict]:
-        if name not in SPLITS:
-            raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+        check_split(name)
         records = self.records()
         n = len(records)
         held = max(1, round(n * self.config.val_fraction))

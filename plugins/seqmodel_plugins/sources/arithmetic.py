@@ -30,9 +30,9 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
+from seqmodel.capabilities import check_split
 from seqmodel.errors import UserError
 
-SPLITS = ("train", "val", "test")
 OPERATORS = ("+", "-", "*")
 ANSWER_DIGITS = {"+": lambda d: d + 1, "-": lambda d: d, "*": lambda d: 2 * d}
 """Operator -> the longest answer of two operands of at most d digits."""
@@ -177,8 +177,7 @@ class ArithmeticSource:
         self.config = config
 
     def split(self, name: str) -> Problems:
-        if name not in SPLITS:
-            raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+        check_split(name)
         return Problems(self.config, name)
 
     def identity(self) -> dict:

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from seqmodel.capabilities import SPLITS, check_split
 from seqmodel.config import path_field
 from seqmodel.errors import UserError, cut, shown
 from seqmodel.files import not_regular
 
-SPLITS = ("train", "val", "test")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga")
 METADATA = ("metadata.csv", "metadata.jsonl")
 
@@ -172,8 +172,7 @@ class AudioFolderSource:
         return carve(folder_examples(c.train, c.text_column), c.split_seed, val, test) | own
 
     def split(self, name: str) -> list[dict]:
-        if name not in SPLITS:
-            raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+        check_split(name)
         return self._splits[name]
 
     def identity(self) -> dict:

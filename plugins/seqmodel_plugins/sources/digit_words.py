@@ -16,10 +16,8 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
-from seqmodel.errors import UserError
+from seqmodel.capabilities import SPLITS, check_split
 from seqmodel_plugins.image_data import DIGIT_NAMES, digits_examples, stratified_split
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -79,8 +77,7 @@ class DigitWordsSource:
         return {name: [examples[i] for i in idx] for name, idx in parts.items()}
 
     def split(self, name: str) -> list[dict]:
-        if name not in SPLITS:
-            raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+        check_split(name)
         return self._pictures(name)
 
     def _pictures(self, name: str) -> list[dict]:

@@ -18,12 +18,11 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 
+from seqmodel.capabilities import check_split
 from seqmodel.config import path_field
 from seqmodel.errors import UserError, shown
 from seqmodel_plugins import gym_data
 from seqmodel_plugins.sources.text import cache_root
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -126,8 +125,7 @@ class GymEpisodesSource:
         return split_episodes(len(self.episodes), self.config.val_fraction, self.config.split_seed)
 
     def split(self, name: str) -> list[dict]:
-        if name not in SPLITS:
-            raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+        check_split(name)
         return [{"episode": self.episodes[i]} for i in self._splits[name]]
 
     def identity(self) -> dict:

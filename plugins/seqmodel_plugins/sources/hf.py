@@ -42,11 +42,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from seqmodel.capabilities import check_split
 from seqmodel.config import path_field
 from seqmodel.errors import UserError, cut, shown
 from seqmodel.progress import terminal
 
-SPLITS = ("train", "val", "test")
 RESERVED = ("path", "name", "split", "data_files", "data_dir", "revision", "cache_dir", "streaming")
 LOCAL_BUILDERS = ("text", "json", "csv", "parquet", "arrow", "pandas", "imagefolder", "audiofolder", "videofolder",
                   "webdataset")
@@ -311,8 +311,7 @@ class HFSource:
 
     def split(self, name: str) -> Rows | Stream:
         """The examples of split "train", "val" or "test" (see the module docstring)."""
-        if name not in SPLITS:
-            raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+        check_split(name)
         c, splits = self.config, self._splits
         named = {"train": c.train_split, "val": c.val_split, "test": c.test_split}
         if name == "test" and c.test_split not in splits:

@@ -15,16 +15,10 @@ from functools import cached_property
 from pathlib import Path
 
 from seqmodel import files
+from seqmodel.capabilities import SPLITS, check_split
 from seqmodel.config import path_field
 from seqmodel.errors import UserError
 from seqmodel_plugins.image_data import DIGIT_NAMES, digits_examples, imagefolder_files, load_image, stratified_split
-
-SPLITS = ("train", "val", "test")
-
-
-def _check_split(name: str) -> None:
-    if name not in SPLITS:
-        raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
 
 
 def _fraction_problems(val: float, test: float) -> list[tuple[str, str]]:
@@ -83,7 +77,7 @@ class DigitsSource:
         return _split(digits_examples(), c.split_seed, c.val_fraction, c.test_fraction)
 
     def split(self, name: str) -> list[dict]:
-        _check_split(name)
+        check_split(name)
         return self._splits[name]
 
     def identity(self) -> dict:
@@ -190,7 +184,7 @@ class ImageFolderSource:
         return [ImageFile(f, remap[y]) for f, y in files]
 
     def split(self, name: str) -> list[ImageFile]:
-        _check_split(name)
+        check_split(name)
         self._digests  # the first sight of a tree reads (and so checks) every image
         return self._loaded[0].get(name, [])
 

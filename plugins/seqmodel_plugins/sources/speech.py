@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from seqmodel.capabilities import check_split
 from seqmodel.config import path_field
-from seqmodel.errors import UserError
 
 from ..spoken_digits_data import VERSION, split_by_voice, synthesize
-from .text import SPLITS, cache_root
+from .text import cache_root
 
 
 @dataclass
@@ -71,8 +71,7 @@ class SpokenDigitsSource:
         return self._splits
 
     def split(self, name: str) -> list[dict]:
-        if name not in SPLITS:
-            raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+        check_split(name)
         return self.splits()[name]
 
     def identity(self) -> dict:

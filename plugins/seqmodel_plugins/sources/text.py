@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqmodel import files
+from seqmodel.capabilities import check_split
 from seqmodel.config import path_field
 from seqmodel.errors import UserError, cut, shown
 from seqmodel.plugin import Parts
@@ -28,7 +29,6 @@ from seqmodel.plugin import Parts
 from .text_files import FileScan, cut_parts, read_range, scan_files
 
 SHAKESPEARE_SHA256 = "a74b54d1ef1dc44be145d3c93068267ab7beba0c7045a7b6a844b83ed5d7054f"
-SPLITS = ("train", "val", "test")
 
 
 def cache_root(configured: str = "") -> Path:
@@ -38,8 +38,7 @@ def cache_root(configured: str = "") -> Path:
 
 def split_text(text: str, val_fraction: float, split: str) -> list[dict]:
     """The head (train) or tail (val/test) of one text."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    check_split(split)
     cut = int(len(text) * (1 - val_fraction))
     return [{"text": text[:cut] if split == "train" else text[cut:]}]
 
@@ -187,8 +186,7 @@ class TextSource:
 
     def _ranges(self, name: str) -> list[tuple[FileScan, int, int]]:
         """(file, first character, end) of every non-empty document of a split."""
-        if name not in SPLITS:
-            raise UserError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+        check_split(name)
         ranges = []
         for scan in self._scans()[0]:
             boundary = int(scan.chars * (1 - self.config.val_fraction))
