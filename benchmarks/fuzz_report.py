@@ -2,7 +2,7 @@
 
     python benchmarks/fuzz_report.py [--recipes N] [--run-dirs N] [--predict N] [--flags N]
                                      [--hf-dirs N] [--export-targets N] [--data N] [--runs-folders N]
-                                     [--seed S] [--json OUT]
+                                     [--stores N] [--seed S] [--json OUT]
 
 Trains a tiny character LM and a tiny digit classifier in a temporary folder, then runs the cases
 in this process, each with a time limit: mutated recipes (`check`, and `run` for the first ones),
@@ -10,10 +10,10 @@ copies of the trained run with one file damaged (`run --resume`, `eval`, `sample
 `tokenize`), files handed to `predict`, random command lines, damaged GPT-2 directories for
 `init_from = "hf:DIR"` (`check`, `run`), `export --out` targets, user data files (CSV / JSON
 tables, image folders, audio folders, gymnasium episode files, each with one thing wrong, through
-`check` or a two-step `run`) and run folders handed to `seqmodel runs` (a count of 0 leaves a
-family out). Prints a table of outcomes per
-family (exit 0 / exit 2 with one line / other exit / traceback / hang) and every case that ended
-otherwise than the first two.
+`check` or a two-step `run`), run folders handed to `seqmodel runs`, and damaged prepared stores
+(`prepare`, `run`, `eval`; a count of 0 leaves a family out). Prints a table of outcomes per
+family (exit 0 / exit 2 with one line / other exit / traceback / hang / silently wrong: an exit 0
+that left a damaged store trusted) and every case that ended otherwise than the first two.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--export-targets", type=int, default=120, help="export --out targets")
     ap.add_argument("--data", type=int, default=60, help="cases of each family of user data files")
     ap.add_argument("--runs-folders", type=int, default=150, help="run folders handed to `seqmodel runs`")
+    ap.add_argument("--stores", type=int, default=120, help="damaged prepared stores (prepare, run, eval)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=60, help="seconds before a case counts as a hang")
     ap.add_argument("--json", help="also write the results here")
@@ -64,7 +65,8 @@ def main() -> None:
         corpus = tmp / "corpus.txt"
         corpus.write_text(make_text(1500))
         recipe = tiny_char_recipe(tmp, corpus, steps=4, checkpoint_every=2, eval_every=2)
-        seqmodel("run", recipe, "--out", tmp / "run", "--no-progress")
+        with fuzzing.stores_at(tmp / "stores"):
+            seqmodel("run", recipe, "--out", tmp / "run", "--no-progress")
         (tmp / "digits.toml").write_text(DIGITS)
         seqmodel("run", tmp / "digits.toml", "--out", tmp / "digits_run", "--no-progress")
         bad = tmp / "bad.toml"
@@ -80,6 +82,7 @@ def main() -> None:
             fuzzing.audio_cases(rng, tmp, args.data),
             fuzzing.episode_cases(rng, tmp, args.data),
             fuzzing.runs_cases(rng, tmp / "run", tmp, args.runs_folders),
+            fuzzing.store_cases(rng, tmp / "stores", tmp / "run", recipe, tmp, args.stores),
         ]
         families += interop_families(args, rng, tmp, corpus)
         t0 = time.perf_counter()

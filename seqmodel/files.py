@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -88,15 +89,16 @@ def stores_root() -> Path:
 
 # -- folders built once, under a lock ---------------------------------------------------------
 @contextlib.contextmanager
-def new_folder(folder: Path) -> Iterator[Path]:
+def new_folder(folder: Path, sealed: bool = False) -> Iterator[Path]:
     """A temporary folder that becomes `folder`, marked complete, when the block ends without an
-    error; removed when it raises (an OSError becomes a one-line `UserError`)."""
+    error; removed when it raises (an OSError becomes a one-line `UserError`). `sealed`: the mark
+    records a digest of the folder's files, which `intact` checks (for small folders)."""
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         yield tmp
-        finish_folder(tmp, folder)
+        finish_folder(tmp, folder, contents_digest(tmp) if sealed else "")
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(folder, err) from None
@@ -105,14 +107,39 @@ def new_folder(folder: Path) -> Iterator[Path]:
         raise
 
 
-def finish_folder(tmp: Path, folder: Path) -> None:
-    """Mark `tmp` complete and rename it to `folder`, durably (replacing an older `folder`)."""
-    write_synced(tmp / COMPLETE, "")
+def finish_folder(tmp: Path, folder: Path, record: str = "") -> None:
+    """Mark `tmp` complete (the mark holding `record`) and rename it to `folder`, durably
+    (replacing whatever is at `folder`)."""
+    write_synced(tmp / COMPLETE, record)
     fsync_dir(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
+    discard(folder)
     os.rename(tmp, folder)
     fsync_dir(folder.parent)
+
+
+def discard(path: Path) -> None:
+    """Remove `path`, whether a folder, a file or a link (nothing there is fine)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def contents_digest(folder: Path) -> str:
+    """sha256 of the names and contents of a folder's files (its completion mark left out)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != COMPLETE):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def intact(folder: Path) -> bool:
+    """Whether a folder finished by `new_folder(..., sealed=True)` still holds what it was
+    finished with (False for one damaged since, or sealed by an older seqmodel)."""
+    try:
+        return (folder / COMPLETE).read_text() == contents_digest(folder)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def is_complete(folder: Path) -> bool:

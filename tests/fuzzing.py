@@ -27,7 +27,7 @@ from pathlib import Path
 
 from seqmodel import cli
 
-OUTCOMES = ("exit 0", "exit 2, one line", "other exit", "traceback", "hang")
+OUTCOMES = ("exit 0", "exit 2, one line", "other exit", "traceback", "hang", "silently wrong")
 GOOD = OUTCOMES[:2]
 # Damage read by the saved-recipe loader and by plugins' own state readers (`state_read_by_plugins`)
 # once escaped as tracebacks; a test of its own samples those cases.
@@ -45,6 +45,7 @@ class Case:
     prepare: Callable[[], None] | None = None  # makes the damaged files, just before the case runs
     gap: bool = False  # damage read by the saved-recipe loader or a plugin (see state_read_by_plugins)
     during: Callable[[], contextlib.AbstractContextManager] | None = None  # holds while the case runs (a full disk)
+    check: Callable[[], str | None] | None = None  # after an exit 0: what is wrong with the result, or None
 
 
 @dataclass
@@ -80,7 +81,8 @@ def run_case(case: Case, timeout: float = 60) -> Result:
         signal.signal(signal.SIGALRM, previous)
     text = err.getvalue()
     if code == 0:
-        return Result(case, "exit 0", text[-300:])
+        wrong = case.check() if case.check is not None else None
+        return Result(case, "silently wrong", wrong) if wrong else Result(case, "exit 0", text[-300:])
     lines = [line for line in text.splitlines() if not line.startswith("seqmodel: ") and line.strip()]  # notes
     if code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in text:
         return Result(case, "exit 2, one line", lines[0][:300])
@@ -1138,3 +1140,126 @@ def runs_cases(rng: random.Random, trained: Path, folder: Path, n: int) -> Itera
 
         yield Case("run folders for runs", f"runs {name} {' '.join(flags[:1] + flags[2:])}".strip(),
                    ["runs", str(where), *flags], prepare)
+
+
+# -- damaged prepared stores (<stores>/streams/KEY, <stores>/fits/KEY) ----------------------------
+# Each case copies the stores a trained run left, damages one file of one store (or a fitted
+# tokenizer state), then `prepare`s, `run`s or `eval`s against them. Besides the outcome, an
+# `exit 0` is checked for a silently wrong result: every complete store must again hold exactly
+# the ids it was built with (a damaged one refused or rebuilt, never trusted).
+
+@contextlib.contextmanager
+def stores_at(root: Path) -> Iterator[None]:
+    previous = os.environ.get("SEQMODEL_STORES")
+    os.environ["SEQMODEL_STORES"] = str(root)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("SEQMODEL_STORES", None)
+        else:
+            os.environ["SEQMODEL_STORES"] = previous
+
+
+def _store_ids(root: Path, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, bytes]:
+    """Key -> ids.bin of every complete stream store of `splits` under `root`."""
+    found = {}
+    for d in sorted((root / "streams").glob("*")):
+        try:
+            split = json.loads((d / "meta.json").read_text())["split"]
+            if (d / "COMPLETE").is_file() and split in splits:
+                found[d.name] = (d / "ids.bin").read_bytes()
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a complete store: refused or rebuilt when read
+    return found
+
+
+def _swap_ids(inside: bool) -> Callable[[bytes, random.Random], bytes]:
+    """A few ids replaced by another id the store holds (`inside` the vocabulary: no bounds check
+    can see it) or by the largest value of the dtype (outside it)."""
+    def damage(data: bytes, rng: random.Random) -> bytes:
+        out, present = bytearray(data), sorted(set(data))
+        for _ in range(max(1, len(data) // 500)):
+            i = rng.randrange(len(out))
+            out[i] = rng.choice([v for v in present if v != out[i]] or [0]) if inside else 255
+        return bytes(out)
+    return damage
+
+
+def _store_damages() -> dict[str, Callable[[Path, random.Random], None]]:
+    """name -> function (the stores root, rng) that damages one store in it."""
+    def streams(root: Path, rng: random.Random) -> Path:
+        return rng.choice(sorted(d for d in (root / "streams").iterdir() if d.is_dir()))
+
+    def fits(root: Path, rng: random.Random) -> Path:
+        return rng.choice(sorted(d for d in (root / "fits").iterdir() if d.is_dir()))
+
+    def in_file(where: Callable, name: str, change: Callable[[bytes, random.Random], bytes | None]):
+        def damage(root: Path, rng: random.Random) -> None:
+            folder = where(root, rng)
+            files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != "COMPLETE") if name == "*" else [folder / name]
+            path = rng.choice(files)
+            _write(path, change(path.read_bytes() if path.is_file() else b"", rng))
+        return damage
+
+    def generic(kind: str):
+        return lambda data, rng: dict(_damages(rng, data))[kind]
+
+    def json_edit(data: bytes, rng: random.Random) -> bytes:
+        edits = _json_edits(rng, data)
+        return rng.choice(edits)[1] if edits else b"{}"
+
+    out: dict[str, Callable[[Path, random.Random], None]] = {
+        "ids.bin: ids swapped inside the vocabulary": in_file(streams, "ids.bin", _swap_ids(True)),
+        "ids.bin: an id outside the vocabulary": in_file(streams, "ids.bin", _swap_ids(False)),
+        "ids.bin: one byte more": in_file(streams, "ids.bin", lambda d, rng: d + b"\x01"),
+        "meta.json: one value changed": in_file(streams, "meta.json", json_edit),
+        "a fitted tokenizer state: one value changed": in_file(fits, "*", json_edit),
+        "COMPLETE deleted": in_file(streams, "COMPLETE", lambda d, rng: None),
+        "the store a file": lambda root, rng: (lambda d: (shutil.rmtree(d), d.write_bytes(b"x")))(streams(root, rng)),
+        "the store empty": lambda root, rng: (lambda d: (shutil.rmtree(d), d.mkdir()))(streams(root, rng)),
+        "a leftover temporary folder": lambda root, rng: (lambda d: shutil.copytree(d, d.with_name(f".{d.name}.tmp-1")))(
+            streams(root, rng)),
+        "the streams folder a file": lambda root, rng: (shutil.rmtree(root / "streams"), (root / "streams").write_bytes(b"x")),
+    }
+    for kind in ("empty", "truncated", "bit flips", "100 kB of garbage", "deleted", "a folder"):
+        for name in ("ids.bin", "offsets.npy", "meta.json"):
+            out[f"{name}: {kind}"] = in_file(streams, name, generic(kind))
+        out[f"a fitted tokenizer state: {kind}"] = in_file(fits, "*", generic(kind))
+    return out
+
+
+STORE_DAMAGES = _store_damages()
+
+
+def store_cases(rng: random.Random, stores: Path, trained: Path, recipe: Path, folder: Path, n: int) -> Iterator[Case]:
+    """`n` copies of the stores root `stores` (what training `trained` from `recipe` left), each
+    with one damage of STORE_DAMAGES (each once first, in a shuffled order), through `prepare`,
+    `run` with two steps, or `eval` of a copy of `trained`."""
+    names = sorted(STORE_DAMAGES)
+    rng.shuffle(names)
+    for i in range(n):
+        name = names[i] if i < len(names) else rng.choice(names)
+        where, seed = folder / f"stores_{i}", rng.randrange(2**32)
+        command = rng.choice(["prepare", "run", "eval"])
+        argv = {"prepare": ["prepare", str(recipe)],
+                "run": ["run", str(recipe), "--out", str(where / "run"), "--no-progress", "--set", "train.steps=2",
+                        "--set", "sample.num_samples=0"],
+                "eval": ["eval", str(where / "trained"), "--limit", "2"]}[command]
+        built = _store_ids(stores, ("val",) if command == "eval" else ("train", "val"))  # what the command reads
+        assert built, f"no stores in {stores} to damage"
+
+        def prepare(where=where, name=name, seed=seed):
+            shutil.rmtree(where, ignore_errors=True)
+            where.mkdir(parents=True)
+            shutil.copytree(stores, where / "stores")
+            shutil.copytree(trained, where / "trained")
+            STORE_DAMAGES[name](where / "stores", random.Random(seed))
+
+        def check(where=where, built=built) -> str | None:
+            now = _store_ids(where / "stores", ("train", "val", "test"))
+            wrong = [k for k, ids in now.items() if k in built and ids != built[k]]
+            return f"a complete store holds other ids than it was built with: {wrong}" if wrong else None
+
+        yield Case("prepared stores", f"{command} with {name}", argv, prepare,
+                   during=lambda where=where: stores_at(where / "stores"), check=check)

@@ -211,3 +211,17 @@ def test_user_data_files(tmp_path, monkeypatch, family, n):
 def test_run_folders_for_runs(tmp_path, trained, n):
     _, run = trained
     assert_clean([fuzzing.run_case(c) for c in fuzzing.runs_cases(random.Random(6), run, tmp_path, n)])
+
+
+# -- damaged prepared stores (tests/fuzzing.py, "prepared stores") -----------------------------
+
+@pytest.mark.parametrize("n", [pytest.param(10, id="fast"), pytest.param(len(fuzzing.STORE_DAMAGES) * 3, id="more", marks=pytest.mark.slow)])
+def test_damaged_prepared_stores(tmp_path, corpus, monkeypatch, n):
+    """Flipped, swapped, out-of-vocabulary, truncated or missing store files and fitted tokenizer
+    states through prepare, run and eval: refused in one line or rebuilt, never trusted."""
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=2, checkpoint_every=2, eval_every=2)
+    with fuzzing.stores_at(tmp_path / "stores"):
+        seqmodel("run", recipe, "--out", tmp_path / "trained", "--no-progress")
+    cases = fuzzing.store_cases(random.Random(7), tmp_path / "stores", tmp_path / "trained", recipe, tmp_path, n)
+    assert_clean([fuzzing.run_case(c) for c in cases])

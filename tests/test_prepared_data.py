@@ -254,7 +254,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_store(stores, tmp_path, two_
 
 
 def test_a_full_disk_while_saving_a_fit_is_one_line(stores, tmp_path, two_files, monkeypatch):
-    def full(tmp, folder):
+    def full(tmp, folder, record=""):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     TextSource(TextConfig(paths=[str(f) for f in two_files])).identity()  # the scan is kept: the fit fails

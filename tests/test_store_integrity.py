@@ -100,3 +100,32 @@ def test_a_store_continued_after_a_stop_records_the_checksum_of_its_whole_file(t
     store.verify(folder, largest + 1)
     with pytest.raises(store.Damaged, match=f"holds id {largest}, outside the vocabulary of {largest}"):
         store.verify(folder, largest)
+
+
+def test_a_fitted_state_changed_since_it_was_saved_is_fitted_again_not_reused(tmp_path, stores, corpus):
+    """A flipped character in a reused fit (still valid JSON) would give the run another
+    vocabulary without a word: the fit's files are sealed with a digest at save."""
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1)
+    cli("prepare", recipe)
+    (chars_file,) = (stores / "fits").glob("*/chars.json")
+    healthy = chars_file.read_text()
+    state = json.loads(healthy)
+    state["chars"][-1] = "\u263a"  # a character the corpus does not have
+    chars_file.write_text(json.dumps(state))
+    done = cli("run", recipe, "--out", tmp_path / "run", "--no-progress")
+    assert len(damaged_lines(done.stderr)) == 1, done.stderr
+    assert json.loads((tmp_path / "run" / "tokenizers/text/chars.json").read_text()) == json.loads(healthy)
+    assert json.loads(chars_file.read_text()) == json.loads(healthy)  # the fit was saved again, healthy
+
+
+def test_a_file_where_a_store_folder_belongs_is_replaced_by_the_store(tmp_path, stores, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1)
+    cli("prepare", recipe)
+    folder = val_ids(stores).parent
+    healthy = (folder / "ids.bin").read_bytes()
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+    folder.write_bytes(b"not a store")
+    cli("prepare", recipe)
+    assert folder.is_dir() and (folder / "ids.bin").read_bytes() == healthy

@@ -5,7 +5,8 @@ Two things are kept under `seqmodel.files.files.stores_root()`:
 
 - ``fits/<key>/``: a tokenizer's fitted state, keyed by the source's identity, the tokenizer
   plugin (name, distribution version, code), its config (and the content of files it names), the
-  field and the modality. A new run on the same data loads it instead of fitting again.
+  field and the modality. A new run on the same data loads it instead of fitting again; its
+  completion mark holds a digest of its files, and a state changed since is fitted again.
 - ``streams/<key>/``: a split's id stream (see `seqmodel.data.store`), keyed by the source's identity,
   the tokenizer's fitted state, both plugins (distribution version and code), the field, the
   modality and the split. A changed corpus or tokenizer is a new key, so an old store is never
@@ -24,7 +25,6 @@ import hashlib
 import inspect
 import itertools
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -186,6 +186,8 @@ def fit_tokenizer(*data: ModalityData) -> None:
     with files.locked(folder):
         if files.is_complete(folder):
             try:
+                if not files.intact(folder):
+                    raise UserError("its files differ from those it was saved with")
                 tok.load(folder)
                 say(f"{first.plugin} tokenizer ({modality}): fitted state reused from {folder}")
                 return
@@ -193,7 +195,7 @@ def fit_tokenizer(*data: ModalityData) -> None:
                 say(f"the fitted state in {folder} is damaged ({err}); fitting again")
         tok.fit(itertools.chain.from_iterable(training_values(d) for d in data))
         files.remove_leftovers(folder)
-        with files.new_folder(folder) as tmp:
+        with files.new_folder(folder, sealed=True) as tmp:
             tok.save(tmp)
 
 
@@ -246,8 +248,7 @@ class Prepared:
         data = self.modalities[modality]
         source, tok = data.source, data.tokenizer
         files.remove_leftovers(folder)
-        if folder.exists():
-            shutil.rmtree(folder)
+        files.discard(folder)
         what = {"source": source.name, "split": split, "modality": modality, "field": data.field,
                 "tokenizer": data.plugin, "recipe": data.where}
         parts = source.read(source_parts, source.plugin, tok, split, data.field)

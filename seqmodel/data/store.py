@@ -133,8 +133,8 @@ def open_store(folder: Path) -> TokenStream:
         raise Damaged(f"ids.bin has {size:,} bytes, meta.json says {tokens * dtype.itemsize:,}")
     try:
         offsets = np.load(folder / "offsets.npy", mmap_mode="r")
-    except (OSError, ValueError) as err:
-        raise Damaged(f"offsets.npy is unreadable ({err})") from None
+    except (OSError, ValueError, EOFError) as err:
+        raise Damaged(f"offsets.npy is unreadable ({err or type(err).__name__})") from None
     if offsets.shape != (docs + 1,) or int(offsets[-1]) != tokens:
         raise Damaged(f"offsets.npy does not end at token {tokens:,}")
     if not tokens:
