@@ -48,26 +48,7 @@ def test_a_warm_start_begins_at_the_source_weights_and_keeps_its_tokenizer(tmp_p
 
 
 def test_a_warm_start_takes_the_source_shape_and_a_fresh_schedule(tmp_path, source, corpus):
-    recipe = tmp_path / "ft.toml"
-    recipe.write_text(f"""
-[train]
-init_from = "{source}"
-steps = 4
-batch_size = 4
-eval_every = 4
-eval_batches = 1
-warmup = 2
-threads = 1
-[data]
-source = "text"
-paths = ["{corpus}"]
-[tokenizer]
-kind = "char"
-[task]
-kind = "lm"
-[sample]
-num_samples = 0
-""")
+    recipe = finetune_recipe(tmp_path, str(source), corpus, eval_every=4, checkpoint_every=4, log_every=4, warmup=2)
     run = tmp_path / "ft"
     cli("run", recipe, "--out", run, "--no-progress")
     saved = json.loads((run / "recipe.json").read_text())
