@@ -129,3 +129,17 @@ def test_a_file_where_a_store_folder_belongs_is_replaced_by_the_store(tmp_path, 
     folder.write_bytes(b"not a store")
     cli("prepare", recipe)
     assert folder.is_dir() and (folder / "ids.bin").read_bytes() == healthy
+
+
+def test_a_text_scan_memo_changed_since_it_was_written_is_scanned_again(tmp_path, stores, corpus):
+    """The memo of a text source's scan (characters and read marks per file) places every read of
+    a long file: one changed since it was written is not trusted."""
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1)
+    cli("prepare", recipe)
+    (memo,) = (stores / "text").glob("*/scan.json")
+    healthy = json.loads(memo.read_text())
+    changed = json.loads(memo.read_text())
+    changed["files"][0][1] += 7
+    memo.write_text(json.dumps(changed))
+    cli("prepare", recipe)
+    assert json.loads(memo.read_text()) == healthy

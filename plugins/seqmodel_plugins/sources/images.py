@@ -195,14 +195,14 @@ class ImageFolderSource:
         rows = [[str(ex.path), *_file_state(ex.path), ex.label] for s in SPLITS for ex in splits.get(s, [])]
         folder = files.stores_root() / "images" / hashlib.sha256(json.dumps(rows).encode()).hexdigest()
         with files.locked(folder):
-            if files.is_complete(folder):
+            if files.intact(folder):
                 try:
                     return json.loads((folder / "digests.json").read_text())
                 except (OSError, ValueError):
                     pass
             digests = {s: _digest([{"image": ex["image"], "label": ex.label} for ex in splits.get(s, [])]) for s in SPLITS}
             files.remove_leftovers(folder)
-            with files.new_folder(folder) as tmp:
+            with files.new_folder(folder, sealed=True) as tmp:
                 (tmp / "digests.json").write_text(json.dumps(digests))
             return digests
 

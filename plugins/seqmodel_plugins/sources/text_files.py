@@ -119,13 +119,13 @@ def scan_files(files: list[str]) -> tuple[list[FileScan], str]:
             scans.append(scan(f, digest))
         record = {"sha256": digest.hexdigest(), "files": [[s.path, s.chars, s.marks] for s in scans]}
         cached.remove_leftovers(folder)
-        with cached.new_folder(folder) as tmp:
+        with cached.new_folder(folder, sealed=True) as tmp:
             (tmp / "scan.json").write_text(json.dumps(record))
         return scans, record["sha256"]
 
 
 def _read_memo(folder: Path, files: list[str]) -> tuple[list[FileScan], str] | None:
-    if not cached.is_complete(folder):
+    if not cached.intact(folder):  # a memo changed since it was written would misplace every read
         return None
     try:
         record = json.loads((folder / "scan.json").read_text())
