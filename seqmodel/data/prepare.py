@@ -187,12 +187,14 @@ def fit_tokenizer(*data: ModalityData) -> None:
         if files.is_complete(folder):
             try:
                 if not files.intact(folder):
-                    raise UserError("its files differ from those it was saved with")
+                    unsealed = (folder / files.COMPLETE).stat().st_size == 0
+                    raise UserError("saved by an older seqmodel, without a digest of its files" if unsealed
+                                    else "damaged: its files differ from those it was saved with")
                 tok.load(folder)
                 say(f"{first.plugin} tokenizer ({modality}): fitted state reused from {folder}")
                 return
             except UserError as err:
-                say(f"the fitted state in {folder} is damaged ({err}); fitting again")
+                say(f"the fitted state in {folder} is not reused ({err}); fitting again")
         tok.fit(itertools.chain.from_iterable(training_values(d) for d in data))
         files.remove_leftovers(folder)
         with files.new_folder(folder, sealed=True) as tmp:
