@@ -143,3 +143,13 @@ def test_a_text_scan_memo_changed_since_it_was_written_is_scanned_again(tmp_path
     memo.write_text(json.dumps(changed))
     cli("prepare", recipe)
     assert json.loads(memo.read_text()) == healthy
+
+
+def test_a_fit_saved_without_a_digest_is_fitted_again_and_says_why(tmp_path, stores, corpus):
+    recipe = tiny_char_recipe(tmp_path, corpus, steps=1)
+    cli("prepare", recipe)
+    (mark,) = (stores / "fits").glob("*/COMPLETE")
+    mark.write_text("")  # what seqmodel wrote before fits were sealed
+    done = cli("prepare", recipe)
+    assert "saved by an older seqmodel, without a digest of its files; fitting again" in done.stderr, done.stderr
+    assert mark.read_text()  # sealed now
