@@ -151,5 +151,5 @@ def test_a_fit_saved_without_a_digest_is_fitted_again_and_says_why(tmp_path, sto
     (mark,) = (stores / "fits").glob("*/COMPLETE")
     mark.write_text("")  # what seqmodel wrote before fits were sealed
     done = cli("prepare", recipe)
-    assert "saved by an older seqmodel, without a digest of its files; fitting again" in done.stderr, done.stderr
+    assert "not reused (saved by an older seqmodel, without a digest of its files); fitting again" in done.stderr, done.stderr
     assert mark.read_text()  # sealed now
