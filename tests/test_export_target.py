@@ -1,15 +1,13 @@
 """`seqmodel export --out`: never over files it did not write, never inside a run's checkpoints,
 written whole or not at all (a failed write leaves the target as it was)."""
 
-import contextlib
 import json
 import os
-import resource
-import signal
 from pathlib import Path
 
 import pytest
 from conftest import cli, tiny_char_recipe
+from fuzzing import full_disk
 
 pytest.importorskip("transformers")
 
@@ -26,19 +24,6 @@ def run_dir(tmp_path_factory, corpus) -> Path:
 def one_line_error(done) -> str:
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
     return done.stderr
-
-
-@contextlib.contextmanager
-def file_size_limit(limit: int):
-    """Writes past `limit` bytes fail with EFBIG (File too large), as on a full disk."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -95,13 +80,13 @@ def test_an_export_written_before_seqmodel_json_listed_its_files_is_replaced(tmp
 
 
 def test_a_failed_write_is_one_line_and_leaves_the_target_as_it_was(tmp_path, run_dir):
-    with file_size_limit(20_000):  # the weights file is larger
+    with full_disk(20_000):  # the weights file is larger
         err = one_line_error(cli("export", run_dir, "--format", "hf", "--out", tmp_path / "new", check=False))
     assert "cannot write the export" in err and "nothing half-written" in err
     assert list(tmp_path.iterdir()) == []
     cli("export", run_dir, "--format", "hf", "--out", tmp_path / "old")
     before = tree(tmp_path / "old")
-    with file_size_limit(20_000):
+    with full_disk(20_000):
         one_line_error(cli("export", run_dir, "--format", "hf", "--out", tmp_path / "old", check=False))
     assert tree(tmp_path / "old") == before and [p.name for p in tmp_path.iterdir()] == ["old"]
 

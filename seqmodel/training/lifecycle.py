@@ -95,11 +95,11 @@ def resumable(key: str) -> bool:
     return key in RESUMABLE or f"{key.split('.')[0]}.*" in RESUMABLE
 
 
-def _differences(old, new, path=""):
+def differences(old, new, path=""):
     """(dotted key, old value, new value) for every setting that differs."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
-            yield from _differences(old.get(k), new.get(k), f"{path}.{k}" if path else k)
+            yield from differences(old.get(k), new.get(k), f"{path}.{k}" if path else k)
     elif old != new:
         yield path, old, new
 
@@ -122,7 +122,7 @@ def check_resumable(run_dir: Path, recipe: Recipe | None, force: bool = False) -
     `RESUMABLE` keys applied. Any other recipe change, a plugin version change or changed data
     is refused with a one-line error; `force` resumes anyway with every value of `recipe`."""
     pipe = assemble(run_dir=run_dir, saved=True)
-    changed = list(_differences(pipe.recipe.resolved(), recipe.resolved())) if recipe is not None else []
+    changed = list(differences(pipe.recipe.resolved(), recipe.resolved())) if recipe is not None else []
     problems = [f"recipe changed: {k} {old!r} -> {new!r}" for k, old, new in changed if not resumable(k)]
     problems += _environment_changes(run_dir, pipe)
     if problems and not force:

@@ -28,10 +28,10 @@ from seqmodel.data.pipeline import Pipeline
 from seqmodel.errors import UserError, cut
 from seqmodel.recipe.schema import TrainConfig
 from seqmodel.training import checkpoint
-from seqmodel.training.lifecycle import data_fingerprint
+from seqmodel.training.lifecycle import data_fingerprint, differences
 
 SETUP_TIMEOUT = 1800.0  # seconds, torch's default for gloo
-PER_PROCESS = ("recipe.train.threads", "recipe.train.cpu_memory_cache")  # may differ between machines
+PER_PROCESS = ("threads", "cpu_memory_cache")  # [train] settings that may differ between machines
 WAITED = "no answer within [train] peer_timeout = {timeout:g} s ({setup:g} s before the first step)"
 LOST = {"Timed out waiting": WAITED, "timed out": WAITED,
         "Connection closed by peer": "its connection closed",
@@ -59,19 +59,12 @@ def started(acc: Accelerator, cfg: TrainConfig) -> None:
         dist.set_timeout(timedelta(seconds=cfg.peer_timeout))
 
 
-def flat(table: dict, prefix: str) -> dict:
-    """Nested tables as ``prefix.key.subkey -> value``."""
-    out = {}
-    for key, value in table.items():
-        name = f"{prefix}.{key}"
-        out |= flat(value, name) if isinstance(value, dict) else {name: value}
-    return out
-
-
 def identity(pipe: Pipeline, run_dir: Path, start: int) -> dict:
-    """What every process of a run must agree on, as a flat dict."""
-    return flat(pipe.recipe.resolved(), "recipe") | {"data fingerprint": data_fingerprint(pipe),
-                                                     "run directory": str(Path(run_dir).resolve()), "first step": start}
+    """What every process of a run must agree on."""
+    recipe = pipe.recipe.resolved()
+    recipe["train"] = {k: v for k, v in recipe["train"].items() if k not in PER_PROCESS}
+    return {"recipe": recipe, "data fingerprint": data_fingerprint(pipe), "run directory": str(Path(run_dir).resolve()),
+            "first step": start}
 
 
 def check_same_run(acc: Accelerator, pipe: Pipeline, run_dir: Path, start: int) -> None:
@@ -79,16 +72,13 @@ def check_same_run(acc: Accelerator, pipe: Pipeline, run_dir: Path, start: int) 
     process naming the first key that differs."""
     if acc.num_processes == 1:
         return
-    run = {k: v for k, v in identity(pipe, run_dir, start).items() if k not in PER_PROCESS}
     everyone: list = [None] * acc.num_processes
-    dist.all_gather_object(everyone, run)
-    first = everyone[0]
+    dist.all_gather_object(everyone, identity(pipe, run_dir, start))
     for rank, other in enumerate(everyone[1:], 1):
-        for key in sorted(set(first) | set(other)):
-            if first.get(key) != other.get(key):
-                raise UserError(f"the processes of this run differ: {key} is {cut(repr(first.get(key)), 80)} on rank 0, "
-                                f"{cut(repr(other.get(key)), 80)} on rank {rank}; start every machine with the same "
-                                "recipe (overrides included), data and --out")
+        for key, ours, theirs in differences(everyone[0], other):
+            raise UserError(f"the processes of this run differ: {key} is {cut(repr(ours), 80)} on rank 0, "
+                            f"{cut(repr(theirs), 80)} on rank {rank}; start every machine with the same "
+                            "recipe (overrides included), data and --out")
 
 
 def lost(err: BaseException, timeout: float, run_dir: Path) -> PeerLost | None:
