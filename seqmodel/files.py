@@ -108,13 +108,10 @@ def new_folder(folder: Path, sealed: bool = False) -> Iterator[Path]:
 
 
 def finish_folder(tmp: Path, folder: Path, record: str = "") -> None:
-    """Mark `tmp` complete (the mark holding `record`) and rename it to `folder`, durably
-    (replacing whatever is at `folder`)."""
+    """Mark `tmp` complete (the mark holding `record`) and put it in `folder`'s place
+    (`replace_folder`: durably, replacing whatever is there)."""
     write_synced(tmp / COMPLETE, record)
-    fsync_dir(tmp)
-    discard(folder)
-    os.rename(tmp, folder)
-    fsync_dir(folder.parent)
+    replace_folder(tmp, folder)
 
 
 def discard(path: Path) -> None:
@@ -148,8 +145,9 @@ def is_complete(folder: Path) -> bool:
 
 
 def remove_leftovers(folder: Path) -> None:
-    """Remove the temporary folders that killed preparations of `folder` left (call holding its lock)."""
-    for tmp in folder.parent.glob(f".{folder.name}.tmp-*"):
+    """Remove the temporary folders that killed preparations of `folder` left, and an older
+    `folder` a kill left moved aside (call holding its lock)."""
+    for tmp in [*folder.parent.glob(f".{folder.name}.tmp-*"), *folder.parent.glob(f".{folder.name}.old-*")]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -213,7 +211,7 @@ def replace_folder(tmp: Path, folder: Path) -> None:
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
     fsync_dir(tmp)
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}") if folder.exists() else None
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}") if folder.exists() or folder.is_symlink() else None
     if old is not None:
         os.rename(folder, old)
     try:
@@ -224,4 +222,5 @@ def replace_folder(tmp: Path, folder: Path) -> None:
         raise
     fsync_dir(folder.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            discard(old)
